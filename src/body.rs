@@ -1,0 +1,170 @@
+//! The body types of the proxy: what goes upstream (streamed, or kept when small so that a
+//! request can be replayed) and what goes back to the client (streamed, or made here).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+/// Boxed error used by the body types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body is over `max_request_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body over the limit")]
+pub struct BodyTooLarge;
+
+/// A body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Fully read (or empty): can be sent again.
+    Full(Option<Bytes>),
+    /// Too large to keep: the part already read, then the rest of the client's stream.
+    Stream {
+        /// Bytes read while trying to keep the body.
+        prefix: Option<Bytes>,
+        /// The rest.
+        rest: Incoming,
+        /// Bytes seen so far (prefix included).
+        seen: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl RequestBody {
+    /// Reads up to `keep` bytes; a body that ends within them can be replayed. Errors with
+    /// `BodyTooLarge` as soon as more than `limit` bytes arrive.
+    pub async fn read(mut incoming: Incoming, keep: usize, limit: u64) -> Result<RequestBody, BoxError> {
+        if incoming.is_end_stream() {
+            return Ok(RequestBody::Full(None));
+        }
+        let mut buf = BytesMut::new();
+        while buf.len() <= keep {
+            match incoming.frame().await {
+                None => return Ok(RequestBody::Full(Some(buf.freeze()))),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                    if buf.len() as u64 > limit {
+                        return Err(Box::new(BodyTooLarge));
+                    }
+                }
+            }
+        }
+        let seen = buf.len() as u64;
+        Ok(RequestBody::Stream { prefix: Some(buf.freeze()), rest: incoming, seen, limit })
+    }
+
+    /// A copy for a second attempt, when the body was kept whole.
+    pub fn try_clone(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Full(b) => Some(RequestBody::Full(b.clone())),
+            RequestBody::Stream { .. } => None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            RequestBody::Stream { prefix, rest, seen, limit } => {
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                match Pin::new(rest).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            *seen += data.len() as u64;
+                            if *seen > *limit {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                            }
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            RequestBody::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RequestBody::Stream { prefix, rest, .. } => {
+                let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(r.lower() + p);
+                if let Some(u) = r.upper() {
+                    hint.set_upper(u + p);
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// A body sent back to the client.
+#[derive(Debug)]
+pub enum ResponseBody {
+    /// Made by the proxy.
+    Full(Option<Bytes>),
+    /// Streamed from the upstream.
+    Upstream(Incoming),
+}
+
+impl ResponseBody {
+    /// A body made here.
+    pub fn full(bytes: Bytes) -> Self {
+        ResponseBody::Full(Some(bytes))
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Upstream(body) => body.size_hint(),
+        }
+    }
+}

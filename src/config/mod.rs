@@ -1,0 +1,357 @@
+//! `proxy.toml`: the types (serde, unknown keys refused), loading with `${VAR}` expansion and
+//! secret files, and `validate()` of the cross-field rules. Every error names its key path.
+
+mod expand;
+mod validate;
+
+pub use expand::{Env, ProcessEnv, expand_str};
+pub use validate::{is_guid, is_loopback_url};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::secret::Secret;
+
+/// A configuration error: the key path it concerns and what is wrong. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `route[2].credential`; empty for whole-file problems.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A new error at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// The whole `proxy.toml`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and request handling.
+    pub server: ServerConfig,
+    /// Which Microsoft cloud.
+    pub cloud: CloudConfig,
+    /// Outbound TLS.
+    pub tls: TlsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Named credentials that routes refer to.
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// Routes, matched by longest prefix.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Named rate limits that routes refer to.
+    pub rate_limit: BTreeMap<String, RateLimitConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Proxy listener address.
+    pub listen: String,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`); empty disables it.
+    pub admin_listen: String,
+    /// Header that selects the tenant; never forwarded.
+    pub tenant_header: String,
+    /// Time allowed for the upstream to answer with its status and headers.
+    pub request_timeout_secs: u64,
+    /// Largest request body forwarded.
+    pub max_request_body_bytes: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+    /// Host header values accepted (host part, port ignored). Default: loopback names.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Opt-in for a non-loopback `listen`; requires `inbound_key`.
+    pub allow_remote: bool,
+    /// Shared key clients must send in `x-defender-proxy-key`.
+    pub inbound_key: Option<Secret>,
+    /// File holding the inbound key.
+    pub inbound_key_file: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            tenant_header: "x-tenant-id".into(),
+            request_timeout_secs: 300,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace_secs: 30,
+            allowed_hosts: None,
+            allow_remote: false,
+            inbound_key: None,
+            inbound_key_file: None,
+        }
+    }
+}
+
+/// `[cloud]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// `public`, `gcc`, `gcc-high`, `dod` or `china`.
+    pub name: String,
+    /// Authority override (also read from `AZURE_AUTHORITY_HOST`).
+    pub authority_host: Option<String>,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig { name: "public".into(), authority_host: None }
+    }
+}
+
+/// `[tls]`: outbound TLS settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Extra PEM roots (e.g. a TLS-inspecting corporate proxy's CA).
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`; `--log-format` overrides.
+    pub format: String,
+    /// A tracing filter such as `info` or `defender_proxy=debug`; `RUST_LOG` overrides.
+    pub level: String,
+    /// One line per proxied request.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into(), access_log: true }
+    }
+}
+
+/// The kinds of credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialType {
+    /// Client credentials with a shared secret.
+    ClientSecret,
+    /// Client credentials with a certificate-signed assertion.
+    ClientCertificate,
+    /// Client credentials with a federated (Kubernetes) token as assertion.
+    WorkloadIdentity,
+    /// Azure managed identity (IMDS or App Service).
+    ManagedIdentity,
+    /// User sign-in by device code, then refresh tokens.
+    DeviceCode,
+    /// Legacy resource-owner password credentials.
+    Password,
+}
+
+impl CredentialType {
+    /// The name used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialType::ClientSecret => "client_secret",
+            CredentialType::ClientCertificate => "client_certificate",
+            CredentialType::WorkloadIdentity => "workload_identity",
+            CredentialType::ManagedIdentity => "managed_identity",
+            CredentialType::DeviceCode => "device_code",
+            CredentialType::Password => "password",
+        }
+    }
+}
+
+/// `[credentials.NAME]`: one flat table; `validate()` checks which keys each type takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Which kind.
+    #[serde(rename = "type")]
+    pub kind: CredentialType,
+    /// Home tenant (GUID or verified domain).
+    pub tenant_id: Option<String>,
+    /// Application (client) ID.
+    pub client_id: Option<String>,
+    /// Client secret.
+    pub client_secret: Option<Secret>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// 2 (default): `/oauth2/v2.0/token` with `scope`; 1: `/oauth2/token` with `resource`.
+    pub token_version: Option<u8>,
+    /// Token endpoint override; `{tenant}` is replaced by the tenant.
+    pub token_url: Option<String>,
+    /// Partner context: alias → tenant GUID; a value of `"*"` admits any GUID.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, String>,
+    /// Certificate (PEM with key, or PFX).
+    pub certificate: Option<PathBuf>,
+    /// Separate PEM private key.
+    pub private_key: Option<PathBuf>,
+    /// PFX password.
+    pub certificate_password: Option<Secret>,
+    /// File holding the PFX password.
+    pub certificate_password_file: Option<PathBuf>,
+    /// `PS256` (default) or `RS256`.
+    pub assertion_alg: Option<String>,
+    /// Add `x5c` to the assertion header.
+    pub send_certificate_chain: Option<bool>,
+    /// Federated token file (workload identity).
+    pub token_file: Option<PathBuf>,
+    /// User-assigned managed identity by object ID.
+    pub object_id: Option<String>,
+    /// User-assigned managed identity by resource ID.
+    pub resource_id: Option<String>,
+    /// Managed identity endpoint override.
+    pub endpoint: Option<String>,
+    /// Where the device-code refresh token is kept.
+    pub token_store: Option<PathBuf>,
+    /// ROPC user name.
+    pub username: Option<String>,
+    /// ROPC password.
+    pub password: Option<Secret>,
+    /// File holding the ROPC password.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Path prefix; longest wins.
+    pub prefix: String,
+    /// An `https://` URL (or loopback `http://`), or a service name: `xdr`, `mde`, `graph`.
+    pub upstream: String,
+    /// OAuth scope; defaults from the service name.
+    pub scope: Option<String>,
+    /// Credential name.
+    pub credential: String,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Pin the tenant (alias or GUID).
+    pub tenant: Option<String>,
+    /// Rate limit name.
+    pub rate_limit: Option<String>,
+    /// Regional host for service names: `us`, `eu`, `uk`, `au`, `swa`.
+    pub region: Option<String>,
+}
+
+/// `[rate_limit.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests per rolling minute.
+    pub per_minute: Option<u32>,
+    /// Requests per rolling hour.
+    pub per_hour: Option<u32>,
+    /// Longest a request queues before it is refused with 429.
+    #[serde(default = "default_max_wait_secs")]
+    pub max_wait_secs: u64,
+}
+
+fn default_max_wait_secs() -> u64 {
+    30
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+impl Config {
+    /// Reads, expands, parses and validates `path`.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, env)?.with_base_dir(base).validated(env)
+    }
+
+    /// Parses and expands TOML text without validating.
+    pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
+        expand::expand_table(&mut table, "", env)?;
+        let de = toml::Value::Table(table);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, e.into_inner().to_string())
+        })
+    }
+
+    /// Parses, expands and validates TOML text (relative paths resolve against the working dir).
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        Config::parse(text, env)?.validated(env)
+    }
+
+    /// Validates, filling values taken from the environment (authority host and the like).
+    pub fn validated(mut self, env: &dyn Env) -> Result<Config, ConfigError> {
+        validate::apply_env_fallbacks(&mut self, env);
+        validate::validate(&self)?;
+        Ok(self)
+    }
+
+    /// Makes relative file paths relative to the config file's folder.
+    fn with_base_dir(mut self, base: &Path) -> Config {
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = base.join(&*path);
+            }
+        };
+        fix(&mut self.server.inbound_key_file);
+        fix(&mut self.tls.extra_ca_file);
+        for c in self.credentials.values_mut() {
+            for p in [
+                &mut c.client_secret_file,
+                &mut c.certificate,
+                &mut c.private_key,
+                &mut c.certificate_password_file,
+                &mut c.token_file,
+                &mut c.token_store,
+                &mut c.password_file,
+            ] {
+                fix(p);
+            }
+        }
+        self
+    }
+}
+
+/// Reads a secret given inline or as a file (trailing newline removed).
+pub fn read_secret(
+    inline: &Option<Secret>,
+    file: &Option<PathBuf>,
+    path: &str,
+) -> Result<Option<Secret>, ConfigError> {
+    match (inline, file) {
+        (Some(s), _) => Ok(Some(s.clone())),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| ConfigError::new(format!("{path}_file"), format!("cannot read {}: {e}", f.display())))?;
+            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+        }
+        (None, None) => Ok(None),
+    }
+}

@@ -1,0 +1,200 @@
+//! The upstream request: header hygiene, the bearer, the target URI, and the pooled HTTP/1.1
+//! and HTTP/2 client that streams bodies both ways and never follows redirects.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::error::ProxyError;
+use crate::routing::Route;
+
+/// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The inbound shared key header; never forwarded.
+pub const INBOUND_KEY_HEADER: HeaderName = HeaderName::from_static("x-defender-proxy-key");
+/// Microsoft's correlation header, forwarded (or generated) on every request.
+pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
+
+/// The pooled upstream client.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Builds the upstream client: TLS verified with `tls`, HTTP/2 by ALPN, pooled connections.
+pub fn client(tls: rustls::ClientConfig) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// What the forwarded request needs besides the client's request.
+pub struct Outbound<'a> {
+    /// The matched route.
+    pub route: &'a Route,
+    /// The tenant header, removed.
+    pub tenant_header: &'a HeaderName,
+    /// `Authorization: Bearer ...`.
+    pub bearer: &'a HeaderValue,
+    /// The request ID, sent as `client-request-id`.
+    pub request_id: &'a HeaderValue,
+}
+
+/// Builds the upstream request from the client's method, URI and headers.
+pub fn build_request(
+    parts: &http::request::Parts,
+    out: &Outbound<'_>,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let path = out.route.upstream_path(parts.uri.path());
+    let unchanged = matches!(&path, std::borrow::Cow::Borrowed(p) if *p == parts.uri.path());
+    let pq = match (parts.uri.path_and_query(), parts.uri.query()) {
+        (Some(pq), _) if unchanged => Ok(pq.clone()),
+        (_, None) => PathAndQuery::try_from(path.as_ref()),
+        (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")),
+    }
+    .map_err(|_| ProxyError::BadRequest("invalid path"))?;
+    let uri = Uri::builder()
+        .scheme(out.route.upstream.scheme.clone())
+        .authority(out.route.upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::Internal)?;
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = forwarded_headers(&parts.headers, out);
+    Ok(req)
+}
+
+/// The client's headers minus hop-by-hop, credentials and proxy-only ones, plus ours.
+fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
+    let mut dst = HeaderMap::with_capacity(src.len() + 2);
+    let named_in_connection: Vec<&str> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    for (name, value) in src {
+        let drop = HOP_BY_HOP.contains(&name.as_str())
+            || name == header::AUTHORIZATION
+            || name == header::HOST
+            || name == out.tenant_header
+            || name == INBOUND_KEY_HEADER
+            || name == CLIENT_REQUEST_ID
+            || named_in_connection.iter().any(|t| name.as_str().eq_ignore_ascii_case(t));
+        if !drop {
+            dst.append(name.clone(), value.clone());
+        }
+    }
+    dst.insert(header::AUTHORIZATION, out.bearer.clone());
+    dst.insert(CLIENT_REQUEST_ID, out.request_id.clone());
+    dst
+}
+
+/// Sends a request, waiting at most `timeout` for the answer's head.
+pub async fn send(
+    client: &HttpClient,
+    req: Request<RequestBody>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => {
+            if caused_by_body_limit(&e) {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+            Err(ProxyError::UpstreamUnavailable)
+        }
+    }
+}
+
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The upstream's answer for the client: hop-by-hop headers removed, body streamed.
+pub fn into_client_response(resp: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().filter(|n| **n != "transfer-encoding") {
+        headers.remove(*name);
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// Rejects paths that could escape a route's prefix upstream: dot segments, plain or
+/// percent-encoded, encoded slashes and backslashes.
+pub fn check_path(path: &str) -> Result<(), ProxyError> {
+    if !path.starts_with('/') {
+        return Err(ProxyError::BadRequest("the path must start with /"));
+    }
+    let lower_has = |needle: &str| {
+        path.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    let dot_segment = path.split('/').any(|seg| {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dot_segment || lower_has("%2f") || lower_has("%5c") || path.contains('\\') {
+        return Err(ProxyError::BadRequest("the path contains dot segments or encoded separators"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,111 @@
+//! Tests of header hygiene and path checks.
+
+use super::*;
+use crate::config::Config;
+use crate::routing::Router;
+use std::collections::HashMap;
+
+fn router() -> Router {
+    let text = r#"
+[credentials.app]
+type = "client_secret"
+tenant_id = "11111111-1111-1111-1111-111111111111"
+client_id = "c"
+client_secret = "s"
+[[route]]
+name = "xdr"
+prefix = "/"
+upstream = "http://127.0.0.1:9999"
+scope = "https://api.security.microsoft.com/.default"
+credential = "app"
+[[route]]
+name = "mde"
+prefix = "/mde/"
+upstream = "https://api.securitycenter.microsoft.com"
+scope = "https://api.securitycenter.microsoft.com/.default"
+credential = "app"
+strip_prefix = true
+"#;
+    let config = Config::from_toml(text, &|_: &str| None).unwrap();
+    Router::build(&config, &HashMap::from([("app".to_string(), 0)]))
+}
+
+fn parts(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+    let mut b = Request::builder().uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn build(uri: &str, headers: &[(&str, &str)]) -> Request<RequestBody> {
+    let r = router();
+    let p = parts(uri, headers);
+    let route = r.route(p.uri.path()).unwrap().1;
+    let out = Outbound {
+        route,
+        tenant_header: &HeaderName::from_static("x-tenant-id"),
+        bearer: &HeaderValue::from_static("Bearer fresh"),
+        request_id: &HeaderValue::from_static("rid-1"),
+    };
+    build_request(&p, &out, RequestBody::Full(None)).unwrap()
+}
+
+#[test]
+fn credentials_tenant_and_hop_by_hop_headers_are_removed() {
+    let req = build(
+        "/api/incidents",
+        &[
+            ("authorization", "Bearer client-supplied"),
+            ("proxy-authorization", "Basic x"),
+            ("x-tenant-id", "contoso"),
+            ("x-defender-proxy-key", "k"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("host", "127.0.0.1:8080"),
+            ("accept", "application/json"),
+            ("x-other", "kept"),
+        ],
+    );
+    let h = req.headers();
+    assert_eq!(h.get_all(header::AUTHORIZATION).iter().collect::<Vec<_>>(), ["Bearer fresh"]);
+    for gone in ["proxy-authorization", "x-tenant-id", "x-defender-proxy-key", "connection", "x-custom-hop", "keep-alive", "te", "upgrade", "host"] {
+        assert!(h.get(gone).is_none(), "{gone} was forwarded");
+    }
+    assert_eq!(h["accept"], "application/json");
+    assert_eq!(h["x-other"], "kept");
+    assert_eq!(h["client-request-id"], "rid-1");
+}
+
+#[test]
+fn uri_targets_the_upstream_with_path_and_query_unchanged() {
+    let req = build("/api/incidents?$top=10&$filter=status%20eq%20'Active'", &[]);
+    assert_eq!(req.uri().to_string(), "http://127.0.0.1:9999/api/incidents?$top=10&$filter=status%20eq%20'Active'");
+    let req = build("/mde/api/machines?$top=1", &[]);
+    assert_eq!(req.uri().to_string(), "https://api.securitycenter.microsoft.com/api/machines?$top=1");
+}
+
+#[test]
+fn traversal_and_encoded_separators_are_refused() {
+    for bad in ["/mde/../api", "/a/./b", "/a/%2e%2e/b", "/a/%2E./b", "/a%2fb", "/a%5cb", "/a\\b", "/.."] {
+        assert!(check_path(bad).is_err(), "{bad}");
+    }
+    for ok in ["/", "/api/incidents", "/api/files/a.b", "/api/x..y", "/api/%20"] {
+        assert!(check_path(ok).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn hop_by_hop_response_headers_are_removed() {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
+    h.insert("x-hop", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert("request-id", HeaderValue::from_static("abc"));
+    strip_hop_by_hop(&mut h);
+    assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
+    assert_eq!(h["request-id"], "abc");
+}

@@ -1,0 +1,214 @@
+//! defender-proxy: a local authenticating reverse proxy for the Microsoft Defender APIs.
+//!
+//! This crate root builds the application state, serves the proxy and admin listeners, and
+//! shuts them down gracefully. The request path itself is in `proxy`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod body;
+pub mod check;
+pub mod cloud;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod proxy;
+pub mod routing;
+pub mod runtime;
+pub mod sandbox;
+pub mod secret;
+pub mod telemetry;
+pub mod tls;
+pub mod token;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::runtime::Runtime;
+use crate::telemetry::Metrics;
+use crate::token::{EntraClient, TokenCache};
+
+/// Most cached tokens kept at once (credential × tenant × scope).
+const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+
+/// Shared state of a running proxy.
+pub struct AppState {
+    /// The current compiled config.
+    pub runtime: ArcSwap<Runtime>,
+    /// Cached tokens, shared across reloads.
+    pub tokens: TokenCache,
+    /// Pooled upstream client.
+    pub client: forward::HttpClient,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Cancelled at shutdown; background tasks stop on it.
+    pub cancel: CancellationToken,
+}
+
+/// Why the proxy could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound or failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// TLS or HTTP client setup failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The bound listeners (tests bind port 0 and read `local_addr`).
+pub struct Listeners {
+    /// The proxy listener.
+    pub proxy: TcpListener,
+    /// The admin listener, unless disabled.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config.server`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let proxy = TcpListener::bind(&config.server.listen).await?;
+        let admin = match config.server.admin_listen.as_str() {
+            "" => None,
+            addr => Some(TcpListener::bind(addr).await?),
+        };
+        Ok(Listeners { proxy, admin })
+    }
+}
+
+impl AppState {
+    /// Builds the state for `config`.
+    pub fn new(config: &Config) -> Result<Arc<AppState>, RunError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = tls::client_config(config.tls.extra_ca_file.as_deref())
+            .map_err(|e| ConfigError::new("tls.extra_ca_file", e))?;
+        let metrics = Metrics::default();
+        let runtime = Runtime::build(config, &metrics)?;
+        let entra = EntraClient::new(tls.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
+        let cancel = CancellationToken::new();
+        Ok(Arc::new(AppState {
+            runtime: ArcSwap::from_pointee(runtime),
+            tokens: TokenCache::new(entra, TOKEN_CACHE_CAPACITY, cancel.clone()),
+            client: forward::client(tls),
+            metrics,
+            cancel,
+        }))
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests for up to
+/// `shutdown_grace_secs`.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let state = AppState::new(&config)?;
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let stop = CancellationToken::new();
+    let proxy = tokio::spawn(serve_proxy(state.clone(), listeners.proxy, stop.clone()));
+    let admin = listeners.admin.map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    stop.cancel();
+    let drained = tokio::time::timeout(grace, proxy).await;
+    if drained.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+    }
+    state.cancel.cancel();
+    if let Some(a) = admin {
+        a.abort();
+    }
+    Ok(())
+}
+
+/// A running proxy for tests and the demo.
+pub struct Handle {
+    /// Proxy address.
+    pub proxy_addr: SocketAddr,
+    /// Admin address.
+    pub admin_addr: Option<SocketAddr>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+}
+
+impl Handle {
+    /// Starts the proxy on already bound listeners.
+    pub fn spawn(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
+        let proxy_addr = listeners.proxy.local_addr()?;
+        let admin_addr = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(run(config, listeners, async {
+            let _ = rx.await;
+        }));
+        Ok(Handle { proxy_addr, admin_addr, shutdown: Some(tx), task })
+    }
+
+    /// Starts graceful shutdown and waits for it.
+    pub async fn shutdown(mut self) -> Result<(), RunError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.map_err(|e| RunError::Setup(e.to_string()))?
+    }
+}
+
+async fn serve_proxy(state: Arc<AppState>, listener: TcpListener, stop: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).max_buf_size(64 * 1024);
+    builder.http2().max_header_list_size(64 * 1024);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(catch_panic(state, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Runs the request path, turning a panic into a 500 instead of a dropped connection.
+async fn catch_panic(
+    state: Arc<AppState>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<body::ResponseBody> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(proxy::handle(state, req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!("request handler panicked");
+            error::ProxyError::Internal.into_response("-")
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The `defender-proxy` command: parses the command line, loads the config, starts logging,
+//! and calls into the library. Exit codes: 0 ok, 64 bad config or usage, 1 other failure.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use defender_proxy::config::{Config, ConfigError, ProcessEnv};
+use defender_proxy::telemetry::{LogFormat, init_logging};
+use defender_proxy::{AppState, Listeners, RunError, check, demo};
+
+const EXIT_USAGE: u8 = 64;
+
+/// Local authenticating reverse proxy for the Microsoft Defender APIs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (default: $DEFENDER_PROXY_CONFIG, else ./proxy.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run {
+        /// Log format: text or json (overrides [log] format).
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
+    },
+    /// Validate the config and print a redacted summary with the effective routes.
+    Check {
+        /// Also fetch one token per credential, tenant and scope.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Start the built-in sandbox (Entra ID and Defender API emulator) and the proxy, offline.
+    Demo {
+        /// Proxy address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<ConfigError>().is_some()
+                || matches!(e.downcast_ref::<RunError>(), Some(RunError::Config(_)));
+            eprintln!("error: {e:#}");
+            ExitCode::from(if usage { EXIT_USAGE } else { 1 })
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli
+        .config
+        .or_else(|| std::env::var_os("DEFENDER_PROXY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("proxy.toml"));
+    match cli.command.unwrap_or(Command::Run { log_format: None }) {
+        Command::Run { log_format } => run(&path, log_format).await,
+        Command::Check { live } => check_config(&path, live).await,
+        Command::Demo { listen } => {
+            init_logging(LogFormat::Text, "info");
+            demo::run(&listen, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(path: &PathBuf, log_format: Option<String>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path, &ProcessEnv)?;
+    let format_name = log_format.unwrap_or_else(|| config.log.format.clone());
+    let format = LogFormat::parse(&format_name)
+        .ok_or_else(|| ConfigError::new("log.format", format!("{format_name:?} must be text or json")))?;
+    init_logging(format, &config.log.level);
+    let listeners = Listeners::bind(&config).await.context("cannot bind the listeners")?;
+    tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "defender-proxy serving");
+    defender_proxy::run(config, listeners, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check_config(path: &PathBuf, live: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path, &ProcessEnv)?;
+    let state = AppState::new(&config)?;
+    println!("{}: OK\n", path.display());
+    print!("{}", check::summary(&config, &state));
+    if !live {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("\nlive token check:");
+    let rows = check::live(&state).await;
+    let mut failed = false;
+    for row in &rows {
+        let outcome = match &row.outcome {
+            Ok(()) => "ok".to_string(),
+            Err(reason) => {
+                failed = true;
+                format!("FAILED: {reason}")
+            }
+        };
+        println!("  {:<12} {:<50} {:<50} {outcome}", row.credential, row.tenant, row.scope);
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

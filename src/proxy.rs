@@ -1,0 +1,226 @@
+//! The request path: checks → route → tenant → token → forward → response, with every error
+//! turned into a response in one place (`handle`), and one access-log line per request.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::AppState;
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::error::ProxyError;
+use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER, Outbound};
+use crate::routing::{Route, Tenant};
+use crate::runtime::Runtime;
+use crate::token::TokenKey;
+
+/// Request bodies up to this size are kept so the request can be replayed after a 401.
+pub const REPLAY_KEEP_BYTES: usize = 64 * 1024;
+
+/// What the access log and metrics learn about a request on its way.
+#[derive(Default)]
+struct Trace {
+    route: Option<usize>,
+    tenant: Option<Tenant>,
+    upstream_latency: Option<Duration>,
+    upstream_request_id: Option<HeaderValue>,
+}
+
+/// Serves one request; never fails and never panics outward.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let rt = state.runtime.load_full();
+    let started = Instant::now();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let path_for_log = rt.access_log.then(|| req.uri().path().to_string());
+    state.metrics.inflight.fetch_add(1, Ordering::Relaxed);
+    let mut trace = Trace::default();
+    let result = proxy(&state, &rt, req, &request_id, &mut trace).await;
+    state.metrics.inflight.fetch_sub(1, Ordering::Relaxed);
+    let rid = request_id.to_str().unwrap_or("-");
+    let (mut resp, error) = match result {
+        Ok(resp) => (resp, None),
+        Err(e) => {
+            let code = e.status_and_code().1;
+            if matches!(e, ProxyError::Internal) {
+                tracing::error!(request_id = rid, "internal error");
+            }
+            (e.into_response(rid), Some(code))
+        }
+    };
+    match trace.route {
+        Some(i) => {
+            let m = &rt.route_metrics[i];
+            m.count_status(resp.status().as_u16());
+            if let Some(l) = trace.upstream_latency {
+                m.upstream_latency.observe(l);
+            }
+        }
+        None => state.metrics.count_rejected(error.unwrap_or("Other")),
+    }
+    if !resp.headers().contains_key(CLIENT_REQUEST_ID) {
+        resp.headers_mut().insert(CLIENT_REQUEST_ID, request_id.clone());
+    }
+    if let Some(path) = path_for_log {
+        log_access(&rt, &trace, &method, &path, &resp, rid, error, started.elapsed());
+    }
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_access(
+    rt: &Runtime,
+    trace: &Trace,
+    method: &Method,
+    path: &str,
+    resp: &Response<ResponseBody>,
+    request_id: &str,
+    error: Option<&'static str>,
+    elapsed: Duration,
+) {
+    let route = trace.route.map(|i| &*rt.router.routes()[i].name);
+    let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    tracing::info!(
+        target: "defender_proxy::access",
+        request_id,
+        method = %method,
+        path,
+        route,
+        tenant = trace.tenant.as_ref().map(|t| &*t.label),
+        tenant_id = trace.tenant.as_ref().map(|t| &*t.id),
+        status = resp.status().as_u16(),
+        error,
+        bytes,
+        upstream_ms = trace.upstream_latency.map(|d| d.as_millis() as u64),
+        total_ms = elapsed.as_millis() as u64,
+        upstream_request_id = trace.upstream_request_id.as_ref().and_then(|v| v.to_str().ok()),
+        "request"
+    );
+}
+
+async fn proxy(
+    state: &AppState,
+    rt: &Runtime,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    trace: &mut Trace,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    check_request(rt, &req)?;
+    let (parts, incoming) = req.into_parts();
+    let (index, route) = rt.router.route(parts.uri.path())?;
+    trace.route = Some(index);
+    let tenant = rt.router.tenant(route, parts.headers.get(&rt.tenant_header))?;
+    trace.tenant = Some(tenant.clone());
+    if content_length(&parts.headers).is_some_and(|n| n > rt.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let body = RequestBody::read(incoming, REPLAY_KEEP_BYTES, rt.max_body_bytes)
+        .await
+        .map_err(|e| if e.is::<BodyTooLarge>() { ProxyError::BodyTooLarge } else { ProxyError::BadRequest("the request body could not be read") })?;
+    let source = &rt.credentials[route.credential];
+    let key = TokenKey { credential: source.id, tenant: tenant.id.clone(), scope: route.scope.clone() };
+    let token = state.tokens.get(source, &key).await.map_err(|e| e.to_proxy_error(&source.name))?;
+    let replay = body.try_clone();
+    let resp = send(state, rt, route, &parts, &token.header().clone(), request_id, body, trace).await?;
+    let resp = match (resp.status(), replay) {
+        (StatusCode::UNAUTHORIZED, Some(body)) => {
+            tracing::info!(route = %route.name, tenant = %tenant.label, "upstream answered 401; fetching a new token and replaying once");
+            state.tokens.invalidate(&key, &token);
+            drop(resp);
+            let fresh = state.tokens.get(source, &key).await.map_err(|e| e.to_proxy_error(&source.name))?;
+            send(state, rt, route, &parts, fresh.header(), request_id, body, trace).await?
+        }
+        (_, _) => resp,
+    };
+    trace.upstream_request_id = resp.headers().get("request-id").cloned();
+    Ok(forward::into_client_response(resp))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    state: &AppState,
+    rt: &Runtime,
+    route: &Route,
+    parts: &http::request::Parts,
+    bearer: &HeaderValue,
+    request_id: &HeaderValue,
+    body: RequestBody,
+    trace: &mut Trace,
+) -> Result<Response<Incoming>, ProxyError> {
+    let out = Outbound { route, tenant_header: &rt.tenant_header, bearer, request_id };
+    let upstream_req = forward::build_request(parts, &out, body)?;
+    let started = Instant::now();
+    let resp = forward::send(&state.client, upstream_req, rt.request_timeout).await;
+    trace.upstream_latency = Some(started.elapsed());
+    resp
+}
+
+/// The checks that keep the proxy from being an open proxy or a DNS-rebinding target.
+fn check_request(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let host_header = req.headers().get(header::HOST).map(|v| v.to_str().map_err(|_| ProxyError::BadHost)).transpose()?;
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let host = match (host_header, authority) {
+        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => return Err(ProxyError::BadHost),
+        (Some(h), _) => h,
+        (None, Some(a)) => a,
+        (None, None) => return Err(ProxyError::BadHost),
+    };
+    if !host_allowed(rt, host) {
+        return Err(ProxyError::BadHost);
+    }
+    if req.uri().scheme().is_some_and(|s| s.as_str() != "http") {
+        return Err(ProxyError::BadRequest("only plain http is served"));
+    }
+    check_origin(rt, req.headers())?;
+    if let Some(key) = &rt.inbound_key {
+        let given = req.headers().get(INBOUND_KEY_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+        if !key.constant_time_eq(given) {
+            return Err(ProxyError::Unauthenticated);
+        }
+    }
+    forward::check_path(req.uri().path())
+}
+
+/// A browser page from a foreign origin must not drive the proxy (CSRF, DNS rebinding).
+fn check_origin(rt: &Runtime, headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
+        return Err(ProxyError::BadOrigin);
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().map_err(|_| ProxyError::BadOrigin)?;
+    let host = origin.split_once("://").map(|(_, rest)| rest).ok_or(ProxyError::BadOrigin)?;
+    if host_allowed(rt, host) { Ok(()) } else { Err(ProxyError::BadOrigin) }
+}
+
+/// Compares the host part (port ignored) with the allowed names.
+fn host_allowed(rt: &Runtime, host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(host_port, |(h, _)| &host_port[..h.len() + 2]),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    rt.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// The client's `client-request-id` when it is sane, else a new UUID.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(CLIENT_REQUEST_ID) {
+        let ok = (1..=128).contains(&v.len())
+            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            return v.clone();
+        }
+    }
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+}

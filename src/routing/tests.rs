@@ -1,0 +1,123 @@
+//! Tests of route and tenant resolution.
+
+use super::*;
+use crate::config::Config;
+
+const GUID_A: &str = "11111111-1111-1111-1111-111111111111";
+const GUID_B: &str = "22222222-2222-2222-2222-222222222222";
+const GUID_C: &str = "33333333-3333-3333-3333-333333333333";
+
+fn router(extra_tenants: &str) -> Router {
+    let text = format!(
+        r#"
+[credentials.app]
+type = "client_secret"
+tenant_id = "{GUID_A}"
+client_id = "c"
+client_secret = "s"
+[credentials.app.tenants]
+contoso = "{GUID_B}"
+{extra_tenants}
+
+[[route]]
+name = "xdr"
+prefix = "/"
+upstream = "xdr"
+credential = "app"
+
+[[route]]
+name = "mde"
+prefix = "/mde/"
+upstream = "mde"
+credential = "app"
+strip_prefix = true
+
+[[route]]
+name = "pinned"
+prefix = "/contoso"
+upstream = "https://example.test/base/"
+scope = "https://example.test/.default"
+credential = "app"
+tenant = "contoso"
+"#
+    );
+    let config = Config::from_toml(&text, &|_: &str| None).unwrap();
+    Router::build(&config, &HashMap::from([("app".to_string(), 0)]))
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap()
+}
+
+#[test]
+fn longest_prefix_wins_on_segment_boundaries() {
+    let r = router("");
+    assert_eq!(&*r.route("/api/incidents").unwrap().1.name, "xdr");
+    assert_eq!(&*r.route("/mde/api/machines").unwrap().1.name, "mde");
+    assert_eq!(&*r.route("/mde").unwrap().1.name, "mde");
+    assert_eq!(&*r.route("/mdefoo").unwrap().1.name, "xdr");
+}
+
+#[test]
+fn no_route_without_a_catch_all() {
+    let text = r#"
+[credentials.app]
+type = "client_secret"
+tenant_id = "11111111-1111-1111-1111-111111111111"
+client_id = "c"
+client_secret = "s"
+[[route]]
+name = "mde"
+prefix = "/mde/"
+upstream = "mde"
+credential = "app"
+"#;
+    let config = Config::from_toml(text, &|_: &str| None).unwrap();
+    let r = Router::build(&config, &HashMap::from([("app".to_string(), 0)]));
+    assert!(matches!(r.route("/api/x"), Err(ProxyError::NoRoute)));
+}
+
+#[test]
+fn strip_prefix_and_base_path_shape_the_upstream_path() {
+    let r = router("");
+    assert_eq!(r.route("/mde/api/machines").unwrap().1.upstream_path("/mde/api/machines"), "/api/machines");
+    assert_eq!(r.route("/mde").unwrap().1.upstream_path("/mde"), "/");
+    let pinned = r.route("/contoso/x").unwrap().1;
+    assert_eq!(pinned.upstream_path("/contoso/x"), "/base/contoso/x");
+    assert_eq!(r.route("/api").unwrap().1.upstream.origin, "https://api.security.microsoft.com");
+}
+
+#[test]
+fn tenant_comes_from_pin_then_header_then_home() {
+    let r = router("");
+    let xdr = r.route("/api").unwrap().1;
+    assert_eq!(&*r.tenant(xdr, None).unwrap().id, GUID_A);
+    assert_eq!(&*r.tenant(xdr, None).unwrap().label, "home");
+    let t = r.tenant(xdr, Some(&hv("Contoso"))).unwrap();
+    assert_eq!((&*t.id, &*t.label), (GUID_B, "contoso"));
+    let t = r.tenant(xdr, Some(&hv(&GUID_B.to_uppercase()))).unwrap();
+    assert_eq!(&*t.id, GUID_B);
+    let pinned = r.route("/contoso").unwrap().1;
+    assert_eq!(&*r.tenant(pinned, Some(&hv(GUID_A))).unwrap().id, GUID_B);
+}
+
+#[test]
+fn unknown_tenants_are_refused_and_malformed_ones_are_bad() {
+    let r = router("");
+    let xdr = r.route("/api").unwrap().1;
+    assert!(matches!(r.tenant(xdr, Some(&hv(GUID_C))), Err(ProxyError::TenantNotAllowed)));
+    assert!(matches!(r.tenant(xdr, Some(&hv("fabrikam"))), Err(ProxyError::TenantNotAllowed)));
+    for bad in ["", "a b", "x/../y", "tenant;drop", "ü"] {
+        let v = HeaderValue::from_bytes(bad.as_bytes()).unwrap();
+        assert!(matches!(r.tenant(xdr, Some(&v)), Err(ProxyError::BadTenant)), "{bad:?}");
+    }
+}
+
+#[test]
+fn star_admits_any_guid_but_not_any_name() {
+    let r = router(r#"any = "*""#);
+    let xdr = r.route("/api").unwrap().1;
+    let t = r.tenant(xdr, Some(&hv(GUID_C))).unwrap();
+    assert_eq!((&*t.id, &*t.label), (GUID_C, "*"));
+    assert!(matches!(r.tenant(xdr, Some(&hv("fabrikam"))), Err(ProxyError::TenantNotAllowed)));
+}

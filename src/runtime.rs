@@ -1,0 +1,113 @@
+//! A validated config compiled for serving: routes, credential sources, limits and server
+//! settings. Swapped whole on reload; requests keep the one they started with.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use crate::cloud::Cloud;
+use crate::config::{Config, ConfigError, CredentialConfig, CredentialType, read_secret};
+use crate::routing::Router;
+use crate::secret::Secret;
+use crate::telemetry::{Metrics, RouteMetrics};
+use crate::token::{ClientSecret, Credential, CredentialSource, TokenEndpoint};
+
+/// Host names accepted when `allowed_hosts` is not set.
+pub const DEFAULT_ALLOWED_HOSTS: &[&str] = &["localhost", "127.0.0.1", "[::1]"];
+
+/// Everything a request needs from the config.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Routes and tenant policies.
+    pub router: Router,
+    /// Credential sources, by index.
+    pub credentials: Vec<Arc<CredentialSource>>,
+    /// Metrics of each route, aligned with `router.routes()`.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
+    /// Header that selects the tenant.
+    pub tenant_header: HeaderName,
+    /// Accepted Host names, lower case, without port.
+    pub allowed_hosts: Vec<String>,
+    /// Key clients must present, if any.
+    pub inbound_key: Option<Secret>,
+    /// Time allowed for the upstream's answer head.
+    pub request_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Log one line per request.
+    pub access_log: bool,
+}
+
+impl Runtime {
+    /// Compiles `config` (already validated); reads secret files.
+    pub fn build(config: &Config, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+        let authority = config
+            .cloud
+            .authority_host
+            .clone()
+            .unwrap_or_else(|| Cloud::parse(&config.cloud.name).unwrap_or(Cloud::Public).authority_host().to_string());
+        let mut index = HashMap::new();
+        let mut credentials = Vec::new();
+        for (name, c) in &config.credentials {
+            index.insert(name.clone(), credentials.len());
+            credentials.push(Arc::new(build_credential(name, c, &authority)?));
+        }
+        let router = Router::build(config, &index);
+        let route_metrics = router.routes().iter().map(|r| metrics.route(&r.name)).collect();
+        let s = &config.server;
+        let inbound_key = read_secret(&s.inbound_key, &s.inbound_key_file, "server.inbound_key")?;
+        let allowed_hosts = match &s.allowed_hosts {
+            Some(h) => h.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+            None => DEFAULT_ALLOWED_HOSTS.iter().map(|h| h.to_string()).collect(),
+        };
+        Ok(Runtime {
+            router,
+            credentials,
+            route_metrics,
+            tenant_header: HeaderName::from_bytes(s.tenant_header.to_ascii_lowercase().as_bytes())
+                .map_err(|_| ConfigError::new("server.tenant_header", "is not a valid header name"))?,
+            allowed_hosts,
+            inbound_key,
+            request_timeout: Duration::from_secs(s.request_timeout_secs),
+            max_body_bytes: s.max_request_body_bytes,
+            access_log: config.log.access_log,
+        })
+    }
+}
+
+fn build_credential(name: &str, c: &CredentialConfig, authority: &str) -> Result<CredentialSource, ConfigError> {
+    let path = format!("credentials.{name}");
+    let endpoint = TokenEndpoint::new(authority, c.token_version.unwrap_or(2), c.token_url.as_deref());
+    let credential = match c.kind {
+        CredentialType::ClientSecret => {
+            let secret = read_secret(&c.client_secret, &c.client_secret_file, &format!("{path}.client_secret"))?
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ConfigError::new(format!("{path}.client_secret"), "is empty"))?;
+            Credential::ClientSecret(ClientSecret {
+                client_id: c.client_id.clone().unwrap_or_default(),
+                secret,
+                endpoint: endpoint.clone(),
+            })
+        }
+        other => {
+            return Err(ConfigError::new(format!("{path}.type"), format!("{:?} is not available", other.as_str())));
+        }
+    };
+    let id = fingerprint(name, c, authority, &credential);
+    Ok(CredentialSource::new(name, id, credential))
+}
+
+/// Same configuration → same ID, so a reload keeps the tokens of unchanged credentials.
+fn fingerprint(name: &str, c: &CredentialConfig, authority: &str, credential: &Credential) -> u64 {
+    let mut h = DefaultHasher::new();
+    (name, c.kind.as_str(), &c.tenant_id, &c.client_id, c.token_version, &c.token_url, authority).hash(&mut h);
+    match credential {
+        Credential::ClientSecret(cs) => cs.secret.expose().hash(&mut h),
+        #[cfg(test)]
+        Credential::Test(_) => {}
+    }
+    h.finish()
+}
