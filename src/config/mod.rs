@@ -355,3 +355,6 @@ pub fn read_secret(
         (None, None) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests;

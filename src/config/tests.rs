@@ -1,0 +1,201 @@
+//! Tests of parsing, expansion and validation, each checking the key path it names.
+
+use super::*;
+
+const BASE: &str = r#"
+[credentials.app]
+type = "client_secret"
+tenant_id = "11111111-1111-1111-1111-111111111111"
+client_id = "client"
+client_secret = "s3cret-value"
+
+[[route]]
+name = "defender"
+prefix = "/"
+upstream = "xdr"
+credential = "app"
+"#;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn err(text: &str) -> ConfigError {
+    Config::from_toml(text, &no_env).unwrap_err()
+}
+
+#[test]
+fn a_minimal_config_is_valid_with_defaults() {
+    let c = Config::from_toml(BASE, &no_env).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8080");
+    assert_eq!(c.server.tenant_header, "x-tenant-id");
+    assert_eq!(c.server.request_timeout_secs, 300);
+}
+
+#[test]
+fn unknown_key_names_its_path() {
+    let e = err(&format!("{BASE}\n[server]\nlisten_addr = \"x\"\n"));
+    assert_eq!(e.path, "server.listen_addr");
+    assert!(e.message.contains("unknown field `listen_addr`"), "{e}");
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\nstrip = true"));
+    assert_eq!(e.path, "route[0].strip");
+    assert!(e.message.contains("unknown field `strip`"), "{e}");
+    let e = err(&format!("{BASE}\n[rate_limit.x]\nper_minute = 1\nper_day = 3\n"));
+    assert_eq!(e.path, "rate_limit.x.per_day");
+}
+
+#[test]
+fn wrong_types_name_their_path() {
+    let e = err(&format!("{BASE}\n[server]\nrequest_timeout_secs = \"soon\"\n"));
+    assert_eq!(e.path, "server.request_timeout_secs");
+}
+
+#[test]
+fn missing_credential_reference_is_named() {
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"ap\""));
+    assert_eq!(e.to_string(), "route[0].credential: no credential named \"ap\"");
+}
+
+#[test]
+fn missing_rate_limit_reference_is_named() {
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\nrate_limit = \"nope\""));
+    assert_eq!(e.path, "route[0].rate_limit");
+}
+
+#[test]
+fn plain_http_is_refused_except_to_loopback() {
+    let e = err(&BASE.replace("upstream = \"xdr\"", "upstream = \"http://api.security.microsoft.com\"\nscope = \"x/.default\""));
+    assert_eq!(e.path, "route[0].upstream");
+    assert!(e.message.contains("plain http"), "{e}");
+    for ok in ["http://127.0.0.1:9000", "http://localhost:1", "http://[::1]:2"] {
+        let text = BASE.replace("upstream = \"xdr\"", &format!("upstream = \"{ok}\"\nscope = \"x/.default\""));
+        Config::from_toml(&text, &no_env).unwrap();
+    }
+    let e = err(&format!("{BASE}\n[cloud]\nauthority_host = \"http://login.example.com\"\n"));
+    assert_eq!(e.path, "cloud.authority_host");
+}
+
+#[test]
+fn authority_host_falls_back_to_the_environment() {
+    let env = |k: &str| (k == "AZURE_AUTHORITY_HOST").then(|| "https://login.microsoftonline.us/".to_string());
+    let c = Config::from_toml(BASE, &env).unwrap();
+    assert_eq!(c.cloud.authority_host.as_deref(), Some("https://login.microsoftonline.us/"));
+}
+
+#[test]
+fn url_upstream_needs_a_scope() {
+    let e = err(&BASE.replace("upstream = \"xdr\"", "upstream = \"https://api.example.com\""));
+    assert_eq!(e.path, "route[0].scope");
+}
+
+#[test]
+fn missing_variable_names_the_key_and_variable_never_a_value() {
+    let text = BASE.replace("client_secret = \"s3cret-value\"", "client_secret = \"${AZURE_CLIENT_SECRET}\"");
+    let e = err(&text);
+    assert_eq!(e.to_string(), "credentials.app.client_secret: environment variable AZURE_CLIENT_SECRET is not set");
+    let env = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "from-env".to_string());
+    let c = Config::from_toml(&text, &env).unwrap();
+    assert_eq!(c.credentials["app"].client_secret.as_ref().unwrap().expose(), "from-env");
+}
+
+#[test]
+fn client_secret_type_falls_back_to_azure_identity_variables() {
+    let text = r#"
+[credentials.app]
+type = "client_secret"
+[[route]]
+name = "d"
+prefix = "/"
+upstream = "xdr"
+credential = "app"
+"#;
+    let e = err(text);
+    assert_eq!(e.path, "credentials.app.tenant_id");
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some("11111111-1111-1111-1111-111111111111".to_string()),
+        "AZURE_CLIENT_ID" => Some("cid".to_string()),
+        "AZURE_CLIENT_SECRET" => Some("sec".to_string()),
+        _ => None,
+    };
+    let c = Config::from_toml(text, &env).unwrap();
+    assert_eq!(c.credentials["app"].client_id.as_deref(), Some("cid"));
+}
+
+#[test]
+fn keys_of_other_credential_types_are_refused() {
+    let e = err(&BASE.replace("client_id = \"client\"", "client_id = \"client\"\nusername = \"u\""));
+    assert_eq!(e.to_string(), "credentials.app.username: is not used by type \"client_secret\"");
+}
+
+#[test]
+fn tenant_table_takes_guids_or_star() {
+    let ok = format!("{BASE}\n[credentials.app.tenants]\ncontoso = \"22222222-2222-2222-2222-222222222222\"\nany = \"*\"\n");
+    Config::from_toml(&ok, &no_env).unwrap();
+    let bad = format!("{BASE}\n[credentials.app.tenants]\ncontoso = \"contoso.com\"\n");
+    assert_eq!(err(&bad).path, "credentials.app.tenants.contoso");
+}
+
+#[test]
+fn multi_tenant_aliases_are_not_a_home_tenant() {
+    let e = err(&BASE.replace("11111111-1111-1111-1111-111111111111", "common"));
+    assert_eq!(e.path, "credentials.app.tenant_id");
+}
+
+#[test]
+fn pinned_tenant_must_be_known_to_the_credential() {
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\ntenant = \"fabrikam\""));
+    assert_eq!(e.path, "route[0].tenant");
+}
+
+#[test]
+fn remote_listen_needs_opt_in_and_a_key() {
+    let e = err(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\n"));
+    assert_eq!(e.path, "server.listen");
+    let e = err(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nallow_remote = true\n"));
+    assert_eq!(e.path, "server.inbound_key");
+    Config::from_toml(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nallow_remote = true\ninbound_key = \"k\"\n"), &no_env)
+        .unwrap();
+}
+
+#[test]
+fn duplicate_prefixes_are_refused() {
+    let text = format!("{BASE}\n[[route]]\nname = \"two\"\nprefix = \"/\"\nupstream = \"mde\"\ncredential = \"app\"\n");
+    assert_eq!(err(&text).path, "route[1].prefix");
+}
+
+#[test]
+fn errors_and_debug_output_never_contain_the_secret() {
+    let c = Config::from_toml(BASE, &no_env).unwrap();
+    assert!(!format!("{c:?}").contains("s3cret-value"));
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"nope\""));
+    assert!(!e.to_string().contains("s3cret-value"));
+}
+
+#[test]
+fn secret_files_are_read_relative_to_the_config_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "from-file\n").unwrap();
+    let text = BASE.replace("client_secret = \"s3cret-value\"", "client_secret_file = \"secret.txt\"");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let c = Config::load(&path, &no_env).unwrap();
+    let app = &c.credentials["app"];
+    let s = read_secret(&app.client_secret, &app.client_secret_file, "credentials.app.client_secret").unwrap();
+    assert_eq!(s.unwrap().expose(), "from-file");
+}
+
+#[test]
+fn the_shipped_proxy_toml_is_valid_with_azure_variables() {
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some("11111111-1111-1111-1111-111111111111".to_string()),
+        "AZURE_CLIENT_ID" => Some("cid".to_string()),
+        "AZURE_CLIENT_SECRET" => Some("sec".to_string()),
+        _ => None,
+    };
+    let text = include_str!("../../proxy.toml");
+    let c = Config::from_toml(text, &env).unwrap();
+    let prefixes: Vec<&str> = c.routes.iter().map(|r| r.prefix.as_str()).collect();
+    for p in ["/", "/mde/", "/graph/"] {
+        assert!(prefixes.contains(&p), "{prefixes:?}");
+    }
+}
