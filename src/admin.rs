@@ -24,7 +24,9 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, stop: Cancellati
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
     if let Err(e) = served {
         tracing::warn!(error = %e, "admin listener failed");
     }
@@ -48,7 +50,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         creds.insert(c.name.to_string(), serde_json::Value::String(text));
     }
     let body = serde_json::json!({ "status": if ready { "ready" } else { "unready" }, "credentials": creds });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -56,15 +62,31 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(8192);
     state.metrics.render_routes(&mut out);
     render_tokens(&state, &mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 fn render_tokens(state: &AppState, out: &mut String) {
     let rt = state.runtime.load();
-    family(out, "defender_proxy_token_fetches_total", "counter", "Token fetches by credential and outcome.");
+    family(
+        out,
+        "defender_proxy_token_fetches_total",
+        "counter",
+        "Token fetches by credential and outcome.",
+    );
     for c in &rt.credentials {
         let name = esc(&c.name);
-        for (outcome, n) in [("ok", &c.stats.ok), ("rejected", &c.stats.rejected), ("unavailable", &c.stats.unavailable)] {
+        for (outcome, n) in [
+            ("ok", &c.stats.ok),
+            ("rejected", &c.stats.rejected),
+            ("unavailable", &c.stats.unavailable),
+        ] {
             let _ = writeln!(
                 out,
                 "defender_proxy_token_fetches_total{{credential=\"{name}\",outcome=\"{outcome}\"}} {}",
@@ -73,13 +95,36 @@ fn render_tokens(state: &AppState, out: &mut String) {
         }
     }
     let stats = &state.tokens.stats;
-    family(out, "defender_proxy_token_cache_requests_total", "counter", "Token cache lookups by result.");
+    family(
+        out,
+        "defender_proxy_token_cache_requests_total",
+        "counter",
+        "Token cache lookups by result.",
+    );
     for (result, n) in [("hit", &stats.hits), ("miss", &stats.misses)] {
-        let _ = writeln!(out, "defender_proxy_token_cache_requests_total{{result=\"{result}\"}} {}", n.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "defender_proxy_token_cache_requests_total{{result=\"{result}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
     }
-    family(out, "defender_proxy_token_refreshes_total", "counter", "Background token refreshes started.");
-    let _ = writeln!(out, "defender_proxy_token_refreshes_total {}", stats.refreshes.load(Ordering::Relaxed));
-    family(out, "defender_proxy_token_expiry_seconds", "gauge", "Seconds until each cached token expires.");
+    family(
+        out,
+        "defender_proxy_token_refreshes_total",
+        "counter",
+        "Background token refreshes started.",
+    );
+    let _ = writeln!(
+        out,
+        "defender_proxy_token_refreshes_total {}",
+        stats.refreshes.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "defender_proxy_token_expiry_seconds",
+        "gauge",
+        "Seconds until each cached token expires.",
+    );
     for (id, tenant, secs) in state.tokens.expiries() {
         if let Some(c) = rt.credentials.iter().find(|c| c.id == id) {
             let tenant = rt.router.tenant_label(&tenant);

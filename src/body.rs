@@ -38,7 +38,11 @@ pub enum RequestBody {
 impl RequestBody {
     /// Reads up to `keep` bytes; a body that ends within them can be replayed. Errors with
     /// `BodyTooLarge` as soon as more than `limit` bytes arrive.
-    pub async fn read(mut incoming: Incoming, keep: usize, limit: u64) -> Result<RequestBody, BoxError> {
+    pub async fn read(
+        mut incoming: Incoming,
+        keep: usize,
+        limit: u64,
+    ) -> Result<RequestBody, BoxError> {
         if incoming.is_end_stream() {
             return Ok(RequestBody::Full(None));
         }
@@ -57,7 +61,12 @@ impl RequestBody {
             }
         }
         let seen = buf.len() as u64;
-        Ok(RequestBody::Stream { prefix: Some(buf.freeze()), rest: incoming, seen, limit })
+        Ok(RequestBody::Stream {
+            prefix: Some(buf.freeze()),
+            rest: incoming,
+            seen,
+            limit,
+        })
     }
 
     /// A copy for a second attempt, when the body was kept whole.
@@ -73,10 +82,22 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
-            RequestBody::Stream { prefix, rest, seen, limit } => {
+            RequestBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            RequestBody::Stream {
+                prefix,
+                rest,
+                seen,
+                limit,
+            } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
@@ -147,9 +168,16 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }

@@ -12,14 +12,40 @@ pub fn summary(config: &Config, state: &AppState) -> String {
     let rt = state.runtime.load();
     let s = &config.server;
     let mut out = String::new();
-    let admin = if s.admin_listen.is_empty() { "off" } else { &s.admin_listen };
-    let _ = writeln!(out, "listen {}  admin {}  tenant header {}", s.listen, admin, s.tenant_header);
-    let _ = writeln!(out, "cloud {}  authority {}", config.cloud.name, config.cloud.authority_host.as_deref().unwrap_or("(cloud default)"));
+    let admin = if s.admin_listen.is_empty() {
+        "off"
+    } else {
+        &s.admin_listen
+    };
+    let _ = writeln!(
+        out,
+        "listen {}  admin {}  tenant header {}",
+        s.listen, admin, s.tenant_header
+    );
+    let _ = writeln!(
+        out,
+        "cloud {}  authority {}",
+        config.cloud.name,
+        config
+            .cloud
+            .authority_host
+            .as_deref()
+            .unwrap_or("(cloud default)")
+    );
     let _ = writeln!(out, "\ncredentials:");
     for (i, c) in rt.credentials.iter().enumerate() {
         let cfg = &config.credentials[&*c.name];
-        let secret_from = if cfg.client_secret_file.is_some() { "file" } else { "config/env" };
-        let mut tenants: Vec<String> = rt.router.named_tenants(i).iter().map(|t| format!("{} ({})", t.label, t.id)).collect();
+        let secret_from = if cfg.client_secret_file.is_some() {
+            "file"
+        } else {
+            "config/env"
+        };
+        let mut tenants: Vec<String> = rt
+            .router
+            .named_tenants(i)
+            .iter()
+            .map(|t| format!("{} ({})", t.label, t.id))
+            .collect();
         if rt.router.admits_any_guid(i) {
             tenants.push("any GUID".into());
         }
@@ -39,9 +65,20 @@ pub fn summary(config: &Config, state: &AppState) -> String {
             Some(t) => format!("pinned {} ({})", t.label, t.id),
             None => "tenant header, else home".into(),
         };
-        let limit = r.rate_limit.and_then(|i| config.rate_limit.keys().nth(i)).map_or("-", |s| s.as_str());
-        let prefix = if r.prefix().is_empty() { "/" } else { r.prefix() };
-        let strip = if r.strip_prefix { " (prefix stripped)" } else { "" };
+        let limit = r
+            .rate_limit
+            .and_then(|i| config.rate_limit.keys().nth(i))
+            .map_or("-", |s| s.as_str());
+        let prefix = if r.prefix().is_empty() {
+            "/"
+        } else {
+            r.prefix()
+        };
+        let strip = if r.strip_prefix {
+            " (prefix stripped)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "  {prefix:<16} -> {}{}{strip}\n  {:<16}    route={} scope={} credential={cred} tenant={tenant} limit={limit}",
@@ -68,13 +105,28 @@ pub async fn live(state: &AppState) -> Vec<LiveRow> {
     let rt = state.runtime.load_full();
     let mut rows = Vec::new();
     for (i, source) in rt.credentials.iter().enumerate() {
-        let mut scopes: Vec<_> = rt.router.routes().iter().filter(|r| r.credential == i).map(|r| r.scope.clone()).collect();
+        let mut scopes: Vec<_> = rt
+            .router
+            .routes()
+            .iter()
+            .filter(|r| r.credential == i)
+            .map(|r| r.scope.clone())
+            .collect();
         scopes.sort();
         scopes.dedup();
         for tenant in rt.router.named_tenants(i) {
             for scope in &scopes {
-                let key = TokenKey { credential: source.id, tenant: tenant.id.clone(), scope: scope.clone() };
-                let outcome = state.tokens.get(source, &key).await.map(|_| ()).map_err(|e| e.to_string());
+                let key = TokenKey {
+                    credential: source.id,
+                    tenant: tenant.id.clone(),
+                    scope: scope.clone(),
+                };
+                let outcome = state
+                    .tokens
+                    .get(source, &key)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 rows.push(LiveRow {
                     credential: source.name.to_string(),
                     tenant: format!("{} ({})", tenant.label, tenant.id),

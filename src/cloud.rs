@@ -66,7 +66,9 @@ impl Cloud {
             (Cloud::Gcc, Service::Xdr) => "api-gcc.security.microsoft.us".into(),
             (Cloud::Gcc, Service::Mde) => "api-gcc.securitycenter.microsoft.us".into(),
             (Cloud::GccHigh | Cloud::Dod, Service::Xdr) => "api-gov.security.microsoft.us".into(),
-            (Cloud::GccHigh | Cloud::Dod, Service::Mde) => "api-gov.securitycenter.microsoft.us".into(),
+            (Cloud::GccHigh | Cloud::Dod, Service::Mde) => {
+                "api-gov.securitycenter.microsoft.us".into()
+            }
             (Cloud::GccHigh, Service::Graph) => "graph.microsoft.us".into(),
             (Cloud::Dod, Service::Graph) => "dod-graph.microsoft.us".into(),
             (Cloud::China, Service::Graph) => "microsoftgraph.chinacloudapi.cn".into(),
@@ -75,7 +77,9 @@ impl Cloud {
         let scope = match (self, service) {
             // Regional hosts take the tokens of the global audience.
             (Cloud::Public, Service::Xdr) => "https://api.security.microsoft.com/.default".into(),
-            (Cloud::Public, Service::Mde) => "https://api.securitycenter.microsoft.com/.default".into(),
+            (Cloud::Public, Service::Mde) => {
+                "https://api.securitycenter.microsoft.com/.default".into()
+            }
             _ => format!("https://{host}/.default"),
         };
         Some((format!("https://{host}"), scope))
@@ -123,8 +127,14 @@ mod tests {
         let (url, scope) = Cloud::GccHigh.service(Service::Xdr, None).unwrap();
         assert_eq!(url, "https://api-gov.security.microsoft.us");
         assert_eq!(scope, "https://api-gov.security.microsoft.us/.default");
-        assert_eq!(Cloud::GccHigh.authority_host(), "https://login.microsoftonline.us");
-        assert_eq!(Cloud::Gcc.authority_host(), "https://login.microsoftonline.com");
+        assert_eq!(
+            Cloud::GccHigh.authority_host(),
+            "https://login.microsoftonline.us"
+        );
+        assert_eq!(
+            Cloud::Gcc.authority_host(),
+            "https://login.microsoftonline.com"
+        );
         let (url, _) = Cloud::Gcc.service(Service::Mde, None).unwrap();
         assert_eq!(url, "https://api-gcc.securitycenter.microsoft.us");
         assert!(Cloud::China.service(Service::Xdr, None).is_none());

@@ -96,7 +96,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "BodyTooLarge"),
             ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RateLimited"),
             ProxyError::TokenRejected { .. } => (StatusCode::BAD_GATEWAY, "TokenRejected"),
-            ProxyError::TokenUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "TokenUnavailable"),
+            ProxyError::TokenUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "TokenUnavailable")
+            }
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             ProxyError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
@@ -106,9 +108,8 @@ impl ProxyError {
     /// `Retry-After` for the errors that have one.
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::RateLimited { retry_after, .. } | ProxyError::TokenUnavailable { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            ProxyError::RateLimited { retry_after, .. }
+            | ProxyError::TokenUnavailable { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -122,13 +123,22 @@ impl ProxyError {
         let mut resp = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         h.insert(ERROR_HEADER, HeaderValue::from_static(code));
         if let Some(after) = self.retry_after() {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(after)));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(after)),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("DefenderProxyKey"));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("DefenderProxyKey"),
+            );
         }
         resp
     }
@@ -159,7 +169,10 @@ mod tests {
 
     #[test]
     fn rate_limited_carries_a_rounded_up_retry_after() {
-        let err = ProxyError::RateLimited { limit: "incidents".into(), retry_after: Duration::from_millis(2100) };
+        let err = ProxyError::RateLimited {
+            limit: "incidents".into(),
+            retry_after: Duration::from_millis(2100),
+        };
         let resp = err.into_response("r");
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "3");

@@ -114,7 +114,9 @@ fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
             || name == out.tenant_header
             || name == INBOUND_KEY_HEADER
             || name == CLIENT_REQUEST_ID
-            || named_in_connection.iter().any(|t| name.as_str().eq_ignore_ascii_case(t));
+            || named_in_connection
+                .iter()
+                .any(|t| name.as_str().eq_ignore_ascii_case(t));
         if !drop {
             dst.append(name.clone(), value.clone());
         }
@@ -184,14 +186,18 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest("the path must start with /"));
     }
     let lower_has = |needle: &str| {
-        path.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        path.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
     };
     let dot_segment = path.split('/').any(|seg| {
         let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
         decoded == "." || decoded == ".."
     });
     if dot_segment || lower_has("%2f") || lower_has("%5c") || path.contains('\\') {
-        return Err(ProxyError::BadRequest("the path contains dot segments or encoded separators"));
+        return Err(ProxyError::BadRequest(
+            "the path contains dot segments or encoded separators",
+        ));
     }
     Ok(())
 }

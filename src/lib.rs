@@ -112,18 +112,27 @@ impl AppState {
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to
 /// `shutdown_grace_secs`.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let stop = CancellationToken::new();
     let proxy = tokio::spawn(serve_proxy(state.clone(), listeners.proxy, stop.clone()));
-    let admin = listeners.admin.map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));
+    let admin = listeners
+        .admin
+        .map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     stop.cancel();
     let drained = tokio::time::timeout(grace, proxy).await;
     if drained.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "in-flight requests did not finish within the grace period"
+        );
     }
     state.cancel.cancel();
     if let Some(a) = admin {
@@ -146,12 +155,21 @@ impl Handle {
     /// Starts the proxy on already bound listeners.
     pub fn spawn(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
         let proxy_addr = listeners.proxy.local_addr()?;
-        let admin_addr = listeners.admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        let admin_addr = listeners
+            .admin
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(run(config, listeners, async {
             let _ = rx.await;
         }));
-        Ok(Handle { proxy_addr, admin_addr, shutdown: Some(tx), task })
+        Ok(Handle {
+            proxy_addr,
+            admin_addr,
+            shutdown: Some(tx),
+            task,
+        })
     }
 
     /// Starts graceful shutdown and waits for it.
@@ -159,13 +177,19 @@ impl Handle {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.map_err(|e| RunError::Setup(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| RunError::Setup(e.to_string()))?
     }
 }
 
 async fn serve_proxy(state: Arc<AppState>, listener: TcpListener, stop: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).max_buf_size(64 * 1024);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
     builder.http2().max_header_list_size(64 * 1024);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -186,7 +210,9 @@ async fn serve_proxy(state: Arc<AppState>, listener: TcpListener, stop: Cancella
             let state = state.clone();
             async move { Ok::<_, Infallible>(catch_panic(state, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -204,7 +230,10 @@ async fn catch_panic(
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<body::ResponseBody> {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(proxy::handle(state, req)).catch_unwind().await {
+    match std::panic::AssertUnwindSafe(proxy::handle(state, req))
+        .catch_unwind()
+        .await
+    {
         Ok(resp) => resp,
         Err(_) => {
             tracing::error!("request handler panicked");

@@ -58,7 +58,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -95,11 +98,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn run(path: &PathBuf, log_format: Option<String>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path, &ProcessEnv)?;
     let format_name = log_format.unwrap_or_else(|| config.log.format.clone());
-    let format = LogFormat::parse(&format_name)
-        .ok_or_else(|| ConfigError::new("log.format", format!("{format_name:?} must be text or json")))?;
+    let format = LogFormat::parse(&format_name).ok_or_else(|| {
+        ConfigError::new(
+            "log.format",
+            format!("{format_name:?} must be text or json"),
+        )
+    })?;
     init_logging(format, &config.log.level);
-    let listeners = Listeners::bind(&config).await.context("cannot bind the listeners")?;
-    tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "defender-proxy serving");
+    let listeners = Listeners::bind(&config)
+        .await
+        .context("cannot bind the listeners")?;
+    let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(listen = ?listeners.proxy.local_addr().ok(), admin = ?admin, "defender-proxy serving");
     defender_proxy::run(config, listeners, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -123,9 +133,16 @@ async fn check_config(path: &PathBuf, live: bool) -> anyhow::Result<ExitCode> {
                 format!("FAILED: {reason}")
             }
         };
-        println!("  {:<12} {:<50} {:<50} {outcome}", row.credential, row.tenant, row.scope);
+        println!(
+            "  {:<12} {:<50} {:<50} {outcome}",
+            row.credential, row.tenant, row.scope
+        );
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

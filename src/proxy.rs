@@ -62,10 +62,20 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
         None => state.metrics.count_rejected(error.unwrap_or("Other")),
     }
     if !resp.headers().contains_key(CLIENT_REQUEST_ID) {
-        resp.headers_mut().insert(CLIENT_REQUEST_ID, request_id.clone());
+        resp.headers_mut()
+            .insert(CLIENT_REQUEST_ID, request_id.clone());
     }
     if let Some(path) = path_for_log {
-        log_access(&rt, &trace, &method, &path, &resp, rid, error, started.elapsed());
+        log_access(
+            &rt,
+            &trace,
+            &method,
+            &path,
+            &resp,
+            rid,
+            error,
+            started.elapsed(),
+        );
     }
     resp
 }
@@ -82,7 +92,10 @@ fn log_access(
     elapsed: Duration,
 ) {
     let route = trace.route.map(|i| &*rt.router.routes()[i].name);
-    let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    let bytes = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
     tracing::info!(
         target: "defender_proxy::access",
         request_id,
@@ -112,26 +125,66 @@ async fn proxy(
     let (parts, incoming) = req.into_parts();
     let (index, route) = rt.router.route(parts.uri.path())?;
     trace.route = Some(index);
-    let tenant = rt.router.tenant(route, parts.headers.get(&rt.tenant_header))?;
+    let tenant = rt
+        .router
+        .tenant(route, parts.headers.get(&rt.tenant_header))?;
     trace.tenant = Some(tenant.clone());
     if content_length(&parts.headers).is_some_and(|n| n > rt.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
     let body = RequestBody::read(incoming, REPLAY_KEEP_BYTES, rt.max_body_bytes)
         .await
-        .map_err(|e| if e.is::<BodyTooLarge>() { ProxyError::BodyTooLarge } else { ProxyError::BadRequest("the request body could not be read") })?;
+        .map_err(|e| {
+            if e.is::<BodyTooLarge>() {
+                ProxyError::BodyTooLarge
+            } else {
+                ProxyError::BadRequest("the request body could not be read")
+            }
+        })?;
     let source = &rt.credentials[route.credential];
-    let key = TokenKey { credential: source.id, tenant: tenant.id.clone(), scope: route.scope.clone() };
-    let token = state.tokens.get(source, &key).await.map_err(|e| e.to_proxy_error(&source.name))?;
+    let key = TokenKey {
+        credential: source.id,
+        tenant: tenant.id.clone(),
+        scope: route.scope.clone(),
+    };
+    let token = state
+        .tokens
+        .get(source, &key)
+        .await
+        .map_err(|e| e.to_proxy_error(&source.name))?;
     let replay = body.try_clone();
-    let resp = send(state, rt, route, &parts, &token.header().clone(), request_id, body, trace).await?;
+    let resp = send(
+        state,
+        rt,
+        route,
+        &parts,
+        &token.header().clone(),
+        request_id,
+        body,
+        trace,
+    )
+    .await?;
     let resp = match (resp.status(), replay) {
         (StatusCode::UNAUTHORIZED, Some(body)) => {
             tracing::info!(route = %route.name, tenant = %tenant.label, "upstream answered 401; fetching a new token and replaying once");
             state.tokens.invalidate(&key, &token);
             drop(resp);
-            let fresh = state.tokens.get(source, &key).await.map_err(|e| e.to_proxy_error(&source.name))?;
-            send(state, rt, route, &parts, fresh.header(), request_id, body, trace).await?
+            let fresh = state
+                .tokens
+                .get(source, &key)
+                .await
+                .map_err(|e| e.to_proxy_error(&source.name))?;
+            send(
+                state,
+                rt,
+                route,
+                &parts,
+                fresh.header(),
+                request_id,
+                body,
+                trace,
+            )
+            .await?
         }
         (_, _) => resp,
     };
@@ -150,7 +203,12 @@ async fn send(
     body: RequestBody,
     trace: &mut Trace,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let out = Outbound { route, tenant_header: &rt.tenant_header, bearer, request_id };
+    let out = Outbound {
+        route,
+        tenant_header: &rt.tenant_header,
+        bearer,
+        request_id,
+    };
     let upstream_req = forward::build_request(parts, &out, body)?;
     let started = Instant::now();
     let resp = forward::send(&state.client, upstream_req, rt.request_timeout).await;
@@ -163,7 +221,11 @@ fn check_request(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ProxyError
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host_header = req.headers().get(header::HOST).map(|v| v.to_str().map_err(|_| ProxyError::BadHost)).transpose()?;
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().map_err(|_| ProxyError::BadHost))
+        .transpose()?;
     let authority = req.uri().authority().map(|a| a.as_str());
     let host = match (host_header, authority) {
         (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => return Err(ProxyError::BadHost),
@@ -179,7 +241,11 @@ fn check_request(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ProxyError
     }
     check_origin(rt, req.headers())?;
     if let Some(key) = &rt.inbound_key {
-        let given = req.headers().get(INBOUND_KEY_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+        let given = req
+            .headers()
+            .get(INBOUND_KEY_HEADER)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
         if !key.constant_time_eq(given) {
             return Err(ProxyError::Unauthenticated);
         }
@@ -189,38 +255,62 @@ fn check_request(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ProxyError
 
 /// A browser page from a foreign origin must not drive the proxy (CSRF, DNS rebinding).
 fn check_origin(rt: &Runtime, headers: &HeaderMap) -> Result<(), ProxyError> {
-    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
         return Err(ProxyError::BadOrigin);
     }
-    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
     let origin = origin.to_str().map_err(|_| ProxyError::BadOrigin)?;
-    let host = origin.split_once("://").map(|(_, rest)| rest).ok_or(ProxyError::BadOrigin)?;
-    if host_allowed(rt, host) { Ok(()) } else { Err(ProxyError::BadOrigin) }
+    let host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .ok_or(ProxyError::BadOrigin)?;
+    if host_allowed(rt, host) {
+        Ok(())
+    } else {
+        Err(ProxyError::BadOrigin)
+    }
 }
 
 /// Compares the host part (port ignored) with the allowed names.
 fn host_allowed(rt: &Runtime, host_port: &str) -> bool {
     let host = match host_port.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(host_port, |(h, _)| &host_port[..h.len() + 2]),
+        Some(rest) => rest
+            .split_once(']')
+            .map_or(host_port, |(h, _)| &host_port[..h.len() + 2]),
         None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
     };
-    rt.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host))
+    rt.allowed_hosts
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host))
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The client's `client-request-id` when it is sane, else a new UUID.
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(CLIENT_REQUEST_ID) {
         let ok = (1..=128).contains(&v.len())
-            && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && v.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if ok {
             return v.clone();
         }
     }
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("-"))
 }

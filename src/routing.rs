@@ -37,7 +37,10 @@ impl TenantPolicy {
         let mut policy = TenantPolicy::default();
         if let Some(home) = &c.tenant_id {
             let id: Arc<str> = home.to_ascii_lowercase().into();
-            let t = Tenant { id: id.clone(), label: "home".into() };
+            let t = Tenant {
+                id: id.clone(),
+                label: "home".into(),
+            };
             policy.by_guid.insert(id.to_string(), t.clone());
             policy.home = Some(t);
         }
@@ -46,7 +49,10 @@ impl TenantPolicy {
                 policy.any_guid = true;
                 continue;
             }
-            let t = Tenant { id: guid.to_ascii_lowercase().into(), label: alias.as_str().into() };
+            let t = Tenant {
+                id: guid.to_ascii_lowercase().into(),
+                label: alias.as_str().into(),
+            };
             policy.by_guid.insert(guid.to_ascii_lowercase(), t.clone());
             policy.aliases.insert(alias.to_ascii_lowercase(), t);
         }
@@ -58,16 +64,25 @@ impl TenantPolicy {
         let name = name.trim();
         let well_formed = !name.is_empty()
             && name.len() <= 256
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !well_formed {
             return Err(ProxyError::BadTenant);
         }
         let lower = name.to_ascii_lowercase();
-        if let Some(t) = self.aliases.get(&lower).or_else(|| self.by_guid.get(&lower)) {
+        if let Some(t) = self
+            .aliases
+            .get(&lower)
+            .or_else(|| self.by_guid.get(&lower))
+        {
             return Ok(t.clone());
         }
         if self.any_guid && is_guid(&lower) {
-            return Ok(Tenant { id: lower.into(), label: "*".into() });
+            return Ok(Tenant {
+                id: lower.into(),
+                label: "*".into(),
+            });
         }
         Err(ProxyError::TenantNotAllowed)
     }
@@ -97,7 +112,12 @@ impl Upstream {
         let base_path = uri.path().trim_end_matches('/').to_string();
         let scheme = uri.scheme()?.clone();
         let authority = uri.authority()?.clone();
-        Some(Upstream { origin: format!("{scheme}://{authority}"), scheme, authority, base_path })
+        Some(Upstream {
+            origin: format!("{scheme}://{authority}"),
+            scheme,
+            authority,
+            base_path,
+        })
     }
 }
 
@@ -133,7 +153,11 @@ impl Route {
 
     /// The path to forward: the prefix removed when asked, the upstream's base path added.
     pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
-        let rest = if self.strip_prefix { &path[self.prefix.len()..] } else { path };
+        let rest = if self.strip_prefix {
+            &path[self.prefix.len()..]
+        } else {
+            path
+        };
         let rest = if rest.is_empty() { "/" } else { rest };
         if self.upstream.base_path.is_empty() {
             std::borrow::Cow::Borrowed(rest)
@@ -177,11 +201,19 @@ impl Router {
 
     /// The route for `path` and its index in `routes()`.
     pub fn route(&self, path: &str) -> Result<(usize, &Route), ProxyError> {
-        self.routes.iter().enumerate().find(|(_, r)| r.matches(path)).ok_or(ProxyError::NoRoute)
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(path))
+            .ok_or(ProxyError::NoRoute)
     }
 
     /// The tenant for a request on `route` carrying `header` (the tenant header, if any).
-    pub fn tenant(&self, route: &Route, header: Option<&HeaderValue>) -> Result<Tenant, ProxyError> {
+    pub fn tenant(
+        &self,
+        route: &Route,
+        header: Option<&HeaderValue>,
+    ) -> Result<Tenant, ProxyError> {
         if let Some(t) = &route.pinned {
             return Ok(t.clone());
         }
@@ -206,7 +238,12 @@ impl Router {
         let mut out: Vec<Tenant> = p.home.iter().cloned().collect();
         let mut aliases: Vec<&Tenant> = p.aliases.values().collect();
         aliases.sort_by(|a, b| a.label.cmp(&b.label));
-        out.extend(aliases.into_iter().filter(|t| Some(&t.id) != p.home.as_ref().map(|h| &h.id)).cloned());
+        out.extend(
+            aliases
+                .into_iter()
+                .filter(|t| Some(&t.id) != p.home.as_ref().map(|h| &h.id))
+                .cloned(),
+        );
         out
     }
 
@@ -233,7 +270,10 @@ fn compile_route(
         None => (r.upstream.clone(), String::new()),
     };
     let credential = *credential_index.get(&r.credential)?;
-    let pinned = r.tenant.as_deref().and_then(|t| policies[credential].resolve(t).ok());
+    let pinned = r
+        .tenant
+        .as_deref()
+        .and_then(|t| policies[credential].resolve(t).ok());
     Some(Route {
         name: r.name.as_str().into(),
         prefix: r.prefix.trim_end_matches('/').to_string(),
@@ -242,7 +282,10 @@ fn compile_route(
         scope: r.scope.clone().unwrap_or(default_scope).into(),
         credential,
         pinned,
-        rate_limit: r.rate_limit.as_ref().and_then(|l| limits.iter().position(|n| *n == l)),
+        rate_limit: r
+            .rate_limit
+            .as_ref()
+            .and_then(|l| limits.iter().position(|n| *n == l)),
     })
 }
 

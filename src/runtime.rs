@@ -44,11 +44,12 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles `config` (already validated); reads secret files.
     pub fn build(config: &Config, metrics: &Metrics) -> Result<Runtime, ConfigError> {
-        let authority = config
-            .cloud
-            .authority_host
-            .clone()
-            .unwrap_or_else(|| Cloud::parse(&config.cloud.name).unwrap_or(Cloud::Public).authority_host().to_string());
+        let authority = config.cloud.authority_host.clone().unwrap_or_else(|| {
+            Cloud::parse(&config.cloud.name)
+                .unwrap_or(Cloud::Public)
+                .authority_host()
+                .to_string()
+        });
         let mut index = HashMap::new();
         let mut credentials = Vec::new();
         for (name, c) in &config.credentials {
@@ -56,19 +57,28 @@ impl Runtime {
             credentials.push(Arc::new(build_credential(name, c, &authority)?));
         }
         let router = Router::build(config, &index);
-        let route_metrics = router.routes().iter().map(|r| metrics.route(&r.name)).collect();
+        let route_metrics = router
+            .routes()
+            .iter()
+            .map(|r| metrics.route(&r.name))
+            .collect();
         let s = &config.server;
         let inbound_key = read_secret(&s.inbound_key, &s.inbound_key_file, "server.inbound_key")?;
         let allowed_hosts = match &s.allowed_hosts {
             Some(h) => h.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
-            None => DEFAULT_ALLOWED_HOSTS.iter().map(|h| h.to_string()).collect(),
+            None => DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
         };
         Ok(Runtime {
             router,
             credentials,
             route_metrics,
             tenant_header: HeaderName::from_bytes(s.tenant_header.to_ascii_lowercase().as_bytes())
-                .map_err(|_| ConfigError::new("server.tenant_header", "is not a valid header name"))?,
+                .map_err(|_| {
+                    ConfigError::new("server.tenant_header", "is not a valid header name")
+                })?,
             allowed_hosts,
             inbound_key,
             request_timeout: Duration::from_secs(s.request_timeout_secs),
@@ -78,14 +88,26 @@ impl Runtime {
     }
 }
 
-fn build_credential(name: &str, c: &CredentialConfig, authority: &str) -> Result<CredentialSource, ConfigError> {
+fn build_credential(
+    name: &str,
+    c: &CredentialConfig,
+    authority: &str,
+) -> Result<CredentialSource, ConfigError> {
     let path = format!("credentials.{name}");
-    let endpoint = TokenEndpoint::new(authority, c.token_version.unwrap_or(2), c.token_url.as_deref());
+    let endpoint = TokenEndpoint::new(
+        authority,
+        c.token_version.unwrap_or(2),
+        c.token_url.as_deref(),
+    );
     let credential = match c.kind {
         CredentialType::ClientSecret => {
-            let secret = read_secret(&c.client_secret, &c.client_secret_file, &format!("{path}.client_secret"))?
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| ConfigError::new(format!("{path}.client_secret"), "is empty"))?;
+            let secret = read_secret(
+                &c.client_secret,
+                &c.client_secret_file,
+                &format!("{path}.client_secret"),
+            )?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::new(format!("{path}.client_secret"), "is empty"))?;
             Credential::ClientSecret(ClientSecret {
                 client_id: c.client_id.clone().unwrap_or_default(),
                 secret,
@@ -93,7 +115,10 @@ fn build_credential(name: &str, c: &CredentialConfig, authority: &str) -> Result
             })
         }
         other => {
-            return Err(ConfigError::new(format!("{path}.type"), format!("{:?} is not available", other.as_str())));
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!("{:?} is not available", other.as_str()),
+            ));
         }
     };
     let id = fingerprint(name, c, authority, &credential);
@@ -103,7 +128,16 @@ fn build_credential(name: &str, c: &CredentialConfig, authority: &str) -> Result
 /// Same configuration → same ID, so a reload keeps the tokens of unchanged credentials.
 fn fingerprint(name: &str, c: &CredentialConfig, authority: &str, credential: &Credential) -> u64 {
     let mut h = DefaultHasher::new();
-    (name, c.kind.as_str(), &c.tenant_id, &c.client_id, c.token_version, &c.token_url, authority).hash(&mut h);
+    (
+        name,
+        c.kind.as_str(),
+        &c.tenant_id,
+        &c.client_id,
+        c.token_version,
+        &c.token_url,
+        authority,
+    )
+        .hash(&mut h);
     match credential {
         Credential::ClientSecret(cs) => cs.secret.expose().hash(&mut h),
         #[cfg(test)]

@@ -31,7 +31,10 @@ impl Secret {
         if mine.len() != other.len() {
             return false;
         }
-        mine.iter().zip(other).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        mine.iter()
+            .zip(other)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 

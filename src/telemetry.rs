@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const LATENCY_BUCKETS: [f64; 14] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0];
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 180.0,
+];
 
 /// A cumulative histogram with fixed buckets.
 #[derive(Debug, Default)]
@@ -28,7 +29,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -56,14 +58,20 @@ pub struct RouteMetrics {
 
 impl Default for RouteMetrics {
     fn default() -> Self {
-        RouteMetrics { statuses: (100..600).map(|_| AtomicU64::new(0)).collect(), upstream_latency: Histogram::default() }
+        RouteMetrics {
+            statuses: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            upstream_latency: Histogram::default(),
+        }
     }
 }
 
 impl RouteMetrics {
     /// Counts one answered request.
     pub fn count_status(&self, status: u16) {
-        if let Some(c) = status.checked_sub(100).and_then(|i| self.statuses.get(usize::from(i))) {
+        if let Some(c) = status
+            .checked_sub(100)
+            .and_then(|i| self.statuses.get(usize::from(i)))
+        {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -88,7 +96,12 @@ impl Metrics {
 
     /// Counts a request refused before it had a route.
     pub fn count_rejected(&self, code: &'static str) {
-        *self.rejected.lock().unwrap_or_else(|e| e.into_inner()).entry(code).or_default() += 1;
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(code)
+            .or_default() += 1;
     }
 
     /// Renders the route families.
@@ -96,28 +109,64 @@ impl Metrics {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<_> = routes.keys().cloned().collect();
         names.sort();
-        header(out, "defender_proxy_requests_total", "counter", "Requests answered, by route and HTTP status.");
+        header(
+            out,
+            "defender_proxy_requests_total",
+            "counter",
+            "Requests answered, by route and HTTP status.",
+        );
         for name in &names {
             for (i, c) in routes[name].statuses.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(out, "defender_proxy_requests_total{{route=\"{}\",status=\"{}\"}} {n}", esc(name), i + 100);
+                    let _ = writeln!(
+                        out,
+                        "defender_proxy_requests_total{{route=\"{}\",status=\"{}\"}} {n}",
+                        esc(name),
+                        i + 100
+                    );
                 }
             }
         }
-        header(out, "defender_proxy_upstream_latency_seconds", "histogram", "Time until the upstream's response head.");
+        header(
+            out,
+            "defender_proxy_upstream_latency_seconds",
+            "histogram",
+            "Time until the upstream's response head.",
+        );
         for name in &names {
-            routes[name].upstream_latency.render(out, "defender_proxy_upstream_latency_seconds", &format!("route=\"{}\"", esc(name)));
+            routes[name].upstream_latency.render(
+                out,
+                "defender_proxy_upstream_latency_seconds",
+                &format!("route=\"{}\"", esc(name)),
+            );
         }
-        header(out, "defender_proxy_rejected_requests_total", "counter", "Requests refused before routing, by error code.");
+        header(
+            out,
+            "defender_proxy_rejected_requests_total",
+            "counter",
+            "Requests refused before routing, by error code.",
+        );
         let rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
         let mut codes: Vec<_> = rejected.iter().collect();
         codes.sort();
         for (code, n) in codes {
-            let _ = writeln!(out, "defender_proxy_rejected_requests_total{{code=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "defender_proxy_rejected_requests_total{{code=\"{code}\"}} {n}"
+            );
         }
-        header(out, "defender_proxy_inflight_requests", "gauge", "Requests being served.");
-        let _ = writeln!(out, "defender_proxy_inflight_requests {}", self.inflight.load(Ordering::Relaxed));
+        header(
+            out,
+            "defender_proxy_inflight_requests",
+            "gauge",
+            "Requests being served.",
+        );
+        let _ = writeln!(
+            out,
+            "defender_proxy_inflight_requests {}",
+            self.inflight.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -128,7 +177,9 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Escapes a label value.
 pub fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Log output format.
@@ -157,7 +208,9 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -179,10 +232,17 @@ mod tests {
         r.upstream_latency.observe(Duration::from_millis(30));
         let mut out = String::new();
         m.render_routes(&mut out);
-        assert!(out.contains("defender_proxy_requests_total{route=\"defender\",status=\"200\"} 2"), "{out}");
+        assert!(
+            out.contains("defender_proxy_requests_total{route=\"defender\",status=\"200\"} 2"),
+            "{out}"
+        );
         assert!(out.contains("defender_proxy_requests_total{route=\"defender\",status=\"429\"} 1"));
-        assert!(out.contains("defender_proxy_upstream_latency_seconds_bucket{route=\"defender\",le=\"0.05\"} 1"));
-        assert!(out.contains("defender_proxy_upstream_latency_seconds_bucket{route=\"defender\",le=\"0.025\"} 0"));
+        assert!(out.contains(
+            "defender_proxy_upstream_latency_seconds_bucket{route=\"defender\",le=\"0.05\"} 1"
+        ));
+        assert!(out.contains(
+            "defender_proxy_upstream_latency_seconds_bucket{route=\"defender\",le=\"0.025\"} 0"
+        ));
         assert!(out.contains("# TYPE defender_proxy_upstream_latency_seconds histogram"));
     }
 

@@ -29,7 +29,11 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 /// Expands every string value below `table`, naming `path` in errors.
 pub fn expand_table(table: &mut toml::Table, path: &str, env: &dyn Env) -> Result<(), ConfigError> {
     for (key, value) in table.iter_mut() {
-        let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        let child = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         expand_value(value, &child, env)?;
     }
     Ok(())
@@ -146,6 +150,9 @@ mod tests {
     fn errors_name_the_key_path() {
         let mut t: toml::Table = toml::from_str("[[route]]\nupstream = \"${MISSING}\"").unwrap();
         let err = expand_table(&mut t, "", &env).unwrap_err();
-        assert_eq!(err.to_string(), "route[0].upstream: environment variable MISSING is not set");
+        assert_eq!(
+            err.to_string(),
+            "route[0].upstream: environment variable MISSING is not set"
+        );
     }
 }

@@ -27,7 +27,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// A new error at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -117,7 +120,10 @@ pub struct CloudConfig {
 
 impl Default for CloudConfig {
     fn default() -> Self {
-        CloudConfig { name: "public".into(), authority_host: None }
+        CloudConfig {
+            name: "public".into(),
+            authority_host: None,
+        }
     }
 }
 
@@ -143,7 +149,11 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), level: "info".into(), access_log: true }
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+            access_log: true,
+        }
     }
 }
 
@@ -285,13 +295,15 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, env)?.with_base_dir(base).validated(env)
+        Config::parse(&text, env)?
+            .with_base_dir(base)
+            .validated(env)
     }
 
     /// Parses and expands TOML text without validating.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
         expand::expand_table(&mut table, "", env)?;
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -348,8 +360,12 @@ pub fn read_secret(
     match (inline, file) {
         (Some(s), _) => Ok(Some(s.clone())),
         (None, Some(f)) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| ConfigError::new(format!("{path}_file"), format!("cannot read {}: {e}", f.display())))?;
+            let text = std::fs::read_to_string(f).map_err(|e| {
+                ConfigError::new(
+                    format!("{path}_file"),
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
             Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
         }
         (None, None) => Ok(None),

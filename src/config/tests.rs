@@ -40,62 +40,105 @@ fn unknown_key_names_its_path() {
     let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\nstrip = true"));
     assert_eq!(e.path, "route[0].strip");
     assert!(e.message.contains("unknown field `strip`"), "{e}");
-    let e = err(&format!("{BASE}\n[rate_limit.x]\nper_minute = 1\nper_day = 3\n"));
+    let e = err(&format!(
+        "{BASE}\n[rate_limit.x]\nper_minute = 1\nper_day = 3\n"
+    ));
     assert_eq!(e.path, "rate_limit.x.per_day");
 }
 
 #[test]
 fn wrong_types_name_their_path() {
-    let e = err(&format!("{BASE}\n[server]\nrequest_timeout_secs = \"soon\"\n"));
+    let e = err(&format!(
+        "{BASE}\n[server]\nrequest_timeout_secs = \"soon\"\n"
+    ));
     assert_eq!(e.path, "server.request_timeout_secs");
 }
 
 #[test]
 fn missing_credential_reference_is_named() {
     let e = err(&BASE.replace("credential = \"app\"", "credential = \"ap\""));
-    assert_eq!(e.to_string(), "route[0].credential: no credential named \"ap\"");
+    assert_eq!(
+        e.to_string(),
+        "route[0].credential: no credential named \"ap\""
+    );
 }
 
 #[test]
 fn missing_rate_limit_reference_is_named() {
-    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\nrate_limit = \"nope\""));
+    let e = err(&BASE.replace(
+        "credential = \"app\"",
+        "credential = \"app\"\nrate_limit = \"nope\"",
+    ));
     assert_eq!(e.path, "route[0].rate_limit");
 }
 
 #[test]
 fn plain_http_is_refused_except_to_loopback() {
-    let e = err(&BASE.replace("upstream = \"xdr\"", "upstream = \"http://api.security.microsoft.com\"\nscope = \"x/.default\""));
+    let e = err(&BASE.replace(
+        "upstream = \"xdr\"",
+        "upstream = \"http://api.security.microsoft.com\"\nscope = \"x/.default\"",
+    ));
     assert_eq!(e.path, "route[0].upstream");
     assert!(e.message.contains("plain http"), "{e}");
-    for ok in ["http://127.0.0.1:9000", "http://localhost:1", "http://[::1]:2"] {
-        let text = BASE.replace("upstream = \"xdr\"", &format!("upstream = \"{ok}\"\nscope = \"x/.default\""));
+    for ok in [
+        "http://127.0.0.1:9000",
+        "http://localhost:1",
+        "http://[::1]:2",
+    ] {
+        let text = BASE.replace(
+            "upstream = \"xdr\"",
+            &format!("upstream = \"{ok}\"\nscope = \"x/.default\""),
+        );
         Config::from_toml(&text, &no_env).unwrap();
     }
-    let e = err(&format!("{BASE}\n[cloud]\nauthority_host = \"http://login.example.com\"\n"));
+    let e = err(&format!(
+        "{BASE}\n[cloud]\nauthority_host = \"http://login.example.com\"\n"
+    ));
     assert_eq!(e.path, "cloud.authority_host");
 }
 
 #[test]
 fn authority_host_falls_back_to_the_environment() {
-    let env = |k: &str| (k == "AZURE_AUTHORITY_HOST").then(|| "https://login.microsoftonline.us/".to_string());
+    let env = |k: &str| {
+        (k == "AZURE_AUTHORITY_HOST").then(|| "https://login.microsoftonline.us/".to_string())
+    };
     let c = Config::from_toml(BASE, &env).unwrap();
-    assert_eq!(c.cloud.authority_host.as_deref(), Some("https://login.microsoftonline.us/"));
+    assert_eq!(
+        c.cloud.authority_host.as_deref(),
+        Some("https://login.microsoftonline.us/")
+    );
 }
 
 #[test]
 fn url_upstream_needs_a_scope() {
-    let e = err(&BASE.replace("upstream = \"xdr\"", "upstream = \"https://api.example.com\""));
+    let e = err(&BASE.replace(
+        "upstream = \"xdr\"",
+        "upstream = \"https://api.example.com\"",
+    ));
     assert_eq!(e.path, "route[0].scope");
 }
 
 #[test]
 fn missing_variable_names_the_key_and_variable_never_a_value() {
-    let text = BASE.replace("client_secret = \"s3cret-value\"", "client_secret = \"${AZURE_CLIENT_SECRET}\"");
+    let text = BASE.replace(
+        "client_secret = \"s3cret-value\"",
+        "client_secret = \"${AZURE_CLIENT_SECRET}\"",
+    );
     let e = err(&text);
-    assert_eq!(e.to_string(), "credentials.app.client_secret: environment variable AZURE_CLIENT_SECRET is not set");
+    assert_eq!(
+        e.to_string(),
+        "credentials.app.client_secret: environment variable AZURE_CLIENT_SECRET is not set"
+    );
     let env = |k: &str| (k == "AZURE_CLIENT_SECRET").then(|| "from-env".to_string());
     let c = Config::from_toml(&text, &env).unwrap();
-    assert_eq!(c.credentials["app"].client_secret.as_ref().unwrap().expose(), "from-env");
+    assert_eq!(
+        c.credentials["app"]
+            .client_secret
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "from-env"
+    );
 }
 
 #[test]
@@ -123,13 +166,21 @@ credential = "app"
 
 #[test]
 fn keys_of_other_credential_types_are_refused() {
-    let e = err(&BASE.replace("client_id = \"client\"", "client_id = \"client\"\nusername = \"u\""));
-    assert_eq!(e.to_string(), "credentials.app.username: is not used by type \"client_secret\"");
+    let e = err(&BASE.replace(
+        "client_id = \"client\"",
+        "client_id = \"client\"\nusername = \"u\"",
+    ));
+    assert_eq!(
+        e.to_string(),
+        "credentials.app.username: is not used by type \"client_secret\""
+    );
 }
 
 #[test]
 fn tenant_table_takes_guids_or_star() {
-    let ok = format!("{BASE}\n[credentials.app.tenants]\ncontoso = \"22222222-2222-2222-2222-222222222222\"\nany = \"*\"\n");
+    let ok = format!(
+        "{BASE}\n[credentials.app.tenants]\ncontoso = \"22222222-2222-2222-2222-222222222222\"\nany = \"*\"\n"
+    );
     Config::from_toml(&ok, &no_env).unwrap();
     let bad = format!("{BASE}\n[credentials.app.tenants]\ncontoso = \"contoso.com\"\n");
     assert_eq!(err(&bad).path, "credentials.app.tenants.contoso");
@@ -143,7 +194,10 @@ fn multi_tenant_aliases_are_not_a_home_tenant() {
 
 #[test]
 fn pinned_tenant_must_be_known_to_the_credential() {
-    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\ntenant = \"fabrikam\""));
+    let e = err(&BASE.replace(
+        "credential = \"app\"",
+        "credential = \"app\"\ntenant = \"fabrikam\"",
+    ));
     assert_eq!(e.path, "route[0].tenant");
 }
 
@@ -151,7 +205,9 @@ fn pinned_tenant_must_be_known_to_the_credential() {
 fn remote_listen_needs_opt_in_and_a_key() {
     let e = err(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\n"));
     assert_eq!(e.path, "server.listen");
-    let e = err(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nallow_remote = true\n"));
+    let e = err(&format!(
+        "{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nallow_remote = true\n"
+    ));
     assert_eq!(e.path, "server.inbound_key");
     Config::from_toml(&format!("{BASE}\n[server]\nlisten = \"0.0.0.0:8080\"\nallow_remote = true\ninbound_key = \"k\"\n"), &no_env)
         .unwrap();
@@ -159,7 +215,9 @@ fn remote_listen_needs_opt_in_and_a_key() {
 
 #[test]
 fn duplicate_prefixes_are_refused() {
-    let text = format!("{BASE}\n[[route]]\nname = \"two\"\nprefix = \"/\"\nupstream = \"mde\"\ncredential = \"app\"\n");
+    let text = format!(
+        "{BASE}\n[[route]]\nname = \"two\"\nprefix = \"/\"\nupstream = \"mde\"\ncredential = \"app\"\n"
+    );
     assert_eq!(err(&text).path, "route[1].prefix");
 }
 
@@ -175,12 +233,20 @@ fn errors_and_debug_output_never_contain_the_secret() {
 fn secret_files_are_read_relative_to_the_config_and_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("secret.txt"), "from-file\n").unwrap();
-    let text = BASE.replace("client_secret = \"s3cret-value\"", "client_secret_file = \"secret.txt\"");
+    let text = BASE.replace(
+        "client_secret = \"s3cret-value\"",
+        "client_secret_file = \"secret.txt\"",
+    );
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     let c = Config::load(&path, &no_env).unwrap();
     let app = &c.credentials["app"];
-    let s = read_secret(&app.client_secret, &app.client_secret_file, "credentials.app.client_secret").unwrap();
+    let s = read_secret(
+        &app.client_secret,
+        &app.client_secret_file,
+        "credentials.app.client_secret",
+    )
+    .unwrap();
     assert_eq!(s.unwrap().expose(), "from-file");
 }
 

@@ -27,7 +27,10 @@ pub(super) fn apply_env_fallbacks(config: &mut Config, env: &dyn Env) {
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_server(config)?;
     let cloud = Cloud::parse(&config.cloud.name).ok_or_else(|| {
-        ConfigError::new("cloud.name", "must be one of public, gcc, gcc-high, dod, china")
+        ConfigError::new(
+            "cloud.name",
+            "must be one of public, gcc, gcc-high, dod, china",
+        )
     })?;
     if let Some(host) = &config.cloud.authority_host {
         check_url(host, "cloud.authority_host", false)?;
@@ -49,10 +52,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     for (i, r) in config.routes.iter().enumerate() {
         let path = format!("route[{i}]");
         if !names.insert(r.name.as_str()) {
-            return Err(ConfigError::new(format!("{path}.name"), format!("duplicate route name {:?}", r.name)));
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
         }
         if !prefixes.insert(r.prefix.as_str()) {
-            return Err(ConfigError::new(format!("{path}.prefix"), format!("duplicate prefix {:?}", r.prefix)));
+            return Err(ConfigError::new(
+                format!("{path}.prefix"),
+                format!("duplicate prefix {:?}", r.prefix),
+            ));
         }
         validate_route(config, cloud, r, &path)?;
     }
@@ -61,10 +70,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
 
 fn validate_server(config: &Config) -> Result<(), ConfigError> {
     let s = &config.server;
-    let listen: SocketAddr = s
-        .listen
-        .parse()
-        .map_err(|_| ConfigError::new("server.listen", "must be an address such as 127.0.0.1:8080"))?;
+    let listen: SocketAddr = s.listen.parse().map_err(|_| {
+        ConfigError::new("server.listen", "must be an address such as 127.0.0.1:8080")
+    })?;
     if !listen.ip().is_loopback() {
         if !s.allow_remote {
             return Err(ConfigError::new(
@@ -73,29 +81,47 @@ fn validate_server(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         if s.inbound_key.is_none() && s.inbound_key_file.is_none() {
-            return Err(ConfigError::new("server.inbound_key", "is required when server.allow_remote = true"));
+            return Err(ConfigError::new(
+                "server.inbound_key",
+                "is required when server.allow_remote = true",
+            ));
         }
     }
     if matches!(&s.inbound_key, Some(k) if k.is_empty()) {
         return Err(ConfigError::new("server.inbound_key", "must not be empty"));
     }
     if !s.admin_listen.is_empty() && s.admin_listen.parse::<SocketAddr>().is_err() {
-        return Err(ConfigError::new("server.admin_listen", "must be an address such as 127.0.0.1:9090, or empty"));
+        return Err(ConfigError::new(
+            "server.admin_listen",
+            "must be an address such as 127.0.0.1:9090, or empty",
+        ));
     }
     if http::HeaderName::from_bytes(s.tenant_header.as_bytes()).is_err() {
-        return Err(ConfigError::new("server.tenant_header", "is not a valid header name"));
+        return Err(ConfigError::new(
+            "server.tenant_header",
+            "is not a valid header name",
+        ));
     }
     for (key, value) in [
         ("request_timeout_secs", s.request_timeout_secs),
         ("max_request_body_bytes", s.max_request_body_bytes),
     ] {
         if value == 0 {
-            return Err(ConfigError::new(format!("server.{key}"), "must be greater than 0"));
+            return Err(ConfigError::new(
+                format!("server.{key}"),
+                "must be greater than 0",
+            ));
         }
     }
     if let Some(hosts) = &s.allowed_hosts {
-        if let Some(i) = hosts.iter().position(|h| h.trim().is_empty() || h.contains('/')) {
-            return Err(ConfigError::new(format!("server.allowed_hosts[{i}]"), "must be a host name or address"));
+        if let Some(i) = hosts
+            .iter()
+            .position(|h| h.trim().is_empty() || h.contains('/'))
+        {
+            return Err(ConfigError::new(
+                format!("server.allowed_hosts[{i}]"),
+                "must be a host name or address",
+            ));
         }
     }
     Ok(())
@@ -114,7 +140,10 @@ fn present_keys(c: &CredentialConfig) -> Vec<&'static str> {
         ("certificate", c.certificate.is_some()),
         ("private_key", c.private_key.is_some()),
         ("certificate_password", c.certificate_password.is_some()),
-        ("certificate_password_file", c.certificate_password_file.is_some()),
+        (
+            "certificate_password_file",
+            c.certificate_password_file.is_some(),
+        ),
         ("assertion_alg", c.assertion_alg.is_some()),
         ("send_certificate_chain", c.send_certificate_chain.is_some()),
         ("token_file", c.token_file.is_some()),
@@ -126,24 +155,63 @@ fn present_keys(c: &CredentialConfig) -> Vec<&'static str> {
         ("password", c.password.is_some()),
         ("password_file", c.password_file.is_some()),
     ];
-    flags.iter().filter(|(_, set)| *set).map(|(k, _)| *k).collect()
+    flags
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 fn allowed_keys(kind: CredentialType) -> &'static [&'static str] {
     match kind {
         CredentialType::ClientSecret => &[
-            "tenant_id", "client_id", "client_secret", "client_secret_file", "token_version", "token_url", "tenants",
+            "tenant_id",
+            "client_id",
+            "client_secret",
+            "client_secret_file",
+            "token_version",
+            "token_url",
+            "tenants",
         ],
         CredentialType::ClientCertificate => &[
-            "tenant_id", "client_id", "token_version", "token_url", "tenants", "certificate", "private_key",
-            "certificate_password", "certificate_password_file", "assertion_alg", "send_certificate_chain",
+            "tenant_id",
+            "client_id",
+            "token_version",
+            "token_url",
+            "tenants",
+            "certificate",
+            "private_key",
+            "certificate_password",
+            "certificate_password_file",
+            "assertion_alg",
+            "send_certificate_chain",
         ],
-        CredentialType::WorkloadIdentity => &["tenant_id", "client_id", "token_version", "token_url", "tenants", "token_file"],
+        CredentialType::WorkloadIdentity => &[
+            "tenant_id",
+            "client_id",
+            "token_version",
+            "token_url",
+            "tenants",
+            "token_file",
+        ],
         CredentialType::ManagedIdentity => &["client_id", "object_id", "resource_id", "endpoint"],
-        CredentialType::DeviceCode => &["tenant_id", "client_id", "token_version", "token_url", "token_store"],
+        CredentialType::DeviceCode => &[
+            "tenant_id",
+            "client_id",
+            "token_version",
+            "token_url",
+            "token_store",
+        ],
         CredentialType::Password => &[
-            "tenant_id", "client_id", "client_secret", "client_secret_file", "token_version", "token_url", "username",
-            "password", "password_file",
+            "tenant_id",
+            "client_id",
+            "client_secret",
+            "client_secret_file",
+            "token_version",
+            "token_url",
+            "username",
+            "password",
+            "password_file",
         ],
     }
 }
@@ -160,18 +228,30 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
     if c.kind != CredentialType::ClientSecret {
         return Err(ConfigError::new(
             format!("{path}.type"),
-            format!("{:?} is not available in this version; use \"client_secret\"", c.kind.as_str()),
+            format!(
+                "{:?} is not available in this version; use \"client_secret\"",
+                c.kind.as_str()
+            ),
         ));
     }
     let tenant = c.tenant_id.as_deref().ok_or_else(|| {
-        ConfigError::new(format!("{path}.tenant_id"), "is required (or set AZURE_TENANT_ID)")
+        ConfigError::new(
+            format!("{path}.tenant_id"),
+            "is required (or set AZURE_TENANT_ID)",
+        )
     })?;
     check_tenant(tenant, &format!("{path}.tenant_id"))?;
     if c.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(ConfigError::new(format!("{path}.client_id"), "is required (or set AZURE_CLIENT_ID)"));
+        return Err(ConfigError::new(
+            format!("{path}.client_id"),
+            "is required (or set AZURE_CLIENT_ID)",
+        ));
     }
     if c.client_secret.is_some() && c.client_secret_file.is_some() {
-        return Err(ConfigError::new(format!("{path}.client_secret_file"), "set client_secret or client_secret_file, not both"));
+        return Err(ConfigError::new(
+            format!("{path}.client_secret_file"),
+            "set client_secret or client_secret_file, not both",
+        ));
     }
     if c.client_secret.is_none() && c.client_secret_file.is_none() {
         return Err(ConfigError::new(
@@ -180,10 +260,17 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
         ));
     }
     if !matches!(c.token_version, None | Some(1) | Some(2)) {
-        return Err(ConfigError::new(format!("{path}.token_version"), "must be 1 or 2"));
+        return Err(ConfigError::new(
+            format!("{path}.token_version"),
+            "must be 1 or 2",
+        ));
     }
     if let Some(url) = &c.token_url {
-        check_url(&url.replace("{tenant}", "tenant"), &format!("{path}.token_url"), true)?;
+        check_url(
+            &url.replace("{tenant}", "tenant"),
+            &format!("{path}.token_url"),
+            true,
+        )?;
     }
     for (alias, guid) in &c.tenants {
         if guid != "*" && !is_guid(guid) {
@@ -197,32 +284,60 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
 }
 
 fn check_tenant(tenant: &str, path: &str) -> Result<(), ConfigError> {
-    if matches!(tenant.to_ascii_lowercase().as_str(), "common" | "organizations" | "consumers") {
-        return Err(ConfigError::new(path, "must be a specific tenant, not a multi-tenant alias"));
+    if matches!(
+        tenant.to_ascii_lowercase().as_str(),
+        "common" | "organizations" | "consumers"
+    ) {
+        return Err(ConfigError::new(
+            path,
+            "must be a specific tenant, not a multi-tenant alias",
+        ));
     }
     let domain_like = tenant.contains('.')
-        && tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
     if is_guid(tenant) || domain_like {
         Ok(())
     } else {
-        Err(ConfigError::new(path, "must be a tenant GUID or a verified domain name"))
+        Err(ConfigError::new(
+            path,
+            "must be a tenant GUID or a verified domain name",
+        ))
     }
 }
 
-fn validate_route(config: &Config, cloud: Cloud, r: &RouteConfig, path: &str) -> Result<(), ConfigError> {
+fn validate_route(
+    config: &Config,
+    cloud: Cloud,
+    r: &RouteConfig,
+    path: &str,
+) -> Result<(), ConfigError> {
     if r.name.is_empty() {
-        return Err(ConfigError::new(format!("{path}.name"), "must not be empty"));
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "must not be empty",
+        ));
     }
     if !r.prefix.starts_with('/') {
-        return Err(ConfigError::new(format!("{path}.prefix"), "must start with /"));
+        return Err(ConfigError::new(
+            format!("{path}.prefix"),
+            "must start with /",
+        ));
     }
     let service = Service::parse(&r.upstream);
     if let Some(region) = &r.region {
         if service.is_none() {
-            return Err(ConfigError::new(format!("{path}.region"), "only applies to upstream = \"xdr\" | \"mde\" | \"graph\""));
+            return Err(ConfigError::new(
+                format!("{path}.region"),
+                "only applies to upstream = \"xdr\" | \"mde\" | \"graph\"",
+            ));
         }
         if !cloud::REGIONS.contains(&region.as_str()) {
-            return Err(ConfigError::new(format!("{path}.region"), format!("must be one of {}", cloud::REGIONS.join(", "))));
+            return Err(ConfigError::new(
+                format!("{path}.region"),
+                format!("must be one of {}", cloud::REGIONS.join(", ")),
+            ));
         }
     }
     match service {
@@ -230,39 +345,61 @@ fn validate_route(config: &Config, cloud: Cloud, r: &RouteConfig, path: &str) ->
             if cloud.service(s, r.region.as_deref()).is_none() {
                 return Err(ConfigError::new(
                     format!("{path}.upstream"),
-                    format!("{:?} has no known host in cloud {:?}; give a URL", r.upstream, config.cloud.name),
+                    format!(
+                        "{:?} has no known host in cloud {:?}; give a URL",
+                        r.upstream, config.cloud.name
+                    ),
                 ));
             }
         }
         None => {
             check_url(&r.upstream, &format!("{path}.upstream"), true)?;
             if r.scope.is_none() {
-                return Err(ConfigError::new(format!("{path}.scope"), "is required when upstream is a URL"));
+                return Err(ConfigError::new(
+                    format!("{path}.scope"),
+                    "is required when upstream is a URL",
+                ));
             }
         }
     }
     if let Some(scope) = &r.scope {
         if scope.is_empty() || scope.contains(char::is_whitespace) {
-            return Err(ConfigError::new(format!("{path}.scope"), "must be one scope such as https://api.security.microsoft.com/.default"));
+            return Err(ConfigError::new(
+                format!("{path}.scope"),
+                "must be one scope such as https://api.security.microsoft.com/.default",
+            ));
         }
     }
     let cred = config.credentials.get(&r.credential).ok_or_else(|| {
-        ConfigError::new(format!("{path}.credential"), format!("no credential named {:?}", r.credential))
+        ConfigError::new(
+            format!("{path}.credential"),
+            format!("no credential named {:?}", r.credential),
+        )
     })?;
     if let Some(tenant) = &r.tenant {
         let known = cred.tenants.get(tenant).is_some_and(|g| g != "*")
-            || (is_guid(tenant) && cred.tenants.values().any(|g| g == "*" || g.eq_ignore_ascii_case(tenant)))
+            || (is_guid(tenant)
+                && cred
+                    .tenants
+                    .values()
+                    .any(|g| g == "*" || g.eq_ignore_ascii_case(tenant)))
             || cred.tenant_id.as_deref() == Some(tenant.as_str());
         if !known {
             return Err(ConfigError::new(
                 format!("{path}.tenant"),
-                format!("{tenant:?} is not an alias or allowed tenant of credential {:?}", r.credential),
+                format!(
+                    "{tenant:?} is not an alias or allowed tenant of credential {:?}",
+                    r.credential
+                ),
             ));
         }
     }
     if let Some(limit) = &r.rate_limit {
         if !config.rate_limit.contains_key(limit) {
-            return Err(ConfigError::new(format!("{path}.rate_limit"), format!("no rate_limit named {limit:?}")));
+            return Err(ConfigError::new(
+                format!("{path}.rate_limit"),
+                format!("no rate_limit named {limit:?}"),
+            ));
         }
     }
     Ok(())
@@ -289,7 +426,8 @@ pub fn is_loopback_url(url: &str) -> bool {
 
 fn is_loopback_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An absolute `https://` URL, or `http://` to loopback; no credentials, query or fragment.

@@ -71,8 +71,21 @@ fn credentials_tenant_and_hop_by_hop_headers_are_removed() {
         ],
     );
     let h = req.headers();
-    assert_eq!(h.get_all(header::AUTHORIZATION).iter().collect::<Vec<_>>(), ["Bearer fresh"]);
-    for gone in ["proxy-authorization", "x-tenant-id", "x-defender-proxy-key", "connection", "x-custom-hop", "keep-alive", "te", "upgrade", "host"] {
+    assert_eq!(
+        h.get_all(header::AUTHORIZATION).iter().collect::<Vec<_>>(),
+        ["Bearer fresh"]
+    );
+    for gone in [
+        "proxy-authorization",
+        "x-tenant-id",
+        "x-defender-proxy-key",
+        "connection",
+        "x-custom-hop",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "host",
+    ] {
         assert!(h.get(gone).is_none(), "{gone} was forwarded");
     }
     assert_eq!(h["accept"], "application/json");
@@ -83,17 +96,38 @@ fn credentials_tenant_and_hop_by_hop_headers_are_removed() {
 #[test]
 fn uri_targets_the_upstream_with_path_and_query_unchanged() {
     let req = build("/api/incidents?$top=10&$filter=status%20eq%20'Active'", &[]);
-    assert_eq!(req.uri().to_string(), "http://127.0.0.1:9999/api/incidents?$top=10&$filter=status%20eq%20'Active'");
+    assert_eq!(
+        req.uri().to_string(),
+        "http://127.0.0.1:9999/api/incidents?$top=10&$filter=status%20eq%20'Active'"
+    );
     let req = build("/mde/api/machines?$top=1", &[]);
-    assert_eq!(req.uri().to_string(), "https://api.securitycenter.microsoft.com/api/machines?$top=1");
+    assert_eq!(
+        req.uri().to_string(),
+        "https://api.securitycenter.microsoft.com/api/machines?$top=1"
+    );
 }
 
 #[test]
 fn traversal_and_encoded_separators_are_refused() {
-    for bad in ["/mde/../api", "/a/./b", "/a/%2e%2e/b", "/a/%2E./b", "/a%2fb", "/a%5cb", "/a\\b", "/.."] {
+    for bad in [
+        "/mde/../api",
+        "/a/./b",
+        "/a/%2e%2e/b",
+        "/a/%2E./b",
+        "/a%2fb",
+        "/a%5cb",
+        "/a\\b",
+        "/..",
+    ] {
         assert!(check_path(bad).is_err(), "{bad}");
     }
-    for ok in ["/", "/api/incidents", "/api/files/a.b", "/api/x..y", "/api/%20"] {
+    for ok in [
+        "/",
+        "/api/incidents",
+        "/api/files/a.b",
+        "/api/x..y",
+        "/api/%20",
+    ] {
         assert!(check_path(ok).is_ok(), "{ok}");
     }
 }
@@ -106,6 +140,8 @@ fn hop_by_hop_response_headers_are_removed() {
     h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
     h.insert("request-id", HeaderValue::from_static("abc"));
     strip_hop_by_hop(&mut h);
-    assert!(h.get("x-hop").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none());
+    assert!(
+        h.get("x-hop").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none()
+    );
     assert_eq!(h["request-id"], "abc");
 }

@@ -80,11 +80,20 @@ credential = "app"
 #[test]
 fn strip_prefix_and_base_path_shape_the_upstream_path() {
     let r = router("");
-    assert_eq!(r.route("/mde/api/machines").unwrap().1.upstream_path("/mde/api/machines"), "/api/machines");
+    assert_eq!(
+        r.route("/mde/api/machines")
+            .unwrap()
+            .1
+            .upstream_path("/mde/api/machines"),
+        "/api/machines"
+    );
     assert_eq!(r.route("/mde").unwrap().1.upstream_path("/mde"), "/");
     let pinned = r.route("/contoso/x").unwrap().1;
     assert_eq!(pinned.upstream_path("/contoso/x"), "/base/contoso/x");
-    assert_eq!(r.route("/api").unwrap().1.upstream.origin, "https://api.security.microsoft.com");
+    assert_eq!(
+        r.route("/api").unwrap().1.upstream.origin,
+        "https://api.security.microsoft.com"
+    );
 }
 
 #[test]
@@ -105,11 +114,20 @@ fn tenant_comes_from_pin_then_header_then_home() {
 fn unknown_tenants_are_refused_and_malformed_ones_are_bad() {
     let r = router("");
     let xdr = r.route("/api").unwrap().1;
-    assert!(matches!(r.tenant(xdr, Some(&hv(GUID_C))), Err(ProxyError::TenantNotAllowed)));
-    assert!(matches!(r.tenant(xdr, Some(&hv("fabrikam"))), Err(ProxyError::TenantNotAllowed)));
+    assert!(matches!(
+        r.tenant(xdr, Some(&hv(GUID_C))),
+        Err(ProxyError::TenantNotAllowed)
+    ));
+    assert!(matches!(
+        r.tenant(xdr, Some(&hv("fabrikam"))),
+        Err(ProxyError::TenantNotAllowed)
+    ));
     for bad in ["", "a b", "x/../y", "tenant;drop", "ü"] {
         let v = HeaderValue::from_bytes(bad.as_bytes()).unwrap();
-        assert!(matches!(r.tenant(xdr, Some(&v)), Err(ProxyError::BadTenant)), "{bad:?}");
+        assert!(
+            matches!(r.tenant(xdr, Some(&v)), Err(ProxyError::BadTenant)),
+            "{bad:?}"
+        );
     }
 }
 
@@ -119,5 +137,8 @@ fn star_admits_any_guid_but_not_any_name() {
     let xdr = r.route("/api").unwrap().1;
     let t = r.tenant(xdr, Some(&hv(GUID_C))).unwrap();
     assert_eq!((&*t.id, &*t.label), (GUID_C, "*"));
-    assert!(matches!(r.tenant(xdr, Some(&hv("fabrikam"))), Err(ProxyError::TenantNotAllowed)));
+    assert!(matches!(
+        r.tenant(xdr, Some(&hv("fabrikam"))),
+        Err(ProxyError::TenantNotAllowed)
+    ));
 }

@@ -1,1 +1,262 @@
-//! placeholder until the sandbox lands.
+//! Sandbox: an in-process emulator of the Entra ID token endpoint and a slice of the Defender API.
+//!
+//! One listener serves everything: `/{tenant}/oauth2/v2.0/token` and `/{tenant}/oauth2/token`
+//! (client credentials), the Defender XDR / MDE / Graph security lists under `/api/*` and
+//! `/v1.0/*` (bearer tokens from this sandbox only, per-tenant data, paging, rate limits), test
+//! helpers under `/api/_test/*`, and fault injection and statistics under `/_sandbox/*`.
+//! Used by `defender-proxy demo` and by the integration tests.
+
+mod api;
+mod client_credentials;
+mod control;
+mod data;
+mod data_alerts;
+mod entra;
+mod entra_error;
+mod faults;
+mod filter;
+mod hunting;
+mod lists;
+mod ratelimit;
+mod state;
+mod testapi;
+#[cfg(test)]
+mod testkit;
+mod time;
+mod tokens;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::routing::post;
+
+pub use faults::{ApiFault, TokenFault};
+use state::State;
+
+/// Client ID of the app registered by default.
+pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000c1d0";
+/// Client secret of the default app.
+pub const DEFAULT_CLIENT_SECRET: &str = "sandbox-secret";
+/// First tenant the default app is consented in.
+pub const TENANT_A: &str = "11111111-1111-1111-1111-111111111111";
+/// Second tenant the default app is consented in.
+pub const TENANT_B: &str = "22222222-2222-2222-2222-222222222222";
+
+/// An app registration known to the sandbox's Entra ID.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SandboxClient {
+    /// Application (client) ID.
+    pub client_id: String,
+    /// The one valid client secret.
+    pub client_secret: String,
+    /// Tenant IDs (or domain names) this app is consented in; `"*"` = any tenant.
+    pub tenants: Vec<String>,
+}
+
+impl fmt::Debug for SandboxClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .field("tenants", &self.tenants)
+            .finish()
+    }
+}
+
+/// How the sandbox behaves; every field has a default.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// Registered apps (default: [`DEFAULT_CLIENT_ID`] in [`TENANT_A`] and [`TENANT_B`]).
+    pub clients: Vec<SandboxClient>,
+    /// Lifetime of issued tokens (3600); `expires_in` advertises one second less.
+    pub token_lifetime_secs: u64,
+    /// When set, v2 answers carry `refresh_in` with this value.
+    pub refresh_in_secs: Option<u64>,
+    /// Incidents per tenant (120).
+    pub incidents_per_tenant: usize,
+    /// Alerts per tenant (300); alert `j` belongs to incident `j % incidents_per_tenant`.
+    pub alerts_per_tenant: usize,
+    /// Machines per tenant (80).
+    pub machines_per_tenant: usize,
+    /// Items per page when the request has no `$top` (50).
+    pub page_size: usize,
+    /// The cap on `$top` (100).
+    pub max_page_size: usize,
+    /// Enforce the per (tenant, API family) limits below (true).
+    pub rate_limits: bool,
+    /// Incident requests (`/api/incidents*`) per tenant and window (50).
+    pub incidents_per_minute: u32,
+    /// Advanced hunting runs per tenant and window (45).
+    pub hunting_per_minute: u32,
+    /// MDE machine and alert requests (`/api/machines*`, `/api/alerts*`) per tenant and window (100).
+    pub mde_per_minute: u32,
+    /// Graph requests (`/v1.0/*`) per tenant and window (150).
+    pub graph_per_minute: u32,
+    /// Length of the sliding rate-limit window (60).
+    pub rate_window_secs: u64,
+    /// Token audiences the API accepts (the five Defender / Graph resources).
+    pub audiences: Vec<String>,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            clients: vec![SandboxClient {
+                client_id: DEFAULT_CLIENT_ID.to_owned(),
+                client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
+                tenants: vec![TENANT_A.to_owned(), TENANT_B.to_owned()],
+            }],
+            token_lifetime_secs: 3600,
+            refresh_in_secs: None,
+            incidents_per_tenant: 120,
+            alerts_per_tenant: 300,
+            machines_per_tenant: 80,
+            page_size: 50,
+            max_page_size: 100,
+            rate_limits: true,
+            incidents_per_minute: 50,
+            hunting_per_minute: 45,
+            mde_per_minute: 100,
+            graph_per_minute: 150,
+            rate_window_secs: 60,
+            audiences: [
+                "https://api.security.microsoft.com",
+                "https://api.securitycenter.microsoft.com",
+                "https://securitycenter.onmicrosoft.com/windowsatpservice",
+                "https://api.securitycenter.windows.com",
+                "https://graph.microsoft.com",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// One API request as the sandbox received it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request target as received, e.g. `/api/incidents?$top=10`.
+    pub path_and_query: String,
+    /// Header names in lower case, in arrival order; non-UTF-8 values are converted lossily.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RecordedRequest {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running sandbox; clones share the same server and state.
+#[derive(Clone)]
+pub struct Sandbox {
+    state: Arc<State>,
+}
+
+impl Sandbox {
+    /// Serves on an already bound listener, in a task on the current tokio runtime,
+    /// until [`Sandbox::shutdown`]. `async` so callers need no runtime handle of their own.
+    ///
+    /// # Errors
+    ///
+    /// When the listener's local address cannot be read.
+    pub async fn start(
+        listener: tokio::net::TcpListener,
+        opts: SandboxOptions,
+    ) -> std::io::Result<Sandbox> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::new(opts, addr));
+        let app = router(state.clone());
+        let mut stop = state.shutdown_signal();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            let served = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            if let Err(err) = served.await {
+                tracing::warn!(%err, "sandbox server failed");
+            }
+        });
+        tracing::debug!(%addr, "sandbox listening");
+        Ok(Sandbox { state })
+    }
+
+    /// `http://IP:PORT` of the listener.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.state.addr)
+    }
+
+    /// The listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    /// Stops accepting connections and closes idle ones.
+    pub fn shutdown(&self) {
+        self.state.shutdown();
+    }
+
+    /// Token endpoint POSTs so far, whatever their outcome.
+    pub fn token_requests(&self) -> u64 {
+        self.state.token_requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests to `/api/*` and `/v1.0/*` so far, whatever their outcome.
+    pub fn api_requests(&self) -> u64 {
+        self.state.api_requests.load(Ordering::Relaxed)
+    }
+
+    /// Arms `fault` for every token request until cleared with `None`.
+    pub fn set_token_fault(&self, fault: Option<TokenFault>) {
+        self.state.token_fault.set(fault, None);
+    }
+
+    /// Arms `fault` for the next `times` token requests only.
+    pub fn set_token_fault_times(&self, fault: TokenFault, times: u32) {
+        self.state.token_fault.set(Some(fault), Some(times));
+    }
+
+    /// Arms `fault` for every API request until cleared with `None`.
+    pub fn set_api_fault(&self, fault: Option<ApiFault>) {
+        self.state.api_fault.set(fault, None);
+    }
+
+    /// Arms `fault` for the next `times` API requests only.
+    pub fn set_api_fault_times(&self, fault: ApiFault, times: u32) {
+        self.state.api_fault.set(Some(fault), Some(times));
+    }
+
+    /// Invalidates every token issued so far: the API answers 401 to them.
+    pub fn revoke_tokens(&self) {
+        self.state.tokens.revoke_all();
+    }
+
+    /// Lifetime of tokens issued from now on.
+    pub fn set_token_lifetime_secs(&self, secs: u64) {
+        self.state.tokens.set_lifetime_secs(secs);
+    }
+
+    /// The most recent API request (method, path and query, headers).
+    pub fn last_api_request(&self) -> Option<RecordedRequest> {
+        self.state.last_request()
+    }
+}
+
+/// All routes of the sandbox on one router.
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(entra::token_v2))
+        .route("/{tenant}/oauth2/token", post(entra::token_v1))
+        .merge(control::routes())
+        .merge(api::routes(state.clone()))
+        .with_state(state)
+}

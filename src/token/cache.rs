@@ -44,12 +44,19 @@ struct Slot {
 
 impl Slot {
     fn usable(&self, now: Instant) -> Option<Token> {
-        self.current.load().as_deref().filter(|t| t.is_usable(now)).cloned()
+        self.current
+            .load()
+            .as_deref()
+            .filter(|t| t.is_usable(now))
+            .cloned()
     }
 
     fn remembered_failure(&self, now: Instant) -> Option<TokenError> {
         let guard = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().filter(|(until, _)| now < *until).map(|(_, e)| e.clone())
+        guard
+            .as_ref()
+            .filter(|(until, _)| now < *until)
+            .map(|(_, e)| e.clone())
     }
 
     fn finish(&self, result: &Result<Token, TokenError>) {
@@ -60,9 +67,13 @@ impl Slot {
                 self.current.store(Some(Arc::new(token.clone())));
                 *failure = None;
             }
-            Err(e @ TokenError::Rejected { .. }) => *failure = Some((now + REJECTION_TTL, e.clone())),
+            Err(e @ TokenError::Rejected { .. }) => {
+                *failure = Some((now + REJECTION_TTL, e.clone()))
+            }
             Err(e @ TokenError::Unavailable { retry_after, .. }) => {
-                let ttl = retry_after.unwrap_or(UNAVAILABLE_TTL).min(Duration::from_secs(30));
+                let ttl = retry_after
+                    .unwrap_or(UNAVAILABLE_TTL)
+                    .min(Duration::from_secs(30));
                 *failure = Some((now + ttl, e.clone()));
             }
         }
@@ -97,7 +108,12 @@ impl TokenCache {
             .max_capacity(capacity)
             .time_to_idle(Duration::from_secs(6 * 3600))
             .build();
-        TokenCache { slots, entra, cancel, stats: Arc::default() }
+        TokenCache {
+            slots,
+            entra,
+            cancel,
+            stats: Arc::default(),
+        }
     }
 
     /// The identity provider client.
@@ -106,7 +122,11 @@ impl TokenCache {
     }
 
     /// A usable token for `key`, fetching one if needed.
-    pub async fn get(&self, source: &Arc<CredentialSource>, key: &TokenKey) -> Result<Token, TokenError> {
+    pub async fn get(
+        &self,
+        source: &Arc<CredentialSource>,
+        key: &TokenKey,
+    ) -> Result<Token, TokenError> {
         let slot = self.slot(key);
         let now = Instant::now();
         if let Some(token) = slot.usable(now) {
@@ -124,7 +144,10 @@ impl TokenCache {
     pub fn invalidate(&self, key: &TokenKey, rejected: &Token) {
         if let Some(slot) = self.slots.get(key) {
             let current = slot.current.load();
-            if current.as_deref().is_some_and(|t| t.header() == rejected.header()) {
+            if current
+                .as_deref()
+                .is_some_and(|t| t.header() == rejected.header())
+            {
                 slot.current.store(None);
             }
         }
@@ -137,7 +160,11 @@ impl TokenCache {
             .iter()
             .filter_map(|(k, slot)| {
                 let t = slot.current.load_full()?;
-                Some((k.credential, k.tenant.clone(), t.expires_at.saturating_duration_since(now).as_secs_f64()))
+                Some((
+                    k.credential,
+                    k.tenant.clone(),
+                    t.expires_at.saturating_duration_since(now).as_secs_f64(),
+                ))
             })
             .collect()
     }
@@ -146,7 +173,8 @@ impl TokenCache {
         if let Some(slot) = self.slots.get(key) {
             return slot;
         }
-        self.slots.get_with(key.clone(), || Arc::new(Slot::default()))
+        self.slots
+            .get_with(key.clone(), || Arc::new(Slot::default()))
     }
 
     async fn fetch_foreground(
@@ -178,7 +206,10 @@ impl TokenCache {
             result
         });
         task.await.unwrap_or_else(|_| {
-            Err(TokenError::Unavailable { reason: "the token fetch task failed".into(), retry_after: None })
+            Err(TokenError::Unavailable {
+                reason: "the token fetch task failed".into(),
+                retry_after: None,
+            })
         })
     }
 
@@ -203,7 +234,10 @@ impl TokenCache {
 /// no longer usable (then the next request fetches in the foreground). Never gives up on a
 /// transient error while the current token lasts.
 async fn refresh_loop(slot: &Slot, source: &CredentialSource, entra: &EntraClient, key: &TokenKey) {
-    let policy = RetryPolicy { cap: Duration::from_secs(30), ..entra.retry.clone() };
+    let policy = RetryPolicy {
+        cap: Duration::from_secs(30),
+        ..entra.retry.clone()
+    };
     let mut round = 0;
     loop {
         let guard = slot.fetch_lock.lock().await;
@@ -223,11 +257,9 @@ async fn refresh_loop(slot: &Slot, source: &CredentialSource, entra: &EntraClien
         }
         drop(guard);
         round += 1;
-        let until_unusable = slot
-            .current
-            .load()
-            .as_deref()
-            .map_or(Duration::ZERO, |t| t.usable_until.saturating_duration_since(Instant::now()));
+        let until_unusable = slot.current.load().as_deref().map_or(Duration::ZERO, |t| {
+            t.usable_until.saturating_duration_since(Instant::now())
+        });
         if until_unusable.is_zero() {
             return;
         }

@@ -18,7 +18,12 @@ pub struct ClientSecret {
 
 impl ClientSecret {
     /// One token for `tenant` and `scope`.
-    pub async fn fetch(&self, entra: &EntraClient, tenant: &str, scope: &str) -> Result<Token, TokenError> {
+    pub async fn fetch(
+        &self,
+        entra: &EntraClient,
+        tenant: &str,
+        scope: &str,
+    ) -> Result<Token, TokenError> {
         let (aud_key, aud) = self.endpoint.audience_param(scope);
         let form = [
             ("grant_type", FormValue::Plain("client_credentials")),

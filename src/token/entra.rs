@@ -71,8 +71,14 @@ impl TokenEndpoint {
     pub fn new(authority: &str, version: u8, token_url: Option<&str>) -> Self {
         let template = match token_url {
             Some(url) => url.to_string(),
-            None if version == 1 => format!("{}/{{tenant}}/oauth2/token", authority.trim_end_matches('/')),
-            None => format!("{}/{{tenant}}/oauth2/v2.0/token", authority.trim_end_matches('/')),
+            None if version == 1 => format!(
+                "{}/{{tenant}}/oauth2/token",
+                authority.trim_end_matches('/')
+            ),
+            None => format!(
+                "{}/{{tenant}}/oauth2/v2.0/token",
+                authority.trim_end_matches('/')
+            ),
         };
         TokenEndpoint { template, version }
     }
@@ -110,28 +116,47 @@ impl EntraClient {
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("defender-proxy/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(EntraClient { http, retry: RetryPolicy::default() })
+        Ok(EntraClient {
+            http,
+            retry: RetryPolicy::default(),
+        })
     }
 
     /// POSTs a form to a token endpoint, retrying transient failures.
-    pub async fn request_token(&self, url: &str, form: &[(&str, FormValue<'_>)]) -> Result<Token, TokenError> {
+    pub async fn request_token(
+        &self,
+        url: &str,
+        form: &[(&str, FormValue<'_>)],
+    ) -> Result<Token, TokenError> {
         let body = encode_form(form);
-        with_retries(&self.retry, || self.post_once(url, body.expose().to_owned())).await
+        with_retries(&self.retry, || {
+            self.post_once(url, body.expose().to_owned())
+        })
+        .await
     }
 
     async fn post_once(&self, url: &str, body: String) -> Result<Token, TokenError> {
         let sent = self
             .http
             .post(url)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .header(http::header::ACCEPT, "application/json")
             .body(body)
             .send()
             .await;
         let resp = sent.map_err(|e| unavailable(describe_transport(&e), None))?;
         let status = resp.status();
-        let retry_after = resp.headers().get(http::header::RETRY_AFTER).and_then(parse_retry_after);
-        let bytes = resp.bytes().await.map_err(|e| unavailable(describe_transport(&e), None))?;
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| unavailable(describe_transport(&e), None))?;
         parse_answer(status, &bytes, retry_after, Instant::now())
     }
 }
@@ -158,7 +183,9 @@ fn form_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -177,7 +204,10 @@ fn describe_transport(e: &reqwest::Error) -> String {
 }
 
 fn unavailable(reason: impl Into<String>, retry_after: Option<Duration>) -> TokenError {
-    TokenError::Unavailable { reason: reason.into(), retry_after }
+    TokenError::Unavailable {
+        reason: reason.into(),
+        retry_after,
+    }
 }
 
 /// Classifies a token endpoint answer.
@@ -192,17 +222,38 @@ pub fn parse_answer(
         return json
             .as_ref()
             .and_then(|v| token_from_json(v, now))
-            .ok_or_else(|| unavailable("the token endpoint answered 200 without a usable token", None));
+            .ok_or_else(|| {
+                unavailable(
+                    "the token endpoint answered 200 without a usable token",
+                    None,
+                )
+            });
     }
     if status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(unavailable(format!("the token endpoint answered {}", status.as_u16()), retry_after));
+        return Err(unavailable(
+            format!("the token endpoint answered {}", status.as_u16()),
+            retry_after,
+        ));
     }
-    let error = json.as_ref().and_then(|v| v.get("error")).and_then(Value::as_str).unwrap_or("");
+    let error = json
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let aadsts = json.as_ref().and_then(aadsts_code);
-    if error == "temporarily_unavailable" || error.is_empty() && status == http::StatusCode::REQUEST_TIMEOUT {
-        return Err(unavailable(format!("the token endpoint answered {error}"), retry_after));
+    if error == "temporarily_unavailable"
+        || error.is_empty() && status == http::StatusCode::REQUEST_TIMEOUT
+    {
+        return Err(unavailable(
+            format!("the token endpoint answered {error}"),
+            retry_after,
+        ));
     }
-    let error = if error.is_empty() { format!("HTTP {}", status.as_u16()) } else { error.to_string() };
+    let error = if error.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        error.to_string()
+    };
     if !PERMANENT_ERRORS.contains(&error.as_str()) {
         tracing::debug!(%error, "unknown OAuth error treated as permanent");
     }
@@ -219,7 +270,11 @@ fn aadsts_code(v: &Value) -> Option<u32> {
         .and_then(|n| u32::try_from(n).ok());
     from_list.or_else(|| {
         let desc = v.get("error_description")?.as_str()?;
-        let digits: String = desc.strip_prefix("AADSTS")?.chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = desc
+            .strip_prefix("AADSTS")?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     })
 }
@@ -238,25 +293,39 @@ fn token_from_json(v: &Value, now: Instant) -> Option<Token> {
     let lifetime = match number(v, "expires_in") {
         Some(secs) => secs,
         None => {
-            let epoch = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+            let epoch = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_secs_f64();
             number(v, "expires_on")? - epoch
         }
     };
     if !lifetime.is_finite() || lifetime < 1.0 {
         return None;
     }
-    let refresh_in = number(v, "refresh_in").filter(|r| r.is_finite() && *r > 0.0).map(Duration::from_secs_f64);
-    Token::new(access, now, Duration::from_secs_f64(lifetime.min(86_400.0)), refresh_in)
+    let refresh_in = number(v, "refresh_in")
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(Duration::from_secs_f64);
+    Token::new(
+        access,
+        now,
+        Duration::from_secs_f64(lifetime.min(86_400.0)),
+        refresh_in,
+    )
 }
 
 /// `Retry-After` as seconds (possibly fractional) or an HTTP date.
 pub fn parse_retry_after(v: &http::HeaderValue) -> Option<Duration> {
     let s = v.to_str().ok()?.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(86_400.0)));
     }
     let when = httpdate::parse_http_date(s).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy is spent.
@@ -273,19 +342,28 @@ where
             Err(e @ TokenError::Rejected { .. }) => return Err(e),
             Err(e) => e,
         };
-        let TokenError::Unavailable { retry_after, .. } = &err else { return Err(err) };
+        let TokenError::Unavailable { retry_after, .. } = &err else {
+            return Err(err);
+        };
         if n >= policy.attempts || retry_after.is_some_and(|r| r > policy.max_retry_after) {
             return Err(err);
         }
         let wait = retry_after.unwrap_or_else(|| backoff(policy, n));
-        tracing::debug!(attempt = n, wait_ms = wait.as_millis() as u64, "token fetch will be retried");
+        tracing::debug!(
+            attempt = n,
+            wait_ms = wait.as_millis() as u64,
+            "token fetch will be retried"
+        );
         tokio::time::sleep(wait).await;
     }
 }
 
 /// Full-jitter exponential backoff for the `n`th retry.
 pub fn backoff(policy: &RetryPolicy, n: u32) -> Duration {
-    let exp = policy.base.saturating_mul(1u32 << (n - 1).min(16)).min(policy.cap);
+    let exp = policy
+        .base
+        .saturating_mul(1u32 << (n - 1).min(16))
+        .min(policy.cap);
     let millis = exp.as_millis() as u64;
     Duration::from_millis(millis / 2 + fastrand::u64(0..=millis / 2))
 }

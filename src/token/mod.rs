@@ -40,7 +40,12 @@ pub struct Token {
 impl Token {
     /// A token valid for `lifetime` from `now`, refreshed after `refresh_in` when given (and
     /// sooner than the safety margin), else at half its lifetime.
-    pub fn new(access_token: &str, now: Instant, lifetime: Duration, refresh_in: Option<Duration>) -> Option<Token> {
+    pub fn new(
+        access_token: &str,
+        now: Instant,
+        lifetime: Duration,
+        refresh_in: Option<Duration>,
+    ) -> Option<Token> {
         let mut header = HeaderValue::try_from(format!("Bearer {access_token}")).ok()?;
         header.set_sensitive(true);
         let margin = (lifetime / 6).min(MAX_SAFETY_MARGIN);
@@ -49,7 +54,12 @@ impl Token {
             Some(r) if now + r < usable_until => now + r,
             _ => now + lifetime / 2,
         };
-        Some(Token { header, expires_at: now + lifetime, usable_until, refresh_at })
+        Some(Token {
+            header,
+            expires_at: now + lifetime,
+            usable_until,
+            refresh_at,
+        })
     }
 
     /// The `Authorization` header value.
@@ -65,7 +75,10 @@ impl Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("header", &"***").field("expires_at", &self.expires_at).finish()
+        f.debug_struct("Token")
+            .field("header", &"***")
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 
@@ -99,7 +112,9 @@ impl TokenError {
     /// The proxy's answer for this error on `credential`.
     pub fn to_proxy_error(&self, credential: &str) -> ProxyError {
         match self {
-            TokenError::Rejected { .. } => ProxyError::TokenRejected { message: format!("credential {credential:?}: {self}") },
+            TokenError::Rejected { .. } => ProxyError::TokenRejected {
+                message: format!("credential {credential:?}: {self}"),
+            },
             TokenError::Unavailable { retry_after, .. } => ProxyError::TokenUnavailable {
                 message: format!("credential {credential:?}: {self}"),
                 retry_after: retry_after.unwrap_or(Duration::from_secs(5)),
@@ -113,7 +128,9 @@ fn describe_rejection(error: &str, aadsts: Option<u32>) -> String {
     let hint = match aadsts {
         Some(7000215) => "the client secret is wrong",
         Some(7000222) => "the client secret has expired",
-        Some(700016) => "the application is not found in this tenant (not consented, or wrong client ID)",
+        Some(700016) => {
+            "the application is not found in this tenant (not consented, or wrong client ID)"
+        }
         Some(90002) => "the tenant was not found",
         Some(65001) | Some(650057) => "admin consent is missing for this application",
         Some(70011) => "the scope is not valid for this application",
@@ -126,7 +143,11 @@ fn describe_rejection(error: &str, aadsts: Option<u32>) -> String {
         _ => "",
     };
     let code = aadsts.map(|c| format!("AADSTS{c} ")).unwrap_or_default();
-    if hint.is_empty() { format!("{code}({error})") } else { format!("{code}({error}): {hint}") }
+    if hint.is_empty() {
+        format!("{code}({error})")
+    } else {
+        format!("{code}({error}): {hint}")
+    }
 }
 
 /// The outcome of a credential's last token attempt, for `/readyz`.
@@ -189,7 +210,12 @@ impl CredentialSource {
     }
 
     /// Fetches one token (with the provider's retries) and records the outcome.
-    pub async fn fetch(&self, entra: &EntraClient, tenant: &str, scope: &str) -> Result<Token, TokenError> {
+    pub async fn fetch(
+        &self,
+        entra: &EntraClient,
+        tenant: &str,
+        scope: &str,
+    ) -> Result<Token, TokenError> {
         let result = match &self.credential {
             Credential::ClientSecret(c) => c.fetch(entra, tenant, scope).await,
             #[cfg(test)]
@@ -202,15 +228,21 @@ impl CredentialSource {
     fn record(&self, result: &Result<Token, TokenError>, tenant: &str) {
         let (counter, health) = match result {
             Ok(_) => (&self.stats.ok, Health::Ok),
-            Err(e @ TokenError::Rejected { .. }) => (&self.stats.rejected, Health::Failed(format!("tenant {tenant}: {e}"))),
-            Err(e @ TokenError::Unavailable { .. }) => {
-                (&self.stats.unavailable, Health::Failed(format!("tenant {tenant}: {e}")))
-            }
+            Err(e @ TokenError::Rejected { .. }) => (
+                &self.stats.rejected,
+                Health::Failed(format!("tenant {tenant}: {e}")),
+            ),
+            Err(e @ TokenError::Unavailable { .. }) => (
+                &self.stats.unavailable,
+                Health::Failed(format!("tenant {tenant}: {e}")),
+            ),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(_) => tracing::debug!(credential = %self.name, tenant, "token fetched"),
-            Err(e) => tracing::warn!(credential = %self.name, tenant, error = %e, "token fetch failed"),
+            Err(e) => {
+                tracing::warn!(credential = %self.name, tenant, error = %e, "token fetch failed")
+            }
         }
         self.health.store(Arc::new(health));
     }
@@ -222,7 +254,13 @@ mod tests {
 
     #[test]
     fn token_debug_hides_the_value() {
-        let t = Token::new("eyJsecret.token.value", Instant::now(), Duration::from_secs(3600), None).unwrap();
+        let t = Token::new(
+            "eyJsecret.token.value",
+            Instant::now(),
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap();
         let dbg = format!("{t:?}");
         assert!(!dbg.contains("eyJsecret"), "{dbg}");
         assert!(t.header().is_sensitive());
@@ -235,22 +273,43 @@ mod tests {
         assert_eq!(t.refresh_at - now, Duration::from_secs(1800));
         assert_eq!(t.expires_at - t.usable_until, MAX_SAFETY_MARGIN);
         let short = Token::new("x", now, Duration::from_secs(6), None).unwrap();
-        assert_eq!(short.expires_at - short.usable_until, Duration::from_secs(1));
+        assert_eq!(
+            short.expires_at - short.usable_until,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
     fn refresh_in_is_honoured_only_before_the_margin() {
         let now = Instant::now();
-        let t = Token::new("x", now, Duration::from_secs(3600), Some(Duration::from_secs(600))).unwrap();
+        let t = Token::new(
+            "x",
+            now,
+            Duration::from_secs(3600),
+            Some(Duration::from_secs(600)),
+        )
+        .unwrap();
         assert_eq!(t.refresh_at - now, Duration::from_secs(600));
-        let late = Token::new("x", now, Duration::from_secs(3600), Some(Duration::from_secs(3590))).unwrap();
+        let late = Token::new(
+            "x",
+            now,
+            Duration::from_secs(3600),
+            Some(Duration::from_secs(3590)),
+        )
+        .unwrap();
         assert_eq!(late.refresh_at - now, Duration::from_secs(1800));
     }
 
     #[test]
     fn rejections_name_the_aadsts_code_and_meaning() {
-        let e = TokenError::Rejected { error: "invalid_client".into(), aadsts: Some(7000215) };
-        assert_eq!(e.to_string(), "AADSTS7000215 (invalid_client): the client secret is wrong");
+        let e = TokenError::Rejected {
+            error: "invalid_client".into(),
+            aadsts: Some(7000215),
+        };
+        assert_eq!(
+            e.to_string(),
+            "AADSTS7000215 (invalid_client): the client secret is wrong"
+        );
         let p = e.to_proxy_error("app");
         assert!(matches!(p, ProxyError::TokenRejected { .. }));
         assert!(p.to_string().contains("AADSTS7000215"));

@@ -34,10 +34,21 @@ impl Fake {
 fn setup(lifetime_secs: u64) -> (TokenCache, Arc<CredentialSource>, TokenKey) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = crate::tls::client_config(None).unwrap();
-    let cache = TokenCache::new(EntraClient::new(tls).unwrap(), 1000, CancellationToken::new());
-    let fake = Fake { lifetime: Mutex::new(Duration::from_secs(lifetime_secs)), ..Fake::default() };
+    let cache = TokenCache::new(
+        EntraClient::new(tls).unwrap(),
+        1000,
+        CancellationToken::new(),
+    );
+    let fake = Fake {
+        lifetime: Mutex::new(Duration::from_secs(lifetime_secs)),
+        ..Fake::default()
+    };
     let source = Arc::new(CredentialSource::new("app", 1, Credential::Test(fake)));
-    let key = TokenKey { credential: 1, tenant: "t1".into(), scope: "s/.default".into() };
+    let key = TokenKey {
+        credential: 1,
+        tenant: "t1".into(),
+        scope: "s/.default".into(),
+    };
     (cache, source, key)
 }
 
@@ -53,7 +64,10 @@ fn calls(source: &CredentialSource) -> u32 {
 }
 
 fn rejected() -> TokenError {
-    TokenError::Rejected { error: "invalid_client".into(), aadsts: Some(7000215) }
+    TokenError::Rejected {
+        error: "invalid_client".into(),
+        aadsts: Some(7000215),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -90,7 +104,11 @@ async fn token_is_refreshed_ahead_while_the_old_one_is_served() {
     let first = cache.get(&source, &key).await.unwrap();
     tokio::time::advance(Duration::from_secs(31)).await;
     let during = cache.get(&source, &key).await.unwrap();
-    assert_eq!(during.header(), first.header(), "the current token is served while refreshing");
+    assert_eq!(
+        during.header(),
+        first.header(),
+        "the current token is served while refreshing"
+    );
     for _ in 0..10 {
         tokio::task::yield_now().await;
     }
@@ -106,18 +124,27 @@ async fn background_refresh_survives_transient_failures() {
     {
         let mut f = fake(&source).failures.lock().unwrap();
         for _ in 0..3 {
-            f.push_back(TokenError::Unavailable { reason: "503".into(), retry_after: None });
+            f.push_back(TokenError::Unavailable {
+                reason: "503".into(),
+                retry_after: None,
+            });
         }
     }
     tokio::time::advance(Duration::from_secs(31)).await;
-    assert_eq!(cache.get(&source, &key).await.unwrap().header(), "Bearer tok-t1-1");
+    assert_eq!(
+        cache.get(&source, &key).await.unwrap().header(),
+        "Bearer tok-t1-1"
+    );
     // Let the refresher back off and retry; the old token stays in service meanwhile.
     for _ in 0..20 {
         tokio::time::advance(Duration::from_secs(1)).await;
         tokio::task::yield_now().await;
     }
     assert_eq!(calls(&source), 5);
-    assert_eq!(cache.get(&source, &key).await.unwrap().header(), "Bearer tok-t1-5");
+    assert_eq!(
+        cache.get(&source, &key).await.unwrap().header(),
+        "Bearer tok-t1-5"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,7 +192,10 @@ async fn invalidate_drops_only_the_rejected_token() {
     let second = cache.get(&source, &key).await.unwrap();
     assert_ne!(first.header(), second.header());
     cache.invalidate(&key, &first);
-    assert_eq!(cache.get(&source, &key).await.unwrap().header(), second.header());
+    assert_eq!(
+        cache.get(&source, &key).await.unwrap().header(),
+        second.header()
+    );
     assert_eq!(calls(&source), 2);
 }
 

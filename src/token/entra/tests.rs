@@ -9,7 +9,8 @@ fn now() -> Instant {
 
 #[test]
 fn v2_answers_with_numbers_parse() {
-    let body = br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"abc"}"#;
+    let body =
+        br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"abc"}"#;
     let t = parse_answer(StatusCode::OK, body, None, now()).unwrap();
     assert!(t.expires_at - now() > Duration::from_secs(3590));
     assert_eq!(t.header(), "Bearer abc");
@@ -17,8 +18,14 @@ fn v2_answers_with_numbers_parse() {
 
 #[test]
 fn v1_answers_with_strings_parse() {
-    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1200;
-    let body = format!(r#"{{"token_type":"Bearer","expires_in":"1200","expires_on":"{epoch}","resource":"r","access_token":"abc"}}"#);
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1200;
+    let body = format!(
+        r#"{{"token_type":"Bearer","expires_in":"1200","expires_on":"{epoch}","resource":"r","access_token":"abc"}}"#
+    );
     let t = parse_answer(StatusCode::OK, body.as_bytes(), None, now()).unwrap();
     let left = t.expires_at - now();
     assert!(left > Duration::from_secs(1190) && left <= Duration::from_secs(1200));
@@ -26,7 +33,11 @@ fn v1_answers_with_strings_parse() {
 
 #[test]
 fn expires_on_alone_is_enough() {
-    let epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+    let epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
     let body = format!(r#"{{"access_token":"abc","expires_on":{epoch}}}"#);
     let t = parse_answer(StatusCode::OK, body.as_bytes(), None, now()).unwrap();
     assert!(t.expires_at - now() > Duration::from_secs(590));
@@ -46,7 +57,12 @@ fn refresh_in_is_read_as_number_or_string() {
 
 #[test]
 fn garbled_or_empty_200_is_transient() {
-    for body in [&b"<html>oops</html>"[..], b"", br#"{"expires_in":3600}"#, br#"{"access_token":"a"}"#] {
+    for body in [
+        &b"<html>oops</html>"[..],
+        b"",
+        br#"{"expires_in":3600}"#,
+        br#"{"access_token":"a"}"#,
+    ] {
         let e = parse_answer(StatusCode::OK, body, None, now()).unwrap_err();
         assert!(e.is_transient(), "{body:?}");
     }
@@ -56,23 +72,56 @@ fn garbled_or_empty_200_is_transient() {
 fn invalid_client_is_permanent_with_its_code() {
     let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215]}"#;
     let e = parse_answer(StatusCode::UNAUTHORIZED, body, None, now()).unwrap_err();
-    assert_eq!(e, TokenError::Rejected { error: "invalid_client".into(), aadsts: Some(7000215) });
+    assert_eq!(
+        e,
+        TokenError::Rejected {
+            error: "invalid_client".into(),
+            aadsts: Some(7000215)
+        }
+    );
 }
 
 #[test]
 fn aadsts_code_is_read_from_the_description_when_the_list_is_missing() {
-    let body = br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#;
+    let body =
+        br#"{"error":"invalid_request","error_description":"AADSTS90002: Tenant 'x' not found."}"#;
     let e = parse_answer(StatusCode::BAD_REQUEST, body, None, now()).unwrap_err();
-    assert_eq!(e, TokenError::Rejected { error: "invalid_request".into(), aadsts: Some(90002) });
+    assert_eq!(
+        e,
+        TokenError::Rejected {
+            error: "invalid_request".into(),
+            aadsts: Some(90002)
+        }
+    );
 }
 
 #[test]
 fn throttling_and_server_errors_are_transient_with_retry_after() {
-    let e = parse_answer(StatusCode::TOO_MANY_REQUESTS, b"", Some(Duration::from_secs(3)), now()).unwrap_err();
-    assert_eq!(e, TokenError::Unavailable { reason: "the token endpoint answered 429".into(), retry_after: Some(Duration::from_secs(3)) });
-    assert!(parse_answer(StatusCode::BAD_GATEWAY, b"", None, now()).unwrap_err().is_transient());
+    let e = parse_answer(
+        StatusCode::TOO_MANY_REQUESTS,
+        b"",
+        Some(Duration::from_secs(3)),
+        now(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        TokenError::Unavailable {
+            reason: "the token endpoint answered 429".into(),
+            retry_after: Some(Duration::from_secs(3))
+        }
+    );
+    assert!(
+        parse_answer(StatusCode::BAD_GATEWAY, b"", None, now())
+            .unwrap_err()
+            .is_transient()
+    );
     let body = br#"{"error":"temporarily_unavailable"}"#;
-    assert!(parse_answer(StatusCode::BAD_REQUEST, body, None, now()).unwrap_err().is_transient());
+    assert!(
+        parse_answer(StatusCode::BAD_REQUEST, body, None, now())
+            .unwrap_err()
+            .is_transient()
+    );
 }
 
 #[test]
@@ -82,7 +131,10 @@ fn retry_after_parses_seconds_fractions_and_dates() {
     assert_eq!(v("1.5"), Some(Duration::from_millis(1500)));
     let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
     let d = v(&date).unwrap();
-    assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "{d:?}");
+    assert!(
+        d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+        "{d:?}"
+    );
     assert_eq!(v("nonsense"), None);
     assert_eq!(v("-1"), None);
 }
@@ -90,10 +142,19 @@ fn retry_after_parses_seconds_fractions_and_dates() {
 #[test]
 fn v1_endpoint_sends_resource_without_default_suffix() {
     let e = TokenEndpoint::new("https://login.microsoftonline.com/", 1, None);
-    assert_eq!(e.url("t1"), "https://login.microsoftonline.com/t1/oauth2/token");
-    assert_eq!(e.audience_param("https://api.security.microsoft.com/.default"), ("resource", "https://api.security.microsoft.com"));
+    assert_eq!(
+        e.url("t1"),
+        "https://login.microsoftonline.com/t1/oauth2/token"
+    );
+    assert_eq!(
+        e.audience_param("https://api.security.microsoft.com/.default"),
+        ("resource", "https://api.security.microsoft.com")
+    );
     let e = TokenEndpoint::new("https://login.microsoftonline.com", 2, None);
-    assert_eq!(e.url("t1"), "https://login.microsoftonline.com/t1/oauth2/v2.0/token");
+    assert_eq!(
+        e.url("t1"),
+        "https://login.microsoftonline.com/t1/oauth2/v2.0/token"
+    );
     let e = TokenEndpoint::new("x", 2, Some("http://127.0.0.1:1/{tenant}/token"));
     assert_eq!(e.url("t2"), "http://127.0.0.1:1/t2/token");
 }
@@ -101,8 +162,14 @@ fn v1_endpoint_sends_resource_without_default_suffix() {
 #[test]
 fn form_encoding_escapes_reserved_characters() {
     let secret = Secret::new("a+b&c=d é");
-    let body = encode_form(&[("grant_type", FormValue::Plain("client_credentials")), ("client_secret", FormValue::Secret(&secret))]);
-    assert_eq!(body.expose(), "grant_type=client_credentials&client_secret=a%2Bb%26c%3Dd+%C3%A9");
+    let body = encode_form(&[
+        ("grant_type", FormValue::Plain("client_credentials")),
+        ("client_secret", FormValue::Secret(&secret)),
+    ]);
+    assert_eq!(
+        body.expose(),
+        "grant_type=client_credentials&client_secret=a%2Bb%26c%3Dd+%C3%A9"
+    );
     assert_eq!(format!("{body:?}"), "***");
 }
 
@@ -124,7 +191,12 @@ async fn retries_stop_on_permanent_errors_and_succeed_after_transient_ones() {
         calls += 1;
         let c = calls;
         async move {
-            if c < 3 { Err(unavailable("503", None)) } else { Token::new("t", Instant::now(), Duration::from_secs(60), None).ok_or_else(|| unavailable("x", None)) }
+            if c < 3 {
+                Err(unavailable("503", None))
+            } else {
+                Token::new("t", Instant::now(), Duration::from_secs(60), None)
+                    .ok_or_else(|| unavailable("x", None))
+            }
         }
     })
     .await;
@@ -134,7 +206,12 @@ async fn retries_stop_on_permanent_errors_and_succeed_after_transient_ones() {
     let mut calls = 0;
     let r = with_retries(&policy, || {
         calls += 1;
-        async { Err(TokenError::Rejected { error: "invalid_client".into(), aadsts: None }) }
+        async {
+            Err(TokenError::Rejected {
+                error: "invalid_client".into(),
+                aadsts: None,
+            })
+        }
     })
     .await;
     assert!(r.is_err());

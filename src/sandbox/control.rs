@@ -1,0 +1,200 @@
+//! `/_sandbox/*`: the Rust controls over HTTP, so a separate process (the demo, a test driving
+//! the real binary) can read statistics and inject faults.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State as AxState;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::api::defender_error;
+use super::faults::{ApiFault, FaultRequest, TokenFault};
+use super::state::State;
+
+pub(super) fn routes() -> Router<Arc<State>> {
+    Router::new()
+        .route("/_sandbox/stats", get(stats))
+        .route("/_sandbox/last-api-request", get(last_api_request))
+        .route("/_sandbox/token-fault", post(token_fault))
+        .route("/_sandbox/api-fault", post(api_fault))
+        .route("/_sandbox/revoke", post(revoke))
+        .route("/_sandbox/token-lifetime", post(token_lifetime))
+}
+
+/// `{"token_requests": N, "api_requests": M}`.
+async fn stats(AxState(st): AxState<Arc<State>>) -> Response {
+    let token_requests = st.token_requests.load(Ordering::Relaxed);
+    let api_requests = st.api_requests.load(Ordering::Relaxed);
+    Json(json!({"token_requests": token_requests, "api_requests": api_requests})).into_response()
+}
+
+/// The last recorded API request, or `null`.
+async fn last_api_request(AxState(st): AxState<Arc<State>>) -> Response {
+    Json(st.last_request()).into_response()
+}
+
+/// Body: a [`TokenFault`] with an optional `times`, or `null` (or nothing) to clear.
+async fn token_fault(AxState(st): AxState<Arc<State>>, body: Bytes) -> Response {
+    match parse_fault::<TokenFault>(&body) {
+        Ok(Some(req)) => st.token_fault.set(Some(req.fault), req.times),
+        Ok(None) => st.token_fault.set(None, None),
+        Err(message) => return bad_request(&message),
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Body: an [`ApiFault`] with an optional `times`, or `null` (or nothing) to clear.
+async fn api_fault(AxState(st): AxState<Arc<State>>, body: Bytes) -> Response {
+    match parse_fault::<ApiFault>(&body) {
+        Ok(Some(req)) => st.api_fault.set(Some(req.fault), req.times),
+        Ok(None) => st.api_fault.set(None, None),
+        Err(message) => return bad_request(&message),
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn parse_fault<F: DeserializeOwned>(body: &[u8]) -> Result<Option<FaultRequest<F>>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map_err(|e| format!("Invalid fault: {e}"))
+}
+
+async fn revoke(AxState(st): AxState<Arc<State>>) -> Response {
+    st.tokens.revoke_all();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct Lifetime {
+    secs: u64,
+}
+
+/// Body: `{"secs": N}`, the lifetime of tokens issued from now on.
+async fn token_lifetime(AxState(st): AxState<Arc<State>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Lifetime>(&body) {
+        Ok(Lifetime { secs }) => {
+            st.tokens.set_lifetime_secs(secs);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => bad_request(&format!("Expected {{\"secs\": N}}: {e}")),
+    }
+}
+
+fn bad_request(message: &str) -> Response {
+    defender_error(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::super::testkit::{XDR, get, http, post_token, start, token, v2_form};
+    use super::super::{SandboxOptions, TENANT_A};
+
+    async fn post(url: String, body: Value) -> u16 {
+        http()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn http_controls_drive_faults_revocation_and_lifetime() {
+        let sb = start(SandboxOptions::default()).await;
+        let base = sb.url();
+        let fault = json!({"kind": "status", "status": 500, "times": 1});
+        assert_eq!(
+            post(format!("{base}/_sandbox/token-fault"), fault).await,
+            204
+        );
+        let form = v2_form(XDR);
+        let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let path = format!("/{TENANT_A}/oauth2/v2.0/token");
+        assert_eq!(post_token(&sb, &path, &form).await.0, 500);
+        assert_eq!(
+            post(
+                format!("{base}/_sandbox/token-lifetime"),
+                json!({"secs": 120})
+            )
+            .await,
+            204
+        );
+        let (status, body) = post_token(&sb, &path, &form).await;
+        assert_eq!((status, body["expires_in"].as_u64()), (200, Some(119)));
+
+        let a = token(&sb, TENANT_A, XDR).await;
+        assert_eq!(
+            post(
+                format!("{base}/_sandbox/api-fault"),
+                json!({"kind": "status", "status": 502})
+            )
+            .await,
+            204
+        );
+        assert_eq!(get(&sb, &a, "/api/machines").await.status().as_u16(), 502);
+        assert_eq!(
+            post(format!("{base}/_sandbox/api-fault"), Value::Null).await,
+            204
+        );
+        assert_eq!(get(&sb, &a, "/api/machines").await.status().as_u16(), 200);
+        assert_eq!(
+            post(format!("{base}/_sandbox/revoke"), Value::Null).await,
+            204
+        );
+        assert_eq!(get(&sb, &a, "/api/machines").await.status().as_u16(), 401);
+        assert_eq!(
+            post(
+                format!("{base}/_sandbox/api-fault"),
+                json!({"kind": "nope"})
+            )
+            .await,
+            400
+        );
+
+        let stats: Value = http()
+            .get(format!("{base}/_sandbox/stats"))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(stats, json!({"token_requests": 3, "api_requests": 3}));
+        let last: Value = http()
+            .get(format!("{base}/_sandbox/last-api-request"))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(last["path_and_query"], "/api/machines");
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_accepting_connections() {
+        let sb = start(SandboxOptions::default()).await;
+        sb.shutdown();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let client = super::super::testkit::http();
+        assert!(
+            client
+                .get(format!("{}/_sandbox/stats", sb.url()))
+                .send()
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The sandbox's shared state: options, counters, tokens, faults, limiter, last request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard};
+
+use http::HeaderMap;
+use tokio::sync::watch;
+
+use super::faults::{ApiFault, FaultSlot, TokenFault};
+use super::ratelimit::RateLimiter;
+use super::tokens::TokenStore;
+use super::{RecordedRequest, SandboxOptions};
+
+/// Everything the handlers share, behind one `Arc`.
+pub(super) struct State {
+    pub opts: SandboxOptions,
+    pub addr: SocketAddr,
+    pub tokens: TokenStore,
+    pub token_requests: AtomicU64,
+    pub api_requests: AtomicU64,
+    pub token_fault: FaultSlot<TokenFault>,
+    pub api_fault: FaultSlot<ApiFault>,
+    pub limiter: RateLimiter,
+    last_request: Mutex<Option<RecordedRequest>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl State {
+    pub fn new(opts: SandboxOptions, addr: SocketAddr) -> Self {
+        State {
+            tokens: TokenStore::new(opts.token_lifetime_secs),
+            opts,
+            addr,
+            token_requests: AtomicU64::new(0),
+            api_requests: AtomicU64::new(0),
+            token_fault: FaultSlot::new(),
+            api_fault: FaultSlot::new(),
+            limiter: RateLimiter::default(),
+            last_request: Mutex::new(None),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// A receiver that sees `true` once [`State::shutdown`] was called.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn record(&self, method: &http::Method, uri: &http::Uri, headers: &HeaderMap) {
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let request = RecordedRequest {
+            method: method.to_string(),
+            path_and_query,
+            headers,
+        };
+        *lock(&self.last_request) = Some(request);
+    }
+
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        lock(&self.last_request).clone()
+    }
+
+    /// `http://host[:port]` as the client addressed us (the `Host` header), for absolute links.
+    pub fn origin(&self, headers: &HeaderMap) -> String {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(is_host_byte));
+        match host {
+            Some(host) => format!("http://{host}"),
+            None => format!("http://{}", self.addr),
+        }
+    }
+}
+
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b)
+}
+
+/// Locks a mutex, carrying on if a panicking holder poisoned it (the data stays usable).
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,251 @@
+//! The real binary: exit codes, `check` output, logs free of secrets and tokens, graceful
+//! SIGTERM, and flat memory while streaming a large download.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Setup, config_text};
+use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_defender-proxy");
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run_check(config: &Path, extra_env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--config"])
+        .arg(config)
+        .env_remove("AZURE_CLIENT_SECRET");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn help_exits_zero_and_bad_usage_exits_64() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
+    for sub in ["run", "check", "demo"] {
+        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{sub} --help");
+    }
+    let out = Command::new(BIN).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn config_errors_exit_64_naming_the_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("credential = \"app\"", "credential = \"ap\"");
+    let (code, _, err) = run_check(&write_config(dir.path(), &text), &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("route[0].credential: no credential named \"ap\""),
+        "{err}"
+    );
+
+    let text = config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("shutdown_grace_secs = 5", "shutdown_grace = 5");
+    let (code, _, err) = run_check(&write_config(dir.path(), &text), &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("server.shutdown_grace"), "{err}");
+
+    let (code, _, err) = run_check(&dir.path().join("missing.toml"), &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn the_shipped_config_needs_its_variables_and_never_prints_the_secret() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml");
+    let (code, _, err) = run_check(
+        &shipped,
+        &[
+            ("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111"),
+            ("AZURE_CLIENT_ID", "c"),
+        ],
+    );
+    assert_eq!(code, 64);
+    assert!(
+        err.contains(
+            "credentials.app.client_secret: environment variable AZURE_CLIENT_SECRET is not set"
+        ),
+        "{err}"
+    );
+    let env = [
+        ("AZURE_TENANT_ID", "11111111-1111-1111-1111-111111111111"),
+        ("AZURE_CLIENT_ID", "c"),
+        ("AZURE_CLIENT_SECRET", "super-secret-value-42"),
+    ];
+    let (code, out, err) = run_check(&shipped, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("super-secret-value-42") && !err.contains("super-secret-value-42"));
+    for needle in [
+        "/mde",
+        "https://api.securitycenter.microsoft.com",
+        "/graph",
+        "https://api.security.microsoft.com/.default",
+        "(prefix stripped)",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
+}
+
+struct Proxy {
+    child: Child,
+    base: String,
+}
+
+impl Proxy {
+    async fn start(text: &str, dir: &Path, log_level: &str) -> Proxy {
+        let port = free_port();
+        let text = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        );
+        let config = write_config(dir, &text);
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", log_level)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Proxy { child, base };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the proxy did not start");
+    }
+
+    fn terminate(mut self) -> (i32, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let mut logs = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        (status.code().unwrap_or(-1), logs)
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }
+}
+
+async fn sandbox_with(opts: SandboxOptions) -> Sandbox {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Sandbox::start(listener, opts).await.unwrap()
+}
+
+#[tokio::test]
+async fn logs_never_contain_the_secret_or_a_token_and_sigterm_exits_zero() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+    let proxy = Proxy::start(&text, dir.path(), "trace").await;
+    let http = common::client();
+    for path in ["/api/incidents", "/mde/api/machines", "/api/_test/echo/x"] {
+        let resp = http
+            .get(format!("{}{path}", proxy.base))
+            .header("authorization", "Bearer client-token-xyz")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let token = sb
+        .last_api_request()
+        .unwrap()
+        .header("authorization")
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_string();
+    let (code, logs) = proxy.terminate();
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("request"), "the access log is there: {logs}");
+    for secret in [sandbox::DEFAULT_CLIENT_SECRET, &token, "client-token-xyz"] {
+        assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
+    }
+}
+
+#[tokio::test]
+async fn a_1_gib_download_streams_with_flat_memory() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+    let proxy = Proxy::start(&text, dir.path(), "warn").await;
+    let n: u64 = 1 << 30;
+    let mut resp = common::client()
+        .get(format!("{}/api/_test/download?bytes={n}", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut total = 0u64;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        total += chunk.len() as u64;
+    }
+    assert_eq!(total, n);
+    let peak = proxy.peak_rss_kib();
+    eprintln!("proxy peak RSS while streaming 1 GiB: {peak} KiB");
+    let (code, _) = proxy.terminate();
+    assert_eq!(code, 0);
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB while streaming 1 GiB"
+    );
+}

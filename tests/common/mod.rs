@@ -1,0 +1,154 @@
+//! Shared set-up of the integration tests: the sandbox and the proxy on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use defender_proxy::config::Config;
+use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_proxy::{Handle, Listeners};
+
+/// A running sandbox and proxy.
+pub struct TestEnv {
+    pub sandbox: Sandbox,
+    pub proxy: Handle,
+    pub http: reqwest::Client,
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin: String,
+}
+
+/// What to change in the default test config.
+#[derive(Default)]
+pub struct Setup {
+    pub sandbox: SandboxOptions,
+    /// Lines added to `[server]`.
+    pub server: String,
+    /// The client secret the proxy uses (default: the sandbox's).
+    pub secret: Option<String>,
+    /// Extra TOML appended at the end (routes, limits, ...).
+    pub extra: String,
+    /// Upstream of the routes instead of the sandbox.
+    pub upstream: Option<String>,
+}
+
+/// The test config for a sandbox at `url`.
+pub fn config_text(url: &str, setup: &Setup) -> String {
+    let secret = setup
+        .secret
+        .clone()
+        .unwrap_or_else(|| sandbox::DEFAULT_CLIENT_SECRET.to_string());
+    let upstream = setup.upstream.clone().unwrap_or_else(|| url.to_string());
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace_secs = 5
+{server}
+
+[cloud]
+authority_host = "{url}"
+
+[credentials.app]
+type = "client_secret"
+tenant_id = "{tenant_a}"
+client_id = "{client_id}"
+client_secret = "{secret}"
+
+[credentials.app.tenants]
+contoso = "{tenant_b}"
+
+[[route]]
+name = "defender"
+prefix = "/"
+upstream = "{upstream}"
+scope = "https://api.security.microsoft.com/.default"
+credential = "app"
+
+[[route]]
+name = "mde"
+prefix = "/mde/"
+strip_prefix = true
+upstream = "{upstream}"
+scope = "https://api.securitycenter.microsoft.com/.default"
+credential = "app"
+
+{extra}
+"#,
+        server = setup.server,
+        tenant_a = sandbox::TENANT_A,
+        tenant_b = sandbox::TENANT_B,
+        client_id = sandbox::DEFAULT_CLIENT_ID,
+        extra = setup.extra,
+    )
+}
+
+/// Starts a sandbox, then the proxy wired to it.
+pub async fn start(setup: Setup) -> TestEnv {
+    start_edited(setup, |text| text).await
+}
+
+/// Like `start`, with the config text edited first.
+pub async fn start_edited(setup: Setup, edit: impl FnOnce(String) -> String) -> TestEnv {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox = Sandbox::start(listener, setup.sandbox.clone())
+        .await
+        .unwrap();
+    let text = edit(config_text(&sandbox.url(), &setup));
+    let config = Config::from_toml(&text, &|_: &str| None).expect("test config is valid");
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let proxy = Handle::spawn(config, listeners).unwrap();
+    let base = format!("http://{}", proxy.proxy_addr);
+    let admin = format!("http://{}", proxy.admin_addr.unwrap());
+    TestEnv {
+        sandbox,
+        proxy,
+        http: client(),
+        base,
+        admin,
+    }
+}
+
+/// A plain HTTP client that ignores proxy variables and never follows redirects.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl TestEnv {
+    /// GET `path` through the proxy.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The error code header of a response.
+    pub fn code(resp: &reqwest::Response) -> Option<String> {
+        resp.headers()
+            .get("x-defender-proxy-error")
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+}
+
+/// Reads the JSON body.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Sends raw bytes on a new connection and returns what came back (until close or timeout).
+pub async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
