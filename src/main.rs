@@ -2,7 +2,7 @@
 //! and calls into the library. Exit codes: 0 ok, 64 bad config or usage, 1 other failure.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -95,7 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run(path: &PathBuf, log_format: Option<String>) -> anyhow::Result<ExitCode> {
+async fn run(path: &Path, log_format: Option<String>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path, &ProcessEnv)?;
     let format_name = log_format.unwrap_or_else(|| config.log.format.clone());
     let format = LogFormat::parse(&format_name).ok_or_else(|| {
@@ -114,7 +114,7 @@ async fn run(path: &PathBuf, log_format: Option<String>) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check_config(path: &PathBuf, live: bool) -> anyhow::Result<ExitCode> {
+async fn check_config(path: &Path, live: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path, &ProcessEnv)?;
     let state = AppState::new(&config)?;
     println!("{}: OK\n", path.display());

@@ -195,7 +195,7 @@ impl Router {
             .iter()
             .filter_map(|r| compile_route(r, cloud, credential_index, &policies, &limits))
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Router { routes, policies }
     }
 

@@ -129,7 +129,7 @@ impl Proxy {
             1,
         );
         let config = write_config(dir, &text);
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", log_level)
@@ -147,6 +147,8 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the proxy did not start");
     }
 
@@ -248,4 +250,99 @@ async fn a_1_gib_download_streams_with_flat_memory() {
         peak < 64 * 1024,
         "peak RSS {peak} KiB while streaming 1 GiB"
     );
+}
+
+#[tokio::test]
+async fn the_demo_serves_the_sandbox_through_the_proxy() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let http = common::client();
+    let incidents = if up {
+        http.get(format!("http://127.0.0.1:{port}/api/incidents?$top=2"))
+            .send()
+            .await
+            .ok()
+    } else {
+        None
+    };
+    let partner = if up {
+        http.get(format!("http://127.0.0.1:{port}/api/alerts?$top=1"))
+            .header("x-tenant-id", "contoso")
+            .send()
+            .await
+            .ok()
+    } else {
+        None
+    };
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut banner = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut banner)
+        .unwrap();
+    assert!(up, "the demo did not start");
+    let incidents = common::json(incidents.unwrap()).await;
+    assert_eq!(incidents["value"].as_array().unwrap().len(), 2);
+    let partner = common::json(partner.unwrap()).await;
+    assert_eq!(partner["value"][0]["tenantId"], sandbox::TENANT_B);
+    assert!(
+        banner.contains(&format!(
+            "curl -s 'http://127.0.0.1:{port}/api/incidents?$top=2'"
+        )),
+        "{banner}"
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_an_access_line() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+    let text = text.replace("[cloud]", "[log]\nformat = \"json\"\n\n[cloud]");
+    let proxy = Proxy::start(&text, dir.path(), "info").await;
+    let resp = common::client()
+        .get(format!("{}/api/incidents", proxy.base))
+        .header("client-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (code, logs) = proxy.terminate();
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["request_id"] == "abc-123")
+        .expect("an access line");
+    assert_eq!(access["route"], "defender");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["tenant"], "home");
 }

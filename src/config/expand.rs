@@ -41,10 +41,8 @@ pub fn expand_table(table: &mut toml::Table, path: &str, env: &dyn Env) -> Resul
 
 fn expand_value(value: &mut toml::Value, path: &str, env: &dyn Env) -> Result<(), ConfigError> {
     match value {
-        toml::Value::String(s) => {
-            if s.contains('$') {
-                *s = expand_str(s, env).map_err(|msg| ConfigError::new(path, msg))?;
-            }
+        toml::Value::String(s) if s.contains('$') => {
+            *s = expand_str(s, env).map_err(|msg| ConfigError::new(path, msg))?;
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
