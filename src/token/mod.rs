@@ -2,6 +2,7 @@
 //! one for a (tenant, scope). Caching and single-flight live in `cache`; the HTTP exchange with
 //! the identity provider, its parsing and retries in `entra`; one file per credential kind.
 
+mod build;
 pub mod cache;
 mod client_secret;
 pub mod entra;
@@ -15,6 +16,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+pub use build::build_credential;
 pub use cache::{TokenCache, TokenKey};
 pub use client_secret::ClientSecret;
 pub use entra::{EntraClient, TokenEndpoint};
