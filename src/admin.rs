@@ -62,6 +62,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(8192);
     state.metrics.render_routes(&mut out);
     render_tokens(&state, &mut out);
+    family(
+        &mut out,
+        "defender_proxy_config_reloads_total",
+        "counter",
+        "Config reloads by outcome.",
+    );
+    for (outcome, n) in [("ok", &state.reloads.ok), ("error", &state.reloads.failed)] {
+        let _ = writeln!(
+            out,
+            "defender_proxy_config_reloads_total{{outcome=\"{outcome}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod sandbox;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Cancelled at shutdown; background tasks stop on it.
     pub cancel: CancellationToken,
+    /// Reload counters.
+    pub reloads: reload::ReloadStats,
 }
 
 /// Why the proxy could not start or run.
@@ -106,6 +109,7 @@ impl AppState {
             client: forward::client(tls),
             metrics,
             cancel,
+            reloads: reload::ReloadStats::default(),
         }))
     }
 }
@@ -117,7 +121,25 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    serve(config, listeners, shutdown, None).await
+}
+
+/// Like `run`, and reloads the config from `reload` when asked or when its files change.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    reload: Option<reload::ReloadSource>,
+) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
+    if let Some(source) = reload {
+        tokio::spawn(reload::watch(
+            state.clone(),
+            source,
+            config.clone(),
+            state.cancel.clone(),
+        ));
+    }
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let stop = CancellationToken::new();
     let proxy = tokio::spawn(serve_proxy(state.clone(), listeners.proxy, stop.clone()));
@@ -154,6 +176,15 @@ pub struct Handle {
 impl Handle {
     /// Starts the proxy on already bound listeners.
     pub fn spawn(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
+        Handle::spawn_with_reload(config, listeners, None)
+    }
+
+    /// Starts the proxy, reloading from `reload` when asked or when its files change.
+    pub fn spawn_with_reload(
+        config: Config,
+        listeners: Listeners,
+        reload: Option<reload::ReloadSource>,
+    ) -> std::io::Result<Handle> {
         let proxy_addr = listeners.proxy.local_addr()?;
         let admin_addr = listeners
             .admin
@@ -161,9 +192,10 @@ impl Handle {
             .map(TcpListener::local_addr)
             .transpose()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(config, listeners, async {
+        let shutdown = async {
             let _ = rx.await;
-        }));
+        };
+        let task = tokio::spawn(serve(config, listeners, shutdown, reload));
         Ok(Handle {
             proxy_addr,
             admin_addr,

@@ -325,6 +325,28 @@ impl Config {
         Ok(self)
     }
 
+    /// Files whose change should reload the config: secrets, certificates, CA roots. (A
+    /// federated token file is not one: it rotates by design and is re-read at each fetch.)
+    pub fn referenced_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = [&self.server.inbound_key_file, &self.tls.extra_ca_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for c in self.credentials.values() {
+            for p in [
+                &c.client_secret_file,
+                &c.certificate,
+                &c.private_key,
+                &c.certificate_password_file,
+                &c.password_file,
+            ] {
+                files.extend(p.iter().cloned());
+            }
+        }
+        files
+    }
+
     /// Makes relative file paths relative to the config file's folder.
     fn with_base_dir(mut self, base: &Path) -> Config {
         let fix = |p: &mut Option<PathBuf>| {

@@ -107,6 +107,7 @@ impl TokenCache {
         let slots = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .time_to_idle(Duration::from_secs(6 * 3600))
+            .support_invalidation_closures()
             .build();
         TokenCache {
             slots,
@@ -150,6 +151,18 @@ impl TokenCache {
             {
                 slot.current.store(None);
             }
+        }
+    }
+
+    /// Drops the tokens of credentials that are no longer configured as they were (a reload
+    /// changed them): only the IDs in `live` keep their tokens.
+    pub fn retain_credentials(&self, live: &[u64]) {
+        let live = live.to_vec();
+        if let Err(e) = self
+            .slots
+            .invalidate_entries_if(move |k, _| !live.contains(&k.credential))
+        {
+            tracing::warn!(error = %e, "could not drop the tokens of changed credentials");
         }
     }
 

@@ -152,3 +152,36 @@ pub async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Starts a sandbox and a proxy whose config lives in `dir/proxy.toml` and reloads from it
+/// (polling every 100 ms); `edit` shapes the first config text.
+pub async fn start_reloading(
+    setup: Setup,
+    dir: &std::path::Path,
+    edit: impl FnOnce(String) -> String,
+) -> (TestEnv, defender_proxy::reload::ReloadSource) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox = Sandbox::start(listener, setup.sandbox.clone())
+        .await
+        .unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, edit(config_text(&sandbox.url(), &setup))).unwrap();
+    let config = Config::load(&path, &|_: &str| None).expect("test config is valid");
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let mut source = defender_proxy::reload::ReloadSource::new(path);
+    source.poll_interval = std::time::Duration::from_millis(100);
+    let proxy = Handle::spawn_with_reload(config, listeners, Some(source.clone())).unwrap();
+    let base = format!("http://{}", proxy.proxy_addr);
+    let admin = format!("http://{}", proxy.admin_addr.unwrap());
+    (
+        TestEnv {
+            sandbox,
+            proxy,
+            http: client(),
+            base,
+            admin,
+        },
+        source,
+    )
+}
