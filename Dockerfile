@@ -16,5 +16,7 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /defender-proxy /usr/local/bin/defender-proxy
 USER 65532:65532
 EXPOSE 8080 9090
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/defender-proxy", "health", "--url", "http://127.0.0.1:9090/healthz"]
 ENTRYPOINT ["/usr/local/bin/defender-proxy"]
 CMD ["run", "--config", "/etc/defender-proxy/proxy.toml"]

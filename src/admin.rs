@@ -150,3 +150,30 @@ fn render_tokens(state: &AppState, out: &mut String) {
         }
     }
 }
+
+/// GETs a plain-http health URL; true on a 200 within 3 s. Used by the container health check,
+/// where no curl is available.
+pub async fn probe(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let (Some(host), Some("http")) = (uri.host(), uri.scheme_str()) else {
+        return false;
+    };
+    let addr = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let exchange = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Probe a running proxy's admin listener (for container health checks); exit 0 when healthy.
+    Health {
+        /// The health URL (plain http).
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Start the built-in sandbox (Entra ID and Defender API emulator) and the proxy, offline.
     Demo {
         /// Proxy address.
@@ -87,6 +93,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run { log_format: None }) {
         Command::Run { log_format } => run(&path, log_format).await,
         Command::Check { live } => check_config(&path, live).await,
+        Command::Health { url } => Ok(if defender_proxy::admin::probe(&url).await {
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("unhealthy: {url}");
+            ExitCode::FAILURE
+        }),
         Command::Demo { listen } => {
             init_logging(LogFormat::Text, "info");
             demo::run(&listen, shutdown_signal()).await?;

@@ -48,7 +48,7 @@ fn help_exits_zero_and_bad_usage_exits_64() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
-    for sub in ["run", "check", "demo"] {
+    for sub in ["run", "check", "demo", "health"] {
         let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{sub} --help");
     }
@@ -345,4 +345,40 @@ async fn json_logs_are_one_object_per_line_with_an_access_line() {
     assert_eq!(access["route"], "defender");
     assert_eq!(access["status"], 200);
     assert_eq!(access["tenant"], "home");
+}
+
+#[tokio::test]
+async fn the_health_command_probes_the_admin_listener() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
+    let text = config_text(&sb.url(), &Setup::default()).replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("admin_listen = \"127.0.0.1:{admin_port}\""),
+    );
+    let proxy = Proxy::start(&text, dir.path(), "warn").await;
+    let health = |port: u16| {
+        Command::new(BIN)
+            .args([
+                "health",
+                "--url",
+                &format!("http://127.0.0.1:{port}/healthz"),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let mut ok = None;
+    for _ in 0..100 {
+        ok = health(admin_port);
+        if ok == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(ok, Some(0));
+    assert_eq!(health(free_port()), Some(1));
+    let (code, _) = proxy.terminate();
+    assert_eq!(code, 0);
 }

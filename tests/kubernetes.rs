@@ -1,0 +1,150 @@
+//! The Kubernetes manifests parse, carry what a sidecar needs, and agree with the proxy
+//! config they ship: the probes hit the admin port the config listens on, the config is
+//! valid, and every file it names is under a mounted volume.
+
+use std::path::Path;
+
+use defender_proxy::config::Config;
+use serde_norway::Value;
+
+fn documents(file: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v:?}"))
+}
+
+fn manifest_files() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    files
+}
+
+fn proxy_config(docs: &[Value]) -> Config {
+    let cm = kind(docs, "ConfigMap");
+    let text = str_of(&cm["data"]["proxy.toml"]);
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some("00000000-0000-0000-0000-000000000000".to_string()),
+        "AZURE_CLIENT_ID" => Some("00000000-0000-0000-0000-000000000001".to_string()),
+        _ => None,
+    };
+    Config::parse(text, &env)
+        .unwrap()
+        .validated(&env)
+        .unwrap_or_else(|e| panic!("the shipped config is invalid: {e}"))
+}
+
+#[test]
+fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port() {
+    for file in manifest_files() {
+        let docs = documents(&file);
+        let config = proxy_config(&docs);
+        let admin_port: u16 = config
+            .server
+            .admin_listen
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            config.server.listen.starts_with("127.0.0.1:"),
+            "{file}: the proxy stays on the pod's loopback"
+        );
+        let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+        let sidecar = pod["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "defender-proxy")
+            .unwrap();
+        assert_eq!(
+            sidecar["restartPolicy"], "Always",
+            "{file}: a native sidecar starts before the app"
+        );
+        let ports = sidecar["ports"].as_sequence().unwrap();
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let get = &sidecar[probe]["httpGet"];
+            let port = match &get["port"] {
+                Value::Number(n) => n.as_u64().unwrap() as u16,
+                Value::String(name) => {
+                    let p = ports
+                        .iter()
+                        .find(|p| p["name"] == name.as_str())
+                        .unwrap_or_else(|| panic!("{file}: no port {name}"));
+                    p["containerPort"].as_u64().unwrap() as u16
+                }
+                other => panic!("{file}: bad port {other:?}"),
+            };
+            assert_eq!(
+                port, admin_port,
+                "{file}: {probe} must hit the admin listener"
+            );
+        }
+        assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(sidecar["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(
+            sidecar["securityContext"]["runAsUser"].as_u64(),
+            Some(65532)
+        );
+        assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
+        let app = &pod["containers"][0];
+        let env = app["env"].as_sequence().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| str_of(&e["value"])
+                    .starts_with(&format!("http://{}", config.server.listen))),
+            "{file}: the app is pointed at the proxy"
+        );
+        check_files_are_mounted(&file, &config, sidecar);
+    }
+}
+
+fn check_files_are_mounted(file: &str, config: &Config, sidecar: &Value) {
+    let mounts: Vec<(&str, bool)> = sidecar["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| (str_of(&m["mountPath"]), m["readOnly"] == true))
+        .collect();
+    let config_arg = sidecar["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .skip_while(|a| *a != "--config")
+        .nth(1)
+        .unwrap();
+    let mut files: Vec<String> = config
+        .referenced_files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    files.push(config_arg.to_string());
+    for f in files {
+        let mount = mounts
+            .iter()
+            .find(|(m, _)| f.starts_with(m))
+            .unwrap_or_else(|| panic!("{file}: {f} is not under a volume mount"));
+        assert!(mount.1, "{file}: {} should be mounted read-only", mount.0);
+    }
+}
