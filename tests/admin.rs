@@ -93,3 +93,23 @@ async fn shutdown_drains_in_flight_requests() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn shutdown_gives_up_on_requests_that_outlast_the_grace_period() {
+    let env = common::start_edited(Setup::default(), |t| {
+        t.replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 1")
+    })
+    .await;
+    let url = format!("{}/api/_test/slow?millis=10000", env.base);
+    let http = env.http.clone();
+    let slow = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    env.proxy.shutdown().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "shutdown took {took:?}"
+    );
+    drop(slow);
+}

@@ -382,3 +382,86 @@ async fn the_health_command_probes_the_admin_listener() {
     let (code, _) = proxy.terminate();
     assert_eq!(code, 0);
 }
+
+#[tokio::test]
+async fn sigterm_drains_a_slow_request_and_a_long_download_then_exits_zero() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+    let proxy = Proxy::start(&text, dir.path(), "info").await;
+    let http = common::client();
+    let slow = tokio::spawn(
+        http.get(format!("{}/api/_test/slow?millis=1500", proxy.base))
+            .send(),
+    );
+    let n: u64 = 256 << 20;
+    let mut download = http
+        .get(format!("{}/api/_test/download?bytes={n}", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    let first = download.chunk().await.unwrap().unwrap().len() as u64;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = proxy.base.rsplit(':').next().unwrap().to_string();
+    assert!(
+        tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .is_err(),
+        "still accepting after SIGTERM"
+    );
+    let mut total = first;
+    while let Some(chunk) = download.chunk().await.unwrap() {
+        total += chunk.len() as u64;
+        tokio::time::sleep(Duration::from_micros(50)).await;
+    }
+    assert_eq!(total, n, "the download finished");
+    assert_eq!(
+        slow.await.unwrap().unwrap().status(),
+        200,
+        "the slow request finished"
+    );
+    let (code, logs) = proxy.terminate();
+    assert_eq!(code, 0, "{logs}");
+    assert!(logs.contains("draining"), "{logs}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+    let proxy = Proxy::start(&text, dir.path(), "info").await;
+    let http = common::client();
+    let pinned = format!("{}/contoso/api/incidents?$top=1", proxy.base);
+    assert_eq!(http.get(&pinned).send().await.unwrap().status(), 404);
+    let config = dir.path().join("proxy.toml");
+    let mut current = std::fs::read_to_string(&config).unwrap();
+    current.push_str(&format!(
+        "\n[[route]]\nname = \"contoso\"\nprefix = \"/contoso/\"\nstrip_prefix = true\nupstream = \"{}\"\nscope = \"https://api.security.microsoft.com/.default\"\ncredential = \"app\"\ntenant = \"contoso\"\n",
+        sb.url()
+    ));
+    std::fs::write(&config, current).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut status = 0;
+    for _ in 0..40 {
+        status = http.get(&pinned).send().await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (code, logs) = proxy.terminate();
+    assert_eq!(status, 200, "{logs}");
+    assert!(logs.contains("SIGHUP"), "{logs}");
+    assert_eq!(code, 0);
+}

@@ -231,6 +231,7 @@ impl TokenCache {
             return;
         }
         self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(credential = %source.name, tenant = %key.tenant, "refreshing a token ahead of expiry");
         let entra = self.entra.clone();
         let cancel = self.cancel.clone();
         tokio::spawn(async move {

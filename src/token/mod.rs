@@ -241,9 +241,19 @@ impl CredentialSource {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(_) => tracing::debug!(credential = %self.name, tenant, "token fetched"),
+            Ok(t) => {
+                let expires_in_secs = t
+                    .expires_at
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs();
+                tracing::info!(credential = %self.name, tenant, expires_in_secs, outcome = "ok", "token fetched")
+            }
             Err(e) => {
-                tracing::warn!(credential = %self.name, tenant, error = %e, "token fetch failed")
+                let (outcome, aadsts) = match e {
+                    TokenError::Rejected { aadsts, .. } => ("rejected", *aadsts),
+                    TokenError::Unavailable { .. } => ("unavailable", None),
+                };
+                tracing::warn!(credential = %self.name, tenant, outcome, aadsts, error = %e, "token fetch failed")
             }
         }
         self.health.store(Arc::new(health));
