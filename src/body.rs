@@ -9,6 +9,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::rewrite::RewriteState;
+
 /// Boxed error used by the body types.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -150,6 +152,15 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// Streamed from the upstream.
     Upstream(Incoming),
+    /// Streamed from the upstream with its paging links rewritten.
+    Rewritten {
+        /// The upstream body.
+        body: Incoming,
+        /// The rewriter and what it holds back.
+        state: Box<RewriteState>,
+        /// The upstream body has ended.
+        done: bool,
+    },
 }
 
 impl ResponseBody {
@@ -179,6 +190,7 @@ impl Body for ResponseBody {
                     .map(|b| Ok(Frame::data(b))),
             ),
             ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Rewritten { body, state, done } => poll_rewritten(body, state, done, cx),
         }
     }
 
@@ -186,6 +198,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Rewritten { done, .. } => *done,
         }
     }
 
@@ -193,6 +206,39 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Rewritten { .. } => SizeHint::new(),
         }
     }
+}
+
+/// Polls the upstream until the rewriter has something to send. Trailers are dropped: a
+/// rewritten body is JSON, which has none.
+fn poll_rewritten(
+    body: &mut Incoming,
+    state: &mut RewriteState,
+    done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    while !*done {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let out = state.push(data);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                *done = true;
+                let rest = state.finish();
+                if !rest.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+            }
+        }
+    }
+    Poll::Ready(None)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -14,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
+use crate::rewrite::{LinkRewriter, RewriteState};
 use crate::routing::Route;
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
@@ -156,11 +158,79 @@ fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The upstream's answer for the client: hop-by-hop headers removed, body streamed.
-pub fn into_client_response(resp: Response<Incoming>) -> Response<ResponseBody> {
+/// JSON bodies up to this size are rewritten whole, keeping an exact `Content-Length`.
+const REWRITE_WHOLE_BYTES: u64 = 256 * 1024;
+
+/// The upstream's answer for the client: hop-by-hop headers removed, body streamed, paging
+/// links and `Location` rewritten when `rewriter` is given.
+pub async fn into_client_response(
+    resp: Response<Incoming>,
+    rewriter: Option<LinkRewriter>,
+    head: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::Upstream(body))
+    let Some(rewriter) = rewriter else {
+        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+    };
+    if let Some(location) = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(v) = rewriter
+            .rewrite_location(location)
+            .and_then(|l| HeaderValue::try_from(l).ok())
+        {
+            parts.headers.insert(header::LOCATION, v);
+        }
+    }
+    if head || !is_json(&parts.headers) || body.is_end_stream() {
+        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+    }
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut state = RewriteState::new(rewriter);
+    if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
+        use http_body_util::BodyExt;
+        let whole = body
+            .collect()
+            .await
+            .map_err(|_| ProxyError::UpstreamUnavailable)?
+            .to_bytes();
+        let mut out = state.push(&whole).to_vec();
+        out.extend_from_slice(&state.finish());
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        return Ok(Response::from_parts(parts, ResponseBody::full(out.into())));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::Rewritten {
+            body,
+            state: Box::new(state),
+            done: false,
+        },
+    ))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod forward;
 pub mod proxy;
 pub mod reload;
+pub mod rewrite;
 pub mod routing;
 pub mod runtime;
 pub mod sandbox;

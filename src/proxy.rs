@@ -15,7 +15,7 @@ use crate::error::ProxyError;
 use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER, Outbound};
 use crate::routing::{Route, Tenant};
 use crate::runtime::Runtime;
-use crate::token::TokenKey;
+use crate::token::{CredentialSource, Token, TokenKey};
 
 /// Request bodies up to this size are kept so the request can be replayed after a 401.
 pub const REPLAY_KEEP_BYTES: usize = 64 * 1024;
@@ -129,10 +129,42 @@ async fn proxy(
         .router
         .tenant(route, parts.headers.get(&rt.tenant_header))?;
     trace.tenant = Some(tenant.clone());
-    if content_length(&parts.headers).is_some_and(|n| n > rt.max_body_bytes) {
+    let body = read_body(rt, &parts.headers, incoming).await?;
+    let source = &rt.credentials[route.credential];
+    let key = TokenKey {
+        credential: source.id,
+        tenant: tenant.id.clone(),
+        scope: route.scope.clone(),
+    };
+    let exchange = Exchange {
+        state,
+        rt,
+        route,
+        parts: &parts,
+        request_id,
+        source,
+        key,
+    };
+    let resp = exchange.run(body, trace).await?;
+    trace.upstream_request_id = resp.headers().get("request-id").cloned();
+    let host = request_host(&parts);
+    let rewriter = route
+        .rewrite_links
+        .then(|| host.map(|h| route.link_rewriter(h)))
+        .flatten();
+    forward::into_client_response(resp, rewriter, parts.method == Method::HEAD).await
+}
+
+/// Reads the body up to the replay buffer, refusing it when over the limit.
+async fn read_body(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    incoming: Incoming,
+) -> Result<RequestBody, ProxyError> {
+    if content_length(headers).is_some_and(|n| n > rt.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let body = RequestBody::read(incoming, REPLAY_KEEP_BYTES, rt.max_body_bytes)
+    RequestBody::read(incoming, REPLAY_KEEP_BYTES, rt.max_body_bytes)
         .await
         .map_err(|e| {
             if e.is::<BodyTooLarge>() {
@@ -140,80 +172,75 @@ async fn proxy(
             } else {
                 ProxyError::BadRequest("the request body could not be read")
             }
-        })?;
-    let source = &rt.credentials[route.credential];
-    let key = TokenKey {
-        credential: source.id,
-        tenant: tenant.id.clone(),
-        scope: route.scope.clone(),
-    };
-    let token = state
-        .tokens
-        .get(source, &key)
-        .await
-        .map_err(|e| e.to_proxy_error(&source.name))?;
-    let replay = body.try_clone();
-    let resp = send(
-        state,
-        rt,
-        route,
-        &parts,
-        &token.header().clone(),
-        request_id,
-        body,
-        trace,
-    )
-    .await?;
-    let resp = match (resp.status(), replay) {
-        (StatusCode::UNAUTHORIZED, Some(body)) => {
-            tracing::info!(route = %route.name, tenant = %tenant.label, "upstream answered 401; fetching a new token and replaying once");
-            state.tokens.invalidate(&key, &token);
-            drop(resp);
-            let fresh = state
-                .tokens
-                .get(source, &key)
-                .await
-                .map_err(|e| e.to_proxy_error(&source.name))?;
-            send(
-                state,
-                rt,
-                route,
-                &parts,
-                fresh.header(),
-                request_id,
-                body,
-                trace,
-            )
-            .await?
-        }
-        (_, _) => resp,
-    };
-    trace.upstream_request_id = resp.headers().get("request-id").cloned();
-    Ok(forward::into_client_response(resp))
+        })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send(
-    state: &AppState,
-    rt: &Runtime,
-    route: &Route,
-    parts: &http::request::Parts,
-    bearer: &HeaderValue,
-    request_id: &HeaderValue,
-    body: RequestBody,
-    trace: &mut Trace,
-) -> Result<Response<Incoming>, ProxyError> {
-    let out = Outbound {
-        route,
-        tenant_header: &rt.tenant_header,
-        bearer,
-        request_id,
-    };
-    let upstream_req = forward::build_request(parts, &out, body)?;
-    let started = Instant::now();
-    let resp = forward::send(&state.client, upstream_req, rt.request_timeout).await;
-    trace.upstream_latency = Some(started.elapsed());
-    resp
+/// One request's dealings with the identity provider and the upstream.
+struct Exchange<'a> {
+    state: &'a AppState,
+    rt: &'a Runtime,
+    route: &'a Route,
+    parts: &'a http::request::Parts,
+    request_id: &'a HeaderValue,
+    source: &'a Arc<CredentialSource>,
+    key: TokenKey,
+}
+
+impl Exchange<'_> {
+    /// Sends with a token; after an upstream 401, drops that token and replays once with a
+    /// fresh one when the body was kept.
+    async fn run(
+        &self,
+        body: RequestBody,
+        trace: &mut Trace,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let token = self.token().await?;
+        let replay = body.try_clone();
+        let resp = self.send(&token, body, trace).await?;
+        let (StatusCode::UNAUTHORIZED, Some(body)) = (resp.status(), replay) else {
+            return Ok(resp);
+        };
+        tracing::info!(route = %self.route.name, "upstream answered 401; fetching a new token and replaying once");
+        self.state.tokens.invalidate(&self.key, &token);
+        drop(resp);
+        let fresh = self.token().await?;
+        self.send(&fresh, body, trace).await
+    }
+
+    async fn token(&self) -> Result<Token, ProxyError> {
+        self.state
+            .tokens
+            .get(self.source, &self.key)
+            .await
+            .map_err(|e| e.to_proxy_error(&self.source.name))
+    }
+
+    async fn send(
+        &self,
+        token: &Token,
+        body: RequestBody,
+        trace: &mut Trace,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let out = Outbound {
+            route: self.route,
+            tenant_header: &self.rt.tenant_header,
+            bearer: token.header(),
+            request_id: self.request_id,
+        };
+        let req = forward::build_request(self.parts, &out, body)?;
+        let started = Instant::now();
+        let resp = forward::send(&self.state.client, req, self.rt.request_timeout).await;
+        trace.upstream_latency = Some(started.elapsed());
+        resp
+    }
+}
+
+/// The Host the client used (validated by `check_request`).
+fn request_host(parts: &http::request::Parts) -> Option<&str> {
+    match parts.headers.get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => parts.uri.authority().map(|a| a.as_str()),
+    }
 }
 
 /// The checks that keep the proxy from being an open proxy or a DNS-rebinding target.

@@ -10,6 +10,7 @@ use http::uri::{Authority, Scheme};
 use crate::cloud::{Cloud, Service};
 use crate::config::{Config, CredentialConfig, RouteConfig, is_guid};
 use crate::error::ProxyError;
+use crate::rewrite::LinkRewriter;
 
 /// A tenant a request is for: the ID sent to Entra and a bounded label for metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +141,8 @@ pub struct Route {
     pub pinned: Option<Tenant>,
     /// Index of the rate limit.
     pub rate_limit: Option<usize>,
+    /// Rewrite paging links and `Location` back to the proxy.
+    pub rewrite_links: bool,
 }
 
 impl Route {
@@ -169,6 +172,17 @@ impl Route {
     /// The configured prefix as a client sees it, for link rewriting and logs.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Rewrites upstream links to the proxy at `host` (the request's validated Host).
+    pub fn link_rewriter(&self, host: &str) -> LinkRewriter {
+        let upstream = format!("{}{}", self.upstream.origin, self.upstream.base_path);
+        let client_prefix = if self.strip_prefix {
+            self.prefix.as_str()
+        } else {
+            ""
+        };
+        LinkRewriter::new(&upstream, &format!("http://{host}{client_prefix}"))
     }
 }
 
@@ -286,6 +300,7 @@ fn compile_route(
             .rate_limit
             .as_ref()
             .and_then(|l| limits.iter().position(|n| *n == l)),
+        rewrite_links: r.rewrite_links,
     })
 }
 

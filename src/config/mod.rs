@@ -264,6 +264,13 @@ pub struct RouteConfig {
     pub rate_limit: Option<String>,
     /// Regional host for service names: `us`, `eu`, `uk`, `au`, `swa`.
     pub region: Option<String>,
+    /// Rewrite `@odata.nextLink`/`@odata.deltaLink` and `Location` to come back through the proxy.
+    #[serde(default = "yes")]
+    pub rewrite_links: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[rate_limit.NAME]`.

@@ -35,6 +35,7 @@ pub(super) fn routes() -> Router<Arc<State>> {
         .route("/api/_test/slow", get(slow))
         .route("/api/_test/status/{code}", any(status))
         .route("/api/_test/redirect", get(redirect))
+        .route("/api/_test/json", get(json_body))
 }
 
 /// Method, path, query, headers and body length of the request, as JSON.
@@ -149,13 +150,63 @@ async fn status(
     }
 }
 
-/// A redirect to another host, which a proxy must pass on rather than follow.
-async fn redirect() -> Response {
-    (
-        StatusCode::FOUND,
-        [(header::LOCATION, "https://example.invalid/elsewhere")],
-    )
-        .into_response()
+/// A redirect to another host (which a proxy must pass on rather than follow), or with
+/// `?to=self` to this sandbox (which a proxy may rewrite to itself).
+async fn redirect(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    headers: http::HeaderMap,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
+    let to_self = params.is_ok_and(|Query(p)| p.get("to").is_some_and(|t| t == "self"));
+    let location = if to_self {
+        format!("{}/api/incidents?$top=1", state.origin(&headers))
+    } else {
+        "https://example.invalid/elsewhere".to_string()
+    };
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// `?bytes=N`: a JSON body of exactly N bytes (at least 200), streamed in 64 KiB chunks: an
+/// `@odata.nextLink` to this sandbox first, then filler, then an `@odata.deltaLink` last. For
+/// testing link rewriting on large bodies.
+async fn json_body(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+    headers: http::HeaderMap,
+    params: Result<Query<DownloadParams>, QueryRejection>,
+) -> Response {
+    let origin = state.origin(&headers);
+    let head = format!(r#"{{"@odata.nextLink":"{origin}/api/_test/json?page=2","filler":""#);
+    let tail = format!(r#"","@odata.deltaLink":"{origin}/api/_test/json?delta=1"}}"#);
+    let fixed = (head.len() + tail.len()) as u64;
+    let total = match params {
+        Ok(Query(DownloadParams { bytes })) if bytes >= fixed => bytes,
+        _ => return bad_request("Query parameter 'bytes' must be an integer of at least 200."),
+    };
+    let filler: Bytes = vec![b'x'; CHUNK].into();
+    let parts = [Bytes::from(head), Bytes::new(), Bytes::from(tail)];
+    let mut remaining = total - fixed;
+    let chunks = stream::iter(parts).enumerate().flat_map(move |(i, part)| {
+        let pieces: Vec<Bytes> = if i == 1 {
+            let mut v = Vec::new();
+            while remaining > 0 {
+                let n = usize::try_from(remaining.min(CHUNK as u64)).unwrap_or(CHUNK);
+                v.push(filler.slice(..n));
+                remaining -= n as u64;
+            }
+            v
+        } else {
+            vec![part]
+        };
+        stream::iter(pieces.into_iter().map(Ok::<_, Infallible>))
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(total));
+    response
 }
 
 fn bad_request(message: &str) -> Response {

@@ -1,6 +1,8 @@
 //! Shared set-up of the integration tests: the sandbox and the proxy on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use defender_proxy::config::Config;
 use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
 use defender_proxy::{Handle, Listeners};
