@@ -62,6 +62,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(8192);
     state.metrics.render_routes(&mut out);
     render_tokens(&state, &mut out);
+    state.limiter.render(&mut out);
     family(
         &mut out,
         "defender_proxy_config_reloads_total",

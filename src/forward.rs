@@ -218,6 +218,16 @@ pub async fn into_client_response(
     ))
 }
 
+/// An upstream answer whose body was read (to learn when to retry) for the client.
+pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, ResponseBody::full(body))
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

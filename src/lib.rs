@@ -12,8 +12,10 @@ pub mod cloud;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod exchange;
 pub mod forward;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod rewrite;
 pub mod routing;
@@ -43,6 +45,8 @@ use crate::token::{EntraClient, TokenCache};
 
 /// Most cached tokens kept at once (credential × tenant × scope).
 const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// Most rate-limit buckets kept at once (limit × tenant).
+const RATE_LIMIT_BUCKETS: u64 = 100_000;
 
 /// Shared state of a running proxy.
 pub struct AppState {
@@ -58,6 +62,8 @@ pub struct AppState {
     pub cancel: CancellationToken,
     /// Reload counters.
     pub reloads: reload::ReloadStats,
+    /// Rate-limit buckets, shared across reloads.
+    pub limiter: ratelimit::Limiter,
 }
 
 /// Why the proxy could not start or run.
@@ -101,7 +107,8 @@ impl AppState {
         let tls = tls::client_config(config.tls.extra_ca_file.as_deref())
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e))?;
         let metrics = Metrics::default();
-        let runtime = Runtime::build(config, &metrics)?;
+        let limiter = ratelimit::Limiter::new(RATE_LIMIT_BUCKETS);
+        let runtime = Runtime::build(config, &metrics, &limiter)?;
         let entra = EntraClient::new(tls.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
         let cancel = CancellationToken::new();
         Ok(Arc::new(AppState {
@@ -111,6 +118,7 @@ impl AppState {
             metrics,
             cancel,
             reloads: reload::ReloadStats::default(),
+            limiter,
         }))
     }
 }

@@ -5,17 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::AppState;
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
-use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER, Outbound};
-use crate::routing::{Route, Tenant};
+use crate::exchange::{Answer, Exchange};
+use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER};
+use crate::routing::Tenant;
 use crate::runtime::Runtime;
-use crate::token::{CredentialSource, Token, TokenKey};
+use crate::token::TokenKey;
 
 /// Request bodies up to this size are kept so the request can be replayed after a 401.
 pub const REPLAY_KEEP_BYTES: usize = 64 * 1024;
@@ -145,14 +146,22 @@ async fn proxy(
         source,
         key,
     };
-    let resp = exchange.run(body, trace).await?;
-    trace.upstream_request_id = resp.headers().get("request-id").cloned();
-    let host = request_host(&parts);
-    let rewriter = route
-        .rewrite_links
-        .then(|| host.map(|h| route.link_rewriter(h)))
-        .flatten();
-    forward::into_client_response(resp, rewriter, parts.method == Method::HEAD).await
+    let answer = exchange.run(body, &mut trace.upstream_latency).await?;
+    match answer {
+        Answer::Streamed(resp) => {
+            trace.upstream_request_id = resp.headers().get("request-id").cloned();
+            let host = request_host(&parts);
+            let rewriter = route
+                .rewrite_links
+                .then(|| host.map(|h| route.link_rewriter(h)))
+                .flatten();
+            forward::into_client_response(resp, rewriter, parts.method == Method::HEAD).await
+        }
+        Answer::Read(resp) => {
+            trace.upstream_request_id = resp.headers().get("request-id").cloned();
+            Ok(forward::read_into_client_response(resp))
+        }
+    }
 }
 
 /// Reads the body up to the replay buffer, refusing it when over the limit.
@@ -173,66 +182,6 @@ async fn read_body(
                 ProxyError::BadRequest("the request body could not be read")
             }
         })
-}
-
-/// One request's dealings with the identity provider and the upstream.
-struct Exchange<'a> {
-    state: &'a AppState,
-    rt: &'a Runtime,
-    route: &'a Route,
-    parts: &'a http::request::Parts,
-    request_id: &'a HeaderValue,
-    source: &'a Arc<CredentialSource>,
-    key: TokenKey,
-}
-
-impl Exchange<'_> {
-    /// Sends with a token; after an upstream 401, drops that token and replays once with a
-    /// fresh one when the body was kept.
-    async fn run(
-        &self,
-        body: RequestBody,
-        trace: &mut Trace,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let token = self.token().await?;
-        let replay = body.try_clone();
-        let resp = self.send(&token, body, trace).await?;
-        let (StatusCode::UNAUTHORIZED, Some(body)) = (resp.status(), replay) else {
-            return Ok(resp);
-        };
-        tracing::info!(route = %self.route.name, "upstream answered 401; fetching a new token and replaying once");
-        self.state.tokens.invalidate(&self.key, &token);
-        drop(resp);
-        let fresh = self.token().await?;
-        self.send(&fresh, body, trace).await
-    }
-
-    async fn token(&self) -> Result<Token, ProxyError> {
-        self.state
-            .tokens
-            .get(self.source, &self.key)
-            .await
-            .map_err(|e| e.to_proxy_error(&self.source.name))
-    }
-
-    async fn send(
-        &self,
-        token: &Token,
-        body: RequestBody,
-        trace: &mut Trace,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let out = Outbound {
-            route: self.route,
-            tenant_header: &self.rt.tenant_header,
-            bearer: token.header(),
-            request_id: self.request_id,
-        };
-        let req = forward::build_request(self.parts, &out, body)?;
-        let started = Instant::now();
-        let resp = forward::send(&self.state.client, req, self.rt.request_timeout).await;
-        trace.upstream_latency = Some(started.elapsed());
-        resp
-    }
 }
 
 /// The Host the client used (validated by `check_request`).

@@ -89,7 +89,7 @@ pub async fn watch(
 /// Loads, validates and swaps in the config at `path`.
 pub fn reload(state: &AppState, path: &Path, old: &Config) -> Result<Config, ConfigError> {
     let config = Config::load(path, &ProcessEnv)?;
-    let runtime = Runtime::build(&config, &state.metrics)?;
+    let runtime = Runtime::build(&config, &state.metrics, &state.limiter)?;
     warn_about_restart_only_changes(old, &config);
     let live: Vec<u64> = runtime.credentials.iter().map(|c| c.id).collect();
     state.runtime.store(Arc::new(runtime));

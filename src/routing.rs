@@ -143,6 +143,8 @@ pub struct Route {
     pub rate_limit: Option<usize>,
     /// Rewrite paging links and `Location` back to the proxy.
     pub rewrite_links: bool,
+    /// Wait and retry after an upstream 429/503 instead of passing it on.
+    pub retry_throttled: bool,
 }
 
 impl Route {
@@ -301,6 +303,7 @@ fn compile_route(
             .as_ref()
             .and_then(|l| limits.iter().position(|n| *n == l)),
         rewrite_links: r.rewrite_links,
+        retry_throttled: r.retry_throttled,
     })
 }
 

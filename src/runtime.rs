@@ -9,6 +9,7 @@ use http::HeaderName;
 
 use crate::cloud::Cloud;
 use crate::config::{Config, ConfigError, read_secret};
+use crate::ratelimit::{LimitSpec, Limiter};
 use crate::routing::Router;
 use crate::secret::Secret;
 use crate::telemetry::{Metrics, RouteMetrics};
@@ -38,11 +39,17 @@ pub struct Runtime {
     pub max_body_bytes: u64,
     /// Log one line per request.
     pub access_log: bool,
+    /// Rate limits, in the order routes refer to them.
+    pub limits: Vec<LimitSpec>,
 }
 
 impl Runtime {
     /// Compiles `config` (already validated); reads secret files.
-    pub fn build(config: &Config, metrics: &Metrics) -> Result<Runtime, ConfigError> {
+    pub fn build(
+        config: &Config,
+        metrics: &Metrics,
+        limiter: &Limiter,
+    ) -> Result<Runtime, ConfigError> {
         let authority = config.cloud.authority_host.clone().unwrap_or_else(|| {
             Cloud::parse(&config.cloud.name)
                 .unwrap_or(Cloud::Public)
@@ -83,6 +90,11 @@ impl Runtime {
             request_timeout: Duration::from_secs(s.request_timeout_secs),
             max_body_bytes: s.max_request_body_bytes,
             access_log: config.log.access_log,
+            limits: config
+                .rate_limit
+                .iter()
+                .map(|(name, c)| limiter.spec(name, c))
+                .collect(),
         })
     }
 }

@@ -267,6 +267,9 @@ pub struct RouteConfig {
     /// Rewrite `@odata.nextLink`/`@odata.deltaLink` and `Location` to come back through the proxy.
     #[serde(default = "yes")]
     pub rewrite_links: bool,
+    /// Absorb upstream 429/503 (wait and retry) when the wait fits the limit's `max_wait_secs`.
+    #[serde(default = "yes")]
+    pub retry_throttled: bool,
 }
 
 fn yes() -> bool {

@@ -1,0 +1,431 @@
+//! Request budgets per (limit, tenant) that keep clients inside Defender's published quotas.
+//!
+//! Each `[rate_limit.NAME]` has rolling per-minute and per-hour windows. A request reserves the
+//! earliest time it may be sent, never earlier than the request before it (so the queue is
+//! FIFO), and sleeps until then; if that is further off than `max_wait_secs`, it reserves
+//! nothing and is refused at once with the true time to wait. A client that goes away gives its
+//! place back. An upstream 429/503 with a retry time pauses the bucket until then.
+//!
+//! Windows are split into 120 slots (0.5 s for a minute, 30 s for an hour) kept sparsely, so a
+//! bucket's memory is bounded whatever the traffic. An admission counts until the end of its
+//! slot plus the window: conservative by at most one slot, never over the limit.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::RateLimitConfig;
+use crate::telemetry::{Histogram, esc, header};
+
+/// Slots a window is split into.
+const SLOTS: u64 = 120;
+
+/// Counters of one limit.
+#[derive(Debug, Default)]
+pub struct LimitStats {
+    /// Sent at once.
+    pub admitted: AtomicU64,
+    /// Sent after waiting in the queue.
+    pub queued: AtomicU64,
+    /// Refused with 429.
+    pub refused: AtomicU64,
+    /// Upstream 429/503 answers that paused the bucket.
+    pub upstream_throttled: AtomicU64,
+    /// Of those, the ones absorbed: waited out and retried, unseen by the client.
+    pub absorbed: AtomicU64,
+    /// Time spent queued.
+    pub wait: Histogram,
+}
+
+/// A configured limit.
+#[derive(Debug, Clone)]
+pub struct LimitSpec {
+    /// Its name in `proxy.toml`.
+    pub name: Arc<str>,
+    /// Requests per rolling minute.
+    pub per_minute: Option<u32>,
+    /// Requests per rolling hour.
+    pub per_hour: Option<u32>,
+    /// Longest wait before refusing.
+    pub max_wait: Duration,
+    /// Counters, shared across reloads.
+    pub stats: Arc<LimitStats>,
+}
+
+/// The request may be sent.
+#[derive(Debug)]
+pub struct Admission {
+    /// Time spent queued.
+    pub waited: Duration,
+}
+
+/// The request must not be sent; it could be in `retry_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Time until a slot frees.
+    pub retry_after: Duration,
+}
+
+#[derive(Debug)]
+struct Window {
+    slot: Duration,
+    limit: u32,
+    /// (slot index, admissions), oldest first.
+    entries: VecDeque<(u64, u32)>,
+    /// The latest slot reserved: later reservations never go before it.
+    last: u64,
+}
+
+impl Window {
+    fn new(span: Duration, limit: u32) -> Self {
+        Window {
+            slot: span / SLOTS as u32,
+            limit,
+            entries: VecDeque::new(),
+            last: 0,
+        }
+    }
+
+    fn slot_of(&self, epoch: Instant, t: Instant) -> u64 {
+        (t.saturating_duration_since(epoch).as_nanos() / self.slot.as_nanos().max(1)) as u64
+    }
+
+    fn slot_start(&self, epoch: Instant, s: u64) -> Instant {
+        epoch + self.slot * u32::try_from(s).unwrap_or(u32::MAX)
+    }
+
+    fn prune(&mut self, current: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(s, _)| s + SLOTS < current)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The earliest time at or after `start` this window admits one more.
+    fn earliest(&self, epoch: Instant, start: Instant) -> Instant {
+        let s0 = self.slot_of(epoch, start).max(self.last);
+        let mut seen = 0u32;
+        let mut slot = s0;
+        for (s, n) in self.entries.iter().rev() {
+            seen = seen.saturating_add(*n);
+            if seen >= self.limit {
+                slot = s0.max(s + SLOTS + 1);
+                break;
+            }
+        }
+        if slot == self.slot_of(epoch, start) {
+            start
+        } else {
+            self.slot_start(epoch, slot).max(start)
+        }
+    }
+
+    fn add(&mut self, s: u64) {
+        match self.entries.back_mut() {
+            Some((last, n)) if *last == s => *n += 1,
+            _ => self.entries.push_back((s, 1)),
+        }
+        self.last = self.last.max(s);
+    }
+
+    fn remove(&mut self, s: u64) {
+        if let Some(i) = self.entries.iter().position(|(slot, _)| *slot == s) {
+            self.entries[i].1 -= 1;
+            if self.entries[i].1 == 0 {
+                self.entries.remove(i);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    epoch: Instant,
+    limits: (Option<u32>, Option<u32>),
+    windows: Vec<Window>,
+    paused_until: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(spec: &LimitSpec, now: Instant) -> Self {
+        let mut windows = Vec::with_capacity(2);
+        if let Some(n) = spec.per_minute {
+            windows.push(Window::new(Duration::from_secs(60), n));
+        }
+        if let Some(n) = spec.per_hour {
+            windows.push(Window::new(Duration::from_secs(3600), n));
+        }
+        Bucket {
+            epoch: now,
+            limits: (spec.per_minute, spec.per_hour),
+            windows,
+            paused_until: None,
+        }
+    }
+
+    /// Reserves the earliest admission within `budget`, returning its time and slots.
+    fn reserve(&mut self, now: Instant, budget: Duration) -> Result<(Instant, Vec<u64>), Refused> {
+        let start = self.paused_until.filter(|p| *p > now).unwrap_or(now);
+        let epoch = self.epoch;
+        for w in &mut self.windows {
+            let current = w.slot_of(epoch, now);
+            w.prune(current);
+        }
+        let at = self
+            .windows
+            .iter()
+            .map(|w| w.earliest(epoch, start))
+            .fold(start, Instant::max);
+        let wait = at - now;
+        if wait > budget {
+            return Err(Refused { retry_after: wait });
+        }
+        let slots = self
+            .windows
+            .iter_mut()
+            .map(|w| {
+                let s = w.slot_of(epoch, at);
+                w.add(s);
+                s
+            })
+            .collect();
+        Ok((at, slots))
+    }
+
+    fn release(&mut self, slots: &[u64]) {
+        for (w, s) in self.windows.iter_mut().zip(slots) {
+            w.remove(*s);
+        }
+    }
+}
+
+type Key = (Arc<str>, Arc<str>);
+
+/// All buckets, and the counters of every limit seen.
+pub struct Limiter {
+    buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
+    stats: Mutex<HashMap<Arc<str>, Arc<LimitStats>>>,
+}
+
+fn lock(b: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
+    b.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gives a reservation back unless the request was sent.
+struct Reservation {
+    bucket: Arc<Mutex<Bucket>>,
+    slots: Vec<u64>,
+    armed: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.bucket).release(&self.slots);
+        }
+    }
+}
+
+impl Limiter {
+    /// At most `capacity` (limit, tenant) buckets; an idle one is dropped after an hour and a bit.
+    pub fn new(capacity: u64) -> Self {
+        let buckets = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(Duration::from_secs(3600 + 120))
+            .build();
+        Limiter {
+            buckets,
+            stats: Mutex::default(),
+        }
+    }
+
+    /// The spec of `[rate_limit.NAME]`, with counters that survive reloads.
+    pub fn spec(&self, name: &str, c: &RateLimitConfig) -> LimitSpec {
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = stats.entry(name.into()).or_default().clone();
+        LimitSpec {
+            name: name.into(),
+            per_minute: c.per_minute,
+            per_hour: c.per_hour,
+            max_wait: Duration::from_secs(c.max_wait_secs),
+            stats,
+        }
+    }
+
+    fn bucket(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Arc<Mutex<Bucket>> {
+        let key = (spec.name.clone(), tenant.clone());
+        let bucket = self.buckets.get_with(key, || {
+            Arc::new(Mutex::new(Bucket::new(spec, Instant::now())))
+        });
+        {
+            let mut b = lock(&bucket);
+            if b.limits != (spec.per_minute, spec.per_hour) {
+                let paused = b.paused_until;
+                *b = Bucket::new(spec, Instant::now());
+                b.paused_until = paused;
+            }
+        }
+        bucket
+    }
+
+    /// Waits (FIFO) until the request may be sent, or refuses at once when that would take
+    /// longer than `spec.max_wait`.
+    pub async fn acquire(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Result<Admission, Refused> {
+        let bucket = self.bucket(spec, tenant);
+        let arrived = Instant::now();
+        let mut first = true;
+        loop {
+            let now = if first { arrived } else { Instant::now() };
+            let budget = spec.max_wait.saturating_sub(now - arrived);
+            let reserved = lock(&bucket).reserve(now, budget);
+            let (at, slots) = match reserved {
+                Ok(r) => r,
+                Err(refused) => {
+                    spec.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    return Err(refused);
+                }
+            };
+            if at <= now && first {
+                spec.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                return Ok(Admission {
+                    waited: Duration::ZERO,
+                });
+            }
+            first = false;
+            let mut reservation = Reservation {
+                bucket: bucket.clone(),
+                slots,
+                armed: true,
+            };
+            tokio::time::sleep_until(at).await;
+            // A pause that arrived while we slept holds us back again.
+            let paused = lock(&bucket)
+                .paused_until
+                .is_some_and(|p| p > Instant::now());
+            if paused {
+                continue;
+            }
+            reservation.armed = false;
+            let waited = Instant::now() - arrived;
+            spec.stats.queued.fetch_add(1, Ordering::Relaxed);
+            spec.stats.wait.observe(waited);
+            return Ok(Admission { waited });
+        }
+    }
+
+    /// The upstream asked to wait: nothing more is sent for (limit, tenant) before `until`.
+    pub fn pause(&self, spec: &LimitSpec, tenant: &Arc<str>, until: Instant) {
+        spec.stats
+            .upstream_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        let bucket = self.bucket(spec, tenant);
+        let mut b = lock(&bucket);
+        b.paused_until = Some(b.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Buckets held (for memory checks).
+    pub fn buckets(&self) -> u64 {
+        self.buckets.run_pending_tasks();
+        self.buckets.entry_count()
+    }
+
+    /// Prometheus text for every limit seen.
+    pub fn render(&self, out: &mut String) {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<_> = stats.keys().cloned().collect();
+        names.sort();
+        let families: [(&str, &str, fn(&LimitStats) -> &AtomicU64); 5] = [
+            (
+                "defender_proxy_ratelimit_admitted_total",
+                "Requests sent at once.",
+                |s| &s.admitted,
+            ),
+            (
+                "defender_proxy_ratelimit_queued_total",
+                "Requests sent after queueing.",
+                |s| &s.queued,
+            ),
+            (
+                "defender_proxy_ratelimit_refused_total",
+                "Requests refused with 429 RateLimited.",
+                |s| &s.refused,
+            ),
+            (
+                "defender_proxy_ratelimit_upstream_throttled_total",
+                "Upstream 429/503 answers that paused a bucket.",
+                |s| &s.upstream_throttled,
+            ),
+            (
+                "defender_proxy_ratelimit_absorbed_total",
+                "Upstream 429/503 answers waited out and retried.",
+                |s| &s.absorbed,
+            ),
+        ];
+        for (family, help, field) in families {
+            header(out, family, "counter", help);
+            for name in &names {
+                let _ = writeln!(
+                    out,
+                    "{family}{{limit=\"{}\"}} {}",
+                    esc(name),
+                    field(&stats[name]).load(Ordering::Relaxed)
+                );
+            }
+        }
+        header(
+            out,
+            "defender_proxy_ratelimit_wait_seconds",
+            "histogram",
+            "Time requests spent queued.",
+        );
+        for name in &names {
+            stats[name].wait.render(
+                out,
+                "defender_proxy_ratelimit_wait_seconds",
+                &format!("limit=\"{}\"", esc(name)),
+            );
+        }
+    }
+}
+
+/// The retry time an upstream 429/503 names: `Retry-After` (seconds, fractional seconds or an
+/// HTTP date) or, failing that, the body ("Try again in 5 seconds.", `"retryAfterSeconds": 5`).
+pub fn retry_after_from(headers: &http::HeaderMap, body: Option<&[u8]>) -> Option<Duration> {
+    if let Some(d) = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(crate::token::entra::parse_retry_after)
+    {
+        return Some(d);
+    }
+    let text = String::from_utf8_lossy(body?).to_ascii_lowercase();
+    for marker in [
+        "try again in ",
+        "retry after ",
+        "\"retryafterseconds\":",
+        "\"retry-after\":",
+    ] {
+        if let Some(i) = text.find(marker) {
+            let rest = text[i + marker.len()..].trim_start_matches([' ', '"']);
+            let number: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            if let Ok(secs) = number.parse::<f64>() {
+                if secs.is_finite() && secs >= 0.0 {
+                    return Some(Duration::from_secs_f64(secs.min(86_400.0)));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;
