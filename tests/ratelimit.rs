@@ -1,0 +1,217 @@
+//! Rate limits through the proxy: local budgets per (limit, tenant) refuse with a truthful
+//! Retry-After without reaching the upstream; upstream throttling pauses the bucket and is
+//! waited out and retried when the wait fits `max_wait_secs`, else passed on.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Setup, TestEnv, json};
+use defender_proxy::sandbox::{ApiFault, SandboxOptions};
+
+fn limited(per_minute: u32, max_wait_secs: u64) -> Setup {
+    Setup {
+        extra: format!(
+            "[rate_limit.incidents]\nper_minute = {per_minute}\nmax_wait_secs = {max_wait_secs}\n"
+        ),
+        ..Setup::default()
+    }
+}
+
+async fn with_limit(setup: Setup) -> TestEnv {
+    common::start_edited(setup, |t| {
+        t.replacen(
+            "credential = \"app\"\n",
+            "credential = \"app\"\nrate_limit = \"incidents\"\n",
+            1,
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_spent_budget_is_refused_locally_with_a_truthful_retry_after() {
+    let env = with_limit(limited(3, 0)).await;
+    for _ in 0..3 {
+        assert_eq!(env.get("/api/incidents?$top=1").await.status(), 200);
+    }
+    let resp = env.get("/api/incidents?$top=1").await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("RateLimited"));
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((60..=61).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        env.sandbox.api_requests(),
+        3,
+        "the refused request never reached the upstream"
+    );
+    let other = env
+        .http
+        .get(format!("{}/api/incidents?$top=1", env.base))
+        .header("x-tenant-id", "contoso")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "another tenant has its own budget");
+    assert_eq!(
+        env.get("/mde/api/machines?$top=1").await.status(),
+        200,
+        "a route without the limit is not held"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_retry_after_beyond_max_wait_is_passed_on_and_holds_the_bucket() {
+    let env = with_limit(limited(100, 2)).await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("7".into()),
+        },
+        1,
+    );
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 429);
+    assert!(TestEnv::code(&resp).is_none(), "the upstream's own 429");
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let before = env.sandbox.api_requests();
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("RateLimited"));
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((6..=7).contains(&retry), "{retry}");
+    assert_eq!(
+        env.sandbox.api_requests(),
+        before,
+        "nothing is sent before the upstream's time"
+    );
+}
+
+#[tokio::test]
+async fn upstream_throttling_within_max_wait_is_absorbed() {
+    let env = with_limit(limited(100, 10)).await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("1.2".into()),
+        },
+        1,
+    );
+    let started = Instant::now();
+    let resp = env.get("/api/incidents?$top=2").await;
+    assert_eq!(resp.status(), 200, "the client only sees a slower answer");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(json(resp).await["value"].as_array().unwrap().len(), 2);
+    let text = env
+        .http
+        .get(format!("{}/metrics", env.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("defender_proxy_ratelimit_absorbed_total{limit=\"incidents\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("defender_proxy_ratelimit_upstream_throttled_total{limit=\"incidents\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn the_sandboxs_own_limits_are_waited_out_unseen() {
+    let sandbox = SandboxOptions {
+        incidents_per_minute: 2,
+        rate_window_secs: 2,
+        ..SandboxOptions::default()
+    };
+    let env = with_limit(Setup {
+        sandbox,
+        ..limited(100, 10)
+    })
+    .await;
+    let started = Instant::now();
+    for i in 0..5 {
+        let resp = env.get("/api/incidents?$top=1").await;
+        assert_eq!(resp.status(), 200, "request {i}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the proxy waited for the sandbox's window"
+    );
+}
+
+#[tokio::test]
+async fn a_body_too_large_to_keep_is_not_replayed_after_throttling() {
+    let env = with_limit(limited(100, 10)).await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("1".into()),
+        },
+        1,
+    );
+    let big = vec![b'x'; 200 * 1024];
+    let resp = env
+        .http
+        .post(format!("{}/api/_test/upload", env.base))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        429,
+        "passed on: the body could not be sent twice"
+    );
+    let small = env
+        .http
+        .post(format!("{}/api/_test/upload", env.base))
+        .body(vec![b'y'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+}
+
+#[tokio::test]
+async fn retry_throttled_off_passes_the_429_on() {
+    let env = common::start_edited(limited(100, 10), |t| {
+        t.replacen(
+            "credential = \"app\"\n",
+            "credential = \"app\"\nrate_limit = \"incidents\"\nretry_throttled = false\n",
+            1,
+        )
+    })
+    .await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 503,
+            retry_after: Some("1".into()),
+        },
+        1,
+    );
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 503);
+    let started = Instant::now();
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the bucket was paused: {:?}",
+        started.elapsed()
+    );
+}
