@@ -142,3 +142,38 @@ fn star_admits_any_guid_but_not_any_name() {
         Err(ProxyError::TenantNotAllowed)
     ));
 }
+
+#[test]
+fn the_shipped_config_routes_each_quota_to_its_limit() {
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some(GUID_A.to_string()),
+        "AZURE_CLIENT_ID" => Some("c".to_string()),
+        "AZURE_CLIENT_SECRET" => Some("s".to_string()),
+        _ => None,
+    };
+    let config = Config::from_toml(include_str!("../../proxy.toml"), &env).unwrap();
+    let r = Router::build(&config, &HashMap::from([("app".to_string(), 0)]));
+    let limits: Vec<&String> = config.rate_limit.keys().collect();
+    let limit_of = |path: &str| {
+        r.route(path)
+            .unwrap()
+            .1
+            .rate_limit
+            .map(|i| limits[i].as_str())
+    };
+    assert_eq!(limit_of("/api/incidents"), Some("incidents"));
+    assert_eq!(limit_of("/api/incidents/123"), Some("incidents"));
+    assert_eq!(limit_of("/api/advancedhunting/run"), Some("hunting"));
+    assert_eq!(limit_of("/mde/api/machines"), Some("mde"));
+    assert_eq!(
+        limit_of("/mde/api/advancedqueries/run"),
+        Some("mde-hunting")
+    );
+    assert_eq!(limit_of("/graph/v1.0/security/incidents"), Some("graph"));
+    assert_eq!(limit_of("/api/alerts"), None);
+    let hunting = r.route("/mde/api/advancedqueries/run").unwrap().1;
+    assert_eq!(
+        hunting.upstream_path("/mde/api/advancedqueries/run"),
+        "/api/advancedqueries/run"
+    );
+}
