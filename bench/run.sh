@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark on loopback, in one run:
+#   upstream      nginx answering a 1 KiB JSON body (and a static token endpoint for the proxy)
+#   nginx-proxy   nginx as a reverse proxy injecting `Authorization: Bearer ...`
+#   dp            defender-proxy (release build, warm token, access log off)
+#   dp-limit      the same with a generous rate limit on the route (the limiter's cost)
+#   dp-log        the same with the access log on (written to /dev/null)
+# Each is driven by wrk (-c64), interleaved over ROUNDS rounds; prints req/s, p50, p99 and
+# peak RSS side by side with ratios to nginx. Then memory with 10,000 tenants.
+#
+#   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=64 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+TENANTS=${TENANTS:-10000}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
+fi
+cargo build --release --quiet
+BIN=$PWD/target/release/defender-proxy
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106
+BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024))' | head -c 1024)
+BODY=${BODY//\'/}
+
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream api { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$UP;
+    location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-token";
+      proxy_set_header Host 127.0.0.1:$UP;
+    }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+
+config() { # port, extra route lines, access_log, extra tables
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = ""
+[cloud]
+authority_host = "http://127.0.0.1:$UP"
+[log]
+access_log = $3
+[credentials.app]
+type = "client_secret"
+tenant_id = "11111111-1111-1111-1111-111111111111"
+client_id = "bench"
+client_secret = "bench-secret"
+[credentials.app.tenants]
+any = "*"
+[[route]]
+name = "bench"
+prefix = "/"
+upstream = "http://127.0.0.1:$UP"
+scope = "https://api.security.microsoft.com/.default"
+credential = "app"
+$2
+$4
+TOML
+}
+config $DP "" false "" > "$WORK/dp.toml"
+config $DPL 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nper_hour = 1000000000\nmax_wait_secs = 0' > "$WORK/dpl.toml"
+config $DPLOG "" true "" > "$WORK/dplog.toml"
+config $DPT 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nmax_wait_secs = 0' > "$WORK/dpt.toml"
+
+start() { # name, config
+  "$BIN" run --config "$2" >/dev/null 2>"$WORK/$1.log" &
+  PIDS+=($!)
+  eval "PID_$1=$!"
+}
+start dp "$WORK/dp.toml"; start dpl "$WORK/dpl.toml"; start dplog "$WORK/dplog.toml"; start dpt "$WORK/dpt.toml"
+for port in $UP $NGX $DP $DPL $DPLOG $DPT; do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
+done
+
+rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+nginx_rss_kib() { # the largest worker's peak
+  local max=0
+  for p in $(pgrep -P "$(cat "$WORK/nginx.pid")"); do v=$(rss_kib "$p"); [ "$v" -gt "$max" ] && max=$v; done
+  echo "$max"
+}
+
+declare -A RPS P50 P99
+run_wrk() { # name, port
+  local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/api/incidents")
+  RPS[$1]="${RPS[$1]:-} $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+  P50[$1]="${P50[$1]:-} $(echo "$out" | awk '$1=="50%" {print $2}')"
+  P99[$1]="${P99[$1]:-} $(echo "$out" | awk '$1=="99%" {print $2}')"
+}
+NAMES=(nginx-proxy dp dp-limit dp-log)
+declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG)
+for r in $(seq "$ROUNDS"); do
+  for n in "${NAMES[@]}"; do run_wrk "$n" "${PORT[$n]}"; done
+done
+
+to_ms() { # wrk latency like 1.23ms / 800.00us / 1.02s -> ms
+  awk '{ v=$1; if (v ~ /us$/) { sub(/us/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms/,"",v) } else if (v ~ /s$/) { sub(/s/,"",v); v=v*1000 } print v }'
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds (median)"
+printf '%-12s %12s %10s %10s %12s %10s %10s\n' name req/s p50_ms p99_ms peak_RSS_MiB rps/nginx p99/nginx
+base_rps=$(echo "${RPS[nginx-proxy]}" | median)
+base_p99=$(for v in ${P99[nginx-proxy]}; do echo "$v" | to_ms; done | tr '\n' ' ' | median)
+for n in "${NAMES[@]}"; do
+  rps=$(echo "${RPS[$n]}" | median)
+  p50=$(for v in ${P50[$n]}; do echo "$v" | to_ms; done | tr '\n' ' ' | median)
+  p99=$(for v in ${P99[$n]}; do echo "$v" | to_ms; done | tr '\n' ' ' | median)
+  case $n in
+    nginx-proxy) rss=$(nginx_rss_kib) ;;
+    dp) rss=$(rss_kib "$PID_dp") ;;
+    dp-limit) rss=$(rss_kib "$PID_dpl") ;;
+    dp-log) rss=$(rss_kib "$PID_dplog") ;;
+  esac
+  printf '%-12s %12.0f %10.2f %10.2f %12.1f %10.2f %10.2f\n' "$n" "$rps" "$p50" "$p99" "$(echo "$rss/1024" | bc -l)" \
+    "$(echo "$rps/$base_rps" | bc -l)" "$(echo "$p99/$base_p99" | bc -l)"
+done
+
+# Memory with many tenants: every request names another tenant GUID, so each gets its own
+# token (fetched from the static endpoint) and its own rate-limit bucket.
+cat > "$WORK/tenants.lua" <<'LUA'
+local i = 0
+request = function()
+  i = i + 1
+  local guid = string.format("00000000-0000-0000-0000-%012d", i % TENANTS)
+  return wrk.format("GET", "/api/incidents", { ["x-tenant-id"] = guid })
+end
+LUA
+sed -i "s/TENANTS/$TENANTS/" "$WORK/tenants.lua"
+before=$(awk '/VmRSS/ {print $2}' "/proc/$PID_dpt/status")
+wrk -t2 -c16 -d5s -s "$WORK/tenants.lua" "http://127.0.0.1:$DPT" >/dev/null
+after=$(awk '/VmRSS/ {print $2}' "/proc/$PID_dpt/status")
+echo
+echo "tenants: $TENANTS distinct tenants with cached tokens and rate-limit buckets: RSS $((before/1024)) MiB -> $((after/1024)) MiB (peak $(( $(rss_kib "$PID_dpt") / 1024 )) MiB)"
