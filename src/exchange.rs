@@ -92,6 +92,7 @@ impl Exchange<'_> {
             let absorb =
                 self.route.retry_throttled && absorbed < MAX_ABSORBED && wait <= spec.max_wait;
             if !absorb || replay.is_none() {
+                spec.stats.passed_through.fetch_add(1, Ordering::Relaxed);
                 return Ok(answer);
             }
             tracing::info!(route = %self.route.name, limit = %spec.name, wait_ms = wait.as_millis() as u64, "upstream throttled; waiting and retrying");

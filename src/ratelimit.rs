@@ -37,6 +37,8 @@ pub struct LimitStats {
     pub upstream_throttled: AtomicU64,
     /// Of those, the ones absorbed: waited out and retried, unseen by the client.
     pub absorbed: AtomicU64,
+    /// Of those, the ones passed on to the client.
+    pub passed_through: AtomicU64,
     /// Time spent queued.
     pub wait: Histogram,
 }
@@ -341,7 +343,7 @@ impl Limiter {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<_> = stats.keys().cloned().collect();
         names.sort();
-        let families: [(&str, &str, fn(&LimitStats) -> &AtomicU64); 5] = [
+        let families: [(&str, &str, fn(&LimitStats) -> &AtomicU64); 6] = [
             (
                 "defender_proxy_ratelimit_admitted_total",
                 "Requests sent at once.",
@@ -366,6 +368,11 @@ impl Limiter {
                 "defender_proxy_ratelimit_absorbed_total",
                 "Upstream 429/503 answers waited out and retried.",
                 |s| &s.absorbed,
+            ),
+            (
+                "defender_proxy_ratelimit_passed_through_total",
+                "Upstream 429/503 answers passed on to the client.",
+                |s| &s.passed_through,
             ),
         ];
         for (family, help, field) in families {

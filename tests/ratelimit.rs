@@ -78,6 +78,19 @@ async fn an_upstream_retry_after_beyond_max_wait_is_passed_on_and_holds_the_buck
     assert_eq!(resp.status(), 429);
     assert!(TestEnv::code(&resp).is_none(), "the upstream's own 429");
     assert_eq!(resp.headers()["retry-after"], "7");
+    let text = env
+        .http
+        .get(format!("{}/metrics", env.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("defender_proxy_ratelimit_passed_through_total{limit=\"incidents\"} 1"),
+        "{text}"
+    );
     let before = env.sandbox.api_requests();
     let resp = env.get("/api/incidents").await;
     assert_eq!(resp.status(), 429);
@@ -213,5 +226,40 @@ async fn retry_throttled_off_passes_the_429_on() {
         started.elapsed() >= Duration::from_millis(500),
         "the bucket was paused: {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_queued_request_finish() {
+    let env = common::start_edited(limited(100, 10), |t| {
+        t.replacen(
+            "credential = \"app\"\n",
+            "credential = \"app\"\nrate_limit = \"incidents\"\nretry_throttled = false\n",
+            1,
+        )
+    })
+    .await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("1.5".into()),
+        },
+        1,
+    );
+    assert_eq!(
+        env.get("/api/incidents").await.status(),
+        429,
+        "the bucket is now paused for 1.5 s"
+    );
+    let url = format!("{}/api/incidents?$top=1", env.base);
+    let http = env.http.clone();
+    let queued =
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.proxy.shutdown().await.unwrap();
+    assert_eq!(
+        queued.await.unwrap().unwrap(),
+        200,
+        "the queued request was sent and answered"
     );
 }

@@ -188,3 +188,19 @@ async fn v1_token_endpoint_works_with_string_lifetimes() {
     assert_eq!(env.get("/api/incidents").await.status(), 200);
     assert_eq!(env.sandbox.token_requests(), 1);
 }
+
+#[tokio::test]
+async fn an_explicit_token_url_is_used_instead_of_the_authority() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = common::start_edited(Setup::default(), |t| {
+        let sandbox_url = t.split("authority_host = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+        t.replace(&format!("authority_host = \"{sandbox_url}\""), &format!("authority_host = \"http://{dead}\""))
+            .replace("client_secret = \"sandbox-secret\"", &format!("client_secret = \"sandbox-secret\"\ntoken_url = \"{sandbox_url}/{{tenant}}/oauth2/v2.0/token\""))
+    })
+    .await;
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    assert_eq!(env.sandbox.token_requests(), 1);
+}
