@@ -210,6 +210,9 @@ impl Bucket {
 
 type Key = (Arc<str>, Arc<str>);
 
+/// A counter family: name, help text, and which counter of a limit it shows.
+type Family = (&'static str, &'static str, fn(&LimitStats) -> &AtomicU64);
+
 /// All buckets, and the counters of every limit seen.
 pub struct Limiter {
     buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
@@ -343,7 +346,7 @@ impl Limiter {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<_> = stats.keys().cloned().collect();
         names.sort();
-        let families: [(&str, &str, fn(&LimitStats) -> &AtomicU64); 6] = [
+        let families: [Family; 6] = [
             (
                 "defender_proxy_ratelimit_admitted_total",
                 "Requests sent at once.",
