@@ -1,0 +1,170 @@
+//! Faults of the identity provider, the upstream and the client: the right status and code,
+//! no panic, the in-flight gauge back to zero, and recovery once the fault clears.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Setup, TestEnv, start};
+use defender_proxy::sandbox::{ApiFault, TokenFault};
+
+async fn inflight(env: &TestEnv) -> i64 {
+    let text = env
+        .http
+        .get(format!("{}/metrics", env.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("defender_proxy_inflight_requests "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap()
+}
+
+async fn settles_to_zero(env: &TestEnv) {
+    for _ in 0..100 {
+        if inflight(env).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("requests still counted in flight");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_resets_the_connection_is_retried() {
+    let env = start(Setup::default()).await;
+    env.sandbox.set_token_fault_times(TokenFault::Reset, 2);
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    assert_eq!(env.sandbox.token_requests(), 3);
+}
+
+#[tokio::test]
+async fn a_throttling_token_endpoint_is_waited_out_then_reported() {
+    let env = start(Setup::default()).await;
+    env.sandbox.set_token_fault_times(
+        TokenFault::Status {
+            status: 429,
+            retry_after_secs: Some(1),
+            error: None,
+            aadsts: None,
+        },
+        1,
+    );
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    let env = start(Setup::default()).await;
+    env.sandbox.set_token_fault(Some(TokenFault::Status {
+        status: 429,
+        retry_after_secs: Some(60),
+        error: None,
+        aadsts: None,
+    }));
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TokenUnavailable"));
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "60",
+        "the provider's own time is passed on"
+    );
+    assert_eq!(
+        env.sandbox.token_requests(),
+        1,
+        "no retry against a 60 s Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_token_endpoint_delays_but_does_not_fail() {
+    let env = start(Setup::default()).await;
+    env.sandbox
+        .set_token_fault_times(TokenFault::Delay { millis: 800 }, 1);
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_upstream_that_breaks_mid_body_ends_the_client_body_with_an_error() {
+    let env = start(Setup::default()).await;
+    env.sandbox.set_api_fault_times(ApiFault::ResetMidBody, 1);
+    let resp = env.get("/api/incidents").await;
+    // A small JSON body is read whole (to rewrite its links), so the break is seen before the
+    // head is sent: 502. Streamed, the client's body ends with an error. Never a clean 200.
+    assert_eq!(resp.status(), 502);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("UpstreamUnavailable"));
+    let env = common::start_edited(Setup::default(), |t| {
+        t.replace(
+            "credential = \"app\"\n",
+            "credential = \"app\"\nrewrite_links = false\n",
+        )
+    })
+    .await;
+    env.sandbox.set_api_fault_times(ApiFault::ResetMidBody, 1);
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.bytes().await.is_err(),
+        "a truncated body must not look complete"
+    );
+    settles_to_zero(&env).await;
+    assert_eq!(env.get("/api/incidents").await.status(), 200, "recovered");
+}
+
+#[tokio::test]
+async fn a_stalled_or_failing_upstream_gives_504_or_its_503() {
+    let env = start(Setup {
+        server: "request_timeout_secs = 1".into(),
+        ..Setup::default()
+    })
+    .await;
+    env.sandbox
+        .set_api_fault_times(ApiFault::Stall { millis: 3000 }, 1);
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("UpstreamTimeout"));
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        1,
+    );
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 503);
+    assert!(TestEnv::code(&resp).is_none());
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    settles_to_zero(&env).await;
+}
+
+#[tokio::test]
+async fn clients_that_go_away_mid_download_or_mid_upload_leave_nothing_behind() {
+    let env = start(Setup::default()).await;
+    let mut resp = env.get("/api/_test/download?bytes=536870912").await;
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(vec![1u8; 100_000])).await.unwrap();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| {
+            (
+                item.map(|v| http_body::Frame::data(bytes::Bytes::from(v))),
+                rx,
+            )
+        })
+    });
+    let http = env.http.clone();
+    let url = format!("{}/api/_test/upload", env.base);
+    let upload = tokio::spawn(async move {
+        http.post(url)
+            .body(reqwest::Body::wrap(http_body_util::StreamBody::new(stream)))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    upload.abort();
+    drop(tx);
+    settles_to_zero(&env).await;
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+}
