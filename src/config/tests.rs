@@ -265,3 +265,77 @@ fn the_shipped_proxy_toml_is_valid_with_azure_variables() {
         assert!(prefixes.contains(&p), "{prefixes:?}");
     }
 }
+
+#[test]
+fn workload_identity_takes_the_azure_identity_variables() {
+    let text = r#"
+[credentials.wi]
+type = "workload_identity"
+[[route]]
+name = "d"
+prefix = "/"
+upstream = "xdr"
+credential = "wi"
+"#;
+    let e = err(text);
+    assert_eq!(e.path, "credentials.wi.tenant_id");
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some("11111111-1111-1111-1111-111111111111".to_string()),
+        "AZURE_CLIENT_ID" => Some("cid".to_string()),
+        "AZURE_FEDERATED_TOKEN_FILE" => {
+            Some("/var/run/secrets/azure/tokens/azure-identity-token".to_string())
+        }
+        "AZURE_AUTHORITY_HOST" => Some("https://login.microsoftonline.com/".to_string()),
+        _ => None,
+    };
+    let c = Config::from_toml(text, &env).unwrap();
+    let wi = &c.credentials["wi"];
+    assert_eq!(
+        wi.token_file.as_deref(),
+        Some(std::path::Path::new(
+            "/var/run/secrets/azure/tokens/azure-identity-token"
+        ))
+    );
+    assert_eq!(
+        c.cloud.authority_host.as_deref(),
+        Some("https://login.microsoftonline.com/")
+    );
+    let only_ids = |k: &str| env(k).filter(|_| k != "AZURE_FEDERATED_TOKEN_FILE");
+    assert_eq!(
+        Config::from_toml(text, &only_ids).unwrap_err().path,
+        "credentials.wi.token_file"
+    );
+}
+
+#[test]
+fn the_password_type_needs_a_user_and_a_password() {
+    let base = BASE
+        .replace("type = \"client_secret\"", "type = \"password\"")
+        .replace("client_secret = \"s3cret-value\"\n", "");
+    assert_eq!(err(&base).path, "credentials.app.username");
+    let with_user = base.replace(
+        "client_id = \"client\"",
+        "client_id = \"client\"\nusername = \"u@x.test\"",
+    );
+    assert_eq!(err(&with_user).path, "credentials.app.password");
+    Config::from_toml(
+        &with_user.replace("username = ", "password = \"p\"\nusername = "),
+        &no_env,
+    )
+    .unwrap();
+    let both = with_user.replace(
+        "username = ",
+        "password = \"p\"\npassword_file = \"f\"\nusername = ",
+    );
+    assert_eq!(err(&both).path, "credentials.app.password_file");
+}
+
+#[test]
+fn types_not_built_yet_are_refused_by_name() {
+    let text = BASE
+        .replace("type = \"client_secret\"", "type = \"device_code\"")
+        .replace("client_secret = \"s3cret-value\"\n", "");
+    let e = err(&text);
+    assert_eq!(e.path, "credentials.app.type");
+    assert!(e.message.contains("not available"), "{e}");
+}

@@ -13,12 +13,21 @@ pub(super) fn apply_env_fallbacks(config: &mut Config, env: &dyn Env) {
         config.cloud.authority_host = var("AZURE_AUTHORITY_HOST");
     }
     for c in config.credentials.values_mut() {
-        if c.kind == CredentialType::ClientSecret {
+        if matches!(
+            c.kind,
+            CredentialType::ClientSecret | CredentialType::WorkloadIdentity
+        ) {
             c.tenant_id = c.tenant_id.take().or_else(|| var("AZURE_TENANT_ID"));
             c.client_id = c.client_id.take().or_else(|| var("AZURE_CLIENT_ID"));
-            if c.client_secret.is_none() && c.client_secret_file.is_none() {
-                c.client_secret = var("AZURE_CLIENT_SECRET").map(crate::secret::Secret::new);
-            }
+        }
+        if c.kind == CredentialType::ClientSecret
+            && c.client_secret.is_none()
+            && c.client_secret_file.is_none()
+        {
+            c.client_secret = var("AZURE_CLIENT_SECRET").map(crate::secret::Secret::new);
+        }
+        if c.kind == CredentialType::WorkloadIdentity && c.token_file.is_none() {
+            c.token_file = var("AZURE_FEDERATED_TOKEN_FILE").map(std::path::PathBuf::from);
         }
     }
 }
@@ -225,11 +234,14 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
             format!("is not used by type {:?}", c.kind.as_str()),
         ));
     }
-    if c.kind != CredentialType::ClientSecret {
+    if !matches!(
+        c.kind,
+        CredentialType::ClientSecret | CredentialType::WorkloadIdentity | CredentialType::Password
+    ) {
         return Err(ConfigError::new(
             format!("{path}.type"),
             format!(
-                "{:?} is not available in this version; use \"client_secret\"",
+                "{:?} is not available in this version; use \"client_secret\", \"workload_identity\" or \"password\"",
                 c.kind.as_str()
             ),
         ));
@@ -247,17 +259,45 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
             "is required (or set AZURE_CLIENT_ID)",
         ));
     }
-    if c.client_secret.is_some() && c.client_secret_file.is_some() {
-        return Err(ConfigError::new(
-            format!("{path}.client_secret_file"),
-            "set client_secret or client_secret_file, not both",
-        ));
-    }
-    if c.client_secret.is_none() && c.client_secret_file.is_none() {
-        return Err(ConfigError::new(
-            format!("{path}.client_secret"),
-            "is required (or client_secret_file, or AZURE_CLIENT_SECRET)",
-        ));
+    one_of(
+        &path,
+        "client_secret",
+        c.client_secret.is_some(),
+        c.client_secret_file.is_some(),
+    )?;
+    match c.kind {
+        CredentialType::ClientSecret
+            if c.client_secret.is_none() && c.client_secret_file.is_none() =>
+        {
+            return Err(ConfigError::new(
+                format!("{path}.client_secret"),
+                "is required (or client_secret_file, or AZURE_CLIENT_SECRET)",
+            ));
+        }
+        CredentialType::WorkloadIdentity if c.token_file.is_none() => {
+            return Err(ConfigError::new(
+                format!("{path}.token_file"),
+                "is required (or set AZURE_FEDERATED_TOKEN_FILE)",
+            ));
+        }
+        CredentialType::Password => {
+            if c.username.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::new(format!("{path}.username"), "is required"));
+            }
+            one_of(
+                &path,
+                "password",
+                c.password.is_some(),
+                c.password_file.is_some(),
+            )?;
+            if c.password.is_none() && c.password_file.is_none() {
+                return Err(ConfigError::new(
+                    format!("{path}.password"),
+                    "is required (or password_file)",
+                ));
+            }
+        }
+        _ => {}
     }
     if !matches!(c.token_version, None | Some(1) | Some(2)) {
         return Err(ConfigError::new(
@@ -279,6 +319,17 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
                 "must be a tenant GUID, or \"*\" to admit any GUID",
             ));
         }
+    }
+    Ok(())
+}
+
+/// `KEY` and `KEY_file` are alternatives.
+fn one_of(path: &str, key: &str, inline: bool, file: bool) -> Result<(), ConfigError> {
+    if inline && file {
+        return Err(ConfigError::new(
+            format!("{path}.{key}_file"),
+            format!("set {key} or {key}_file, not both"),
+        ));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The `client_credentials` grant with a client secret: checks app, consent, secret and scope.
+//! The `client_credentials` grant with a client secret or a federated assertion (workload
+//! identity): checks app, consent, credential and scope.
 
 use super::SandboxClient;
 use super::entra::{Params, Version, is_authority_alias, is_guid};
@@ -19,7 +20,7 @@ pub(super) fn grant(
     let client_id = params.required("client_id")?;
     let audience = requested_audience(params, tenant, version)?;
     let client = consented_client(st, client_id, tenant)?;
-    check_secret(client, params)?;
+    check_client_auth(st, client, params)?;
     Ok(Grant {
         tenant: tenant.to_ascii_lowercase(),
         client_id: client.client_id.clone(),
@@ -28,7 +29,7 @@ pub(super) fn grant(
 }
 
 /// The resource named by `scope={resource}/.default` (v2) or `resource=` (v1).
-fn requested_audience<'a>(
+pub(super) fn requested_audience<'a>(
     params: &'a Params,
     tenant: &str,
     version: Version,
@@ -60,7 +61,7 @@ fn is_resource_name(resource: &str) -> bool {
 }
 
 /// The registered app `client_id`, provided it is consented in `tenant`.
-fn consented_client<'a>(
+pub(super) fn consented_client<'a>(
     st: &'a State,
     client_id: &str,
     tenant: &str,
@@ -77,7 +78,30 @@ fn consented_client<'a>(
         .ok_or_else(|| EntraError::app_not_found(client_id, tenant))
 }
 
-fn check_secret(client: &SandboxClient, params: &Params) -> Result<(), EntraError> {
+/// The jwt-bearer client assertion type.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A secret, or a federated assertion that must be the one registered for the client.
+fn check_client_auth(
+    st: &State,
+    client: &SandboxClient,
+    params: &Params,
+) -> Result<(), EntraError> {
+    let Some(kind) = params.get("client_assertion_type") else {
+        return check_secret(client, params);
+    };
+    if kind != JWT_BEARER {
+        return Err(EntraError::bad_assertion_type(kind));
+    }
+    let assertion = params.required("client_assertion")?;
+    if st.federated_matches(&client.client_id, assertion) {
+        Ok(())
+    } else {
+        Err(EntraError::no_federated_match())
+    }
+}
+
+pub(super) fn check_secret(client: &SandboxClient, params: &Params) -> Result<(), EntraError> {
     match params.get("client_secret") {
         None => Err(EntraError::missing_client_secret()),
         Some(secret) if secret == client.client_secret => Ok(()),

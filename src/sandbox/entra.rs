@@ -14,11 +14,11 @@ use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use serde_json::json;
 
-use super::client_credentials;
 use super::entra_error::EntraError;
 use super::faults::{TokenFault, aborted_response, fault_status};
 use super::state::State;
 use super::tokens::{Grant, Minted};
+use super::{client_credentials, password};
 
 /// Which token endpoint was called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +93,7 @@ fn issue(
     check_tenant(st, tenant)?;
     let grant = match params.required("grant_type")? {
         "client_credentials" => client_credentials::grant(st, tenant, params, version)?,
+        "password" => password::grant(st, tenant, params, version)?,
         other => return Err(EntraError::unsupported_grant(other)),
     };
     let minted = st.tokens.issue(grant.clone());

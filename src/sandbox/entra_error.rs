@@ -86,6 +86,27 @@ impl EntraError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", 7_000_215, msg)
     }
 
+    pub fn no_federated_match() -> Self {
+        let msg = "No matching federated identity record found for presented assertion. Assertion \
+                   Issuer: 'https://sandbox.invalid/oidc'.";
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            70_021,
+            msg.to_owned(),
+        )
+    }
+
+    pub fn bad_assertion_type(kind: &str) -> Self {
+        let msg = format!("The client_assertion_type '{kind}' is not supported.");
+        Self::bad_request("invalid_request", 50_027, msg)
+    }
+
+    pub fn invalid_user_credentials() -> Self {
+        let msg = "Error validating credentials due to invalid username or password.";
+        Self::bad_request("invalid_grant", 50_126, msg.to_owned())
+    }
+
     pub fn invalid_scope(scope: &str) -> Self {
         let msg = format!(
             "The provided request must include a 'scope' input parameter. The provided value for \

@@ -17,6 +17,7 @@ mod faults;
 mod filter;
 mod hunting;
 mod lists;
+mod password;
 mod ratelimit;
 mod state;
 mod testapi;
@@ -99,6 +100,11 @@ pub struct SandboxOptions {
     pub rate_window_secs: u64,
     /// Token audiences the API accepts (the five Defender / Graph resources).
     pub audiences: Vec<String>,
+    /// Federated credentials: (client ID, the exact assertion accepted, e.g. a Kubernetes
+    /// service account token). Changeable at run time with [`Sandbox::set_federated_token`].
+    pub federated_tokens: Vec<(String, String)>,
+    /// Users for the password (ROPC) grant: (user name, password).
+    pub users: Vec<(String, String)>,
 }
 
 impl Default for SandboxOptions {
@@ -131,6 +137,8 @@ impl Default for SandboxOptions {
             ]
             .map(String::from)
             .to_vec(),
+            federated_tokens: Vec::new(),
+            users: Vec::new(),
         }
     }
 }
@@ -233,6 +241,11 @@ impl Sandbox {
     /// Arms `fault` for the next `times` API requests only.
     pub fn set_api_fault_times(&self, fault: ApiFault, times: u32) {
         self.state.api_fault.set(Some(fault), Some(times));
+    }
+
+    /// Accepts `token` (and no other) as the federated assertion of `client_id`.
+    pub fn set_federated_token(&self, client_id: &str, token: &str) {
+        self.state.set_federated_token(client_id, token);
     }
 
     /// Invalidates every token issued so far: the API answers 401 to them.

@@ -24,13 +24,14 @@ pub(super) struct State {
     pub limiter: RateLimiter,
     last_request: Mutex<Option<RecordedRequest>>,
     shutdown: watch::Sender<bool>,
+    /// Client ID (lower case) → the federated assertion it accepts.
+    federated: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl State {
     pub fn new(opts: SandboxOptions, addr: SocketAddr) -> Self {
         State {
             tokens: TokenStore::new(opts.token_lifetime_secs),
-            opts,
             addr,
             token_requests: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
@@ -39,7 +40,25 @@ impl State {
             limiter: RateLimiter::default(),
             last_request: Mutex::new(None),
             shutdown: watch::channel(false).0,
+            federated: Mutex::new(
+                opts.federated_tokens
+                    .iter()
+                    .map(|(c, t)| (c.to_ascii_lowercase(), t.clone()))
+                    .collect(),
+            ),
+            opts,
         }
+    }
+
+    pub fn set_federated_token(&self, client_id: &str, token: &str) {
+        lock(&self.federated).insert(client_id.to_ascii_lowercase(), token.to_owned());
+    }
+
+    /// True when `assertion` is the federated token registered for `client_id`.
+    pub fn federated_matches(&self, client_id: &str, assertion: &str) -> bool {
+        lock(&self.federated)
+            .get(&client_id.to_ascii_lowercase())
+            .is_some_and(|t| t == assertion)
     }
 
     /// A receiver that sees `true` once [`State::shutdown`] was called.

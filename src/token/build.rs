@@ -3,7 +3,9 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use super::{ClientSecret, Credential, CredentialSource, TokenEndpoint};
+use super::{
+    ClientSecret, Credential, CredentialSource, Password, TokenEndpoint, WorkloadIdentity,
+};
 use crate::config::{ConfigError, CredentialConfig, CredentialType, read_secret};
 
 /// Builds the source of credential `name`; `authority` is the cloud's (or overridden) host.
@@ -33,6 +35,12 @@ pub fn build_credential(
                 endpoint: endpoint.clone(),
             })
         }
+        CredentialType::WorkloadIdentity => Credential::WorkloadIdentity(WorkloadIdentity {
+            client_id: c.client_id.clone().unwrap_or_default(),
+            token_file: c.token_file.clone().unwrap_or_default(),
+            endpoint,
+        }),
+        CredentialType::Password => build_password(name, c, endpoint)?,
         other => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
@@ -42,6 +50,34 @@ pub fn build_credential(
     };
     let id = fingerprint(name, c, authority, &credential);
     Ok(CredentialSource::new(name, id, credential))
+}
+
+fn build_password(
+    name: &str,
+    c: &CredentialConfig,
+    endpoint: TokenEndpoint,
+) -> Result<Credential, ConfigError> {
+    let path = format!("credentials.{name}");
+    let password = read_secret(&c.password, &c.password_file, &format!("{path}.password"))?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ConfigError::new(format!("{path}.password"), "is empty"))?;
+    let client_secret = read_secret(
+        &c.client_secret,
+        &c.client_secret_file,
+        &format!("{path}.client_secret"),
+    )?;
+    tracing::warn!(
+        credential = name,
+        "credential type \"password\" (ROPC) fails for users with multi-factor authentication and \
+         Microsoft recommends against it; prefer client_secret, client_certificate or device_code"
+    );
+    Ok(Credential::Password(Password {
+        client_id: c.client_id.clone().unwrap_or_default(),
+        client_secret,
+        username: c.username.clone().unwrap_or_default(),
+        password,
+        endpoint,
+    }))
 }
 
 /// Same configuration → same ID, so a reload keeps the tokens of unchanged credentials.
@@ -59,6 +95,13 @@ fn fingerprint(name: &str, c: &CredentialConfig, authority: &str, credential: &C
         .hash(&mut h);
     match credential {
         Credential::ClientSecret(cs) => cs.secret.expose().hash(&mut h),
+        Credential::WorkloadIdentity(wi) => wi.token_file.hash(&mut h),
+        Credential::Password(p) => (
+            &p.username,
+            p.password.expose(),
+            p.client_secret.as_ref().map(|s| s.expose()),
+        )
+            .hash(&mut h),
         #[cfg(test)]
         Credential::Test(_) => {}
     }

@@ -6,6 +6,8 @@ mod build;
 pub mod cache;
 mod client_secret;
 pub mod entra;
+mod password;
+mod workload_identity;
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub use build::build_credential;
 pub use cache::{TokenCache, TokenKey};
 pub use client_secret::ClientSecret;
 pub use entra::{EntraClient, TokenEndpoint};
+pub use password::Password;
+pub use workload_identity::WorkloadIdentity;
 
 use crate::error::ProxyError;
 
@@ -179,6 +183,10 @@ pub struct FetchStats {
 pub enum Credential {
     /// Client credentials with a shared secret.
     ClientSecret(ClientSecret),
+    /// Client credentials with a federated (Kubernetes) token as assertion.
+    WorkloadIdentity(WorkloadIdentity),
+    /// Resource-owner password credentials (legacy user context).
+    Password(Password),
     /// A scripted source for the cache's unit tests.
     #[cfg(test)]
     Test(cache::tests::Fake),
@@ -220,6 +228,8 @@ impl CredentialSource {
     ) -> Result<Token, TokenError> {
         let result = match &self.credential {
             Credential::ClientSecret(c) => c.fetch(entra, tenant, scope).await,
+            Credential::WorkloadIdentity(c) => c.fetch(entra, tenant, scope).await,
+            Credential::Password(c) => c.fetch(entra, tenant, scope).await,
             #[cfg(test)]
             Credential::Test(f) => f.fetch(tenant).await,
         };

@@ -1,0 +1,175 @@
+//! Credential kinds beyond client secrets: workload identity federation (the token file is
+//! re-read, so Kubernetes' rotation is followed) and the legacy password grant.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Setup, TestEnv, json, start_edited};
+use defender_proxy::sandbox::{self, SandboxOptions};
+
+const SECRET_LINE: &str = "client_secret = \"sandbox-secret\"";
+
+fn workload_identity(token_file: &std::path::Path) -> impl FnOnce(String) -> String {
+    let line = format!("token_file = \"{}\"", token_file.display());
+    move |t: String| {
+        t.replace("type = \"client_secret\"", "type = \"workload_identity\"")
+            .replace(SECRET_LINE, &line)
+    }
+}
+
+#[tokio::test]
+async fn workload_identity_sends_the_token_file_and_follows_its_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "k8s-token-1\n").unwrap();
+    let sandbox = SandboxOptions {
+        token_lifetime_secs: 2,
+        federated_tokens: vec![(sandbox::DEFAULT_CLIENT_ID.into(), "k8s-token-1".into())],
+        ..SandboxOptions::default()
+    };
+    let env = start_edited(
+        Setup {
+            sandbox,
+            ..Setup::default()
+        },
+        workload_identity(&file),
+    )
+    .await;
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    // Kubernetes rotates the projected token; the identity provider now only accepts the new one.
+    std::fs::write(&file, "k8s-token-2\n").unwrap();
+    env.sandbox
+        .set_federated_token(sandbox::DEFAULT_CLIENT_ID, "k8s-token-2");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        env.get("/api/incidents").await.status(),
+        200,
+        "the rotated file was read"
+    );
+    assert!(env.sandbox.token_requests() >= 2);
+}
+
+#[tokio::test]
+async fn workload_identity_works_for_partner_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "k8s-token").unwrap();
+    let sandbox = SandboxOptions {
+        federated_tokens: vec![(sandbox::DEFAULT_CLIENT_ID.into(), "k8s-token".into())],
+        ..SandboxOptions::default()
+    };
+    let env = start_edited(
+        Setup {
+            sandbox,
+            ..Setup::default()
+        },
+        workload_identity(&file),
+    )
+    .await;
+    let resp = env
+        .http
+        .get(format!("{}/api/incidents?$top=1", env.base))
+        .header("x-tenant-id", "contoso")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["value"][0]["tenantId"], sandbox::TENANT_B);
+}
+
+#[tokio::test]
+async fn an_unrecognised_federated_token_is_rejected_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "not-the-registered-token").unwrap();
+    let sandbox = SandboxOptions {
+        federated_tokens: vec![(sandbox::DEFAULT_CLIENT_ID.into(), "k8s-token".into())],
+        ..SandboxOptions::default()
+    };
+    let env = start_edited(
+        Setup {
+            sandbox,
+            ..Setup::default()
+        },
+        workload_identity(&file),
+    )
+    .await;
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TokenRejected"));
+    let msg = json(resp).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("AADSTS70021") && !msg.contains("not-the-registered-token"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_token_file_is_a_503_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = start_edited(
+        Setup::default(),
+        workload_identity(&dir.path().join("absent")),
+    )
+    .await;
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TokenUnavailable"));
+    assert_eq!(env.sandbox.token_requests(), 0);
+}
+
+fn password(user: &str, pass: &str, version: u8) -> impl FnOnce(String) -> String {
+    let lines = format!("username = \"{user}\"\npassword = \"{pass}\"\ntoken_version = {version}");
+    move |t: String| {
+        t.replace("type = \"client_secret\"", "type = \"password\"")
+            .replace(SECRET_LINE, &lines)
+            .replace(
+                &format!(
+                    "[credentials.app.tenants]\ncontoso = \"{}\"\n",
+                    sandbox::TENANT_B
+                ),
+                "",
+            )
+    }
+}
+
+#[tokio::test]
+async fn the_password_grant_works_on_v1_and_v2_and_reports_a_wrong_password() {
+    for version in [1, 2] {
+        let sandbox = SandboxOptions {
+            users: vec![("analyst@contoso.test".into(), "pa$$word".into())],
+            ..SandboxOptions::default()
+        };
+        let env = start_edited(
+            Setup {
+                sandbox: sandbox.clone(),
+                ..Setup::default()
+            },
+            password("analyst@contoso.test", "pa$$$$word", version),
+        )
+        .await;
+        assert_eq!(env.get("/api/incidents").await.status(), 200, "v{version}");
+        let env = start_edited(
+            Setup {
+                sandbox,
+                ..Setup::default()
+            },
+            password("analyst@contoso.test", "wrong", version),
+        )
+        .await;
+        let resp = env.get("/api/incidents").await;
+        assert_eq!(resp.status(), 502);
+        let msg = json(resp).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.contains("AADSTS50126") && msg.contains("user name or password"),
+            "{msg}"
+        );
+    }
+}
