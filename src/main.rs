@@ -38,6 +38,15 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Print the admin-consent link(s) of a credential (partner context: one per customer tenant).
+    ConsentUrl {
+        /// The credential's name in proxy.toml.
+        #[arg(long)]
+        credential: String,
+        /// One tenant (alias or GUID) instead of all the credential names.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Probe a running proxy's admin listener (for container health checks); exit 0 when healthy.
     Health {
         /// The health URL (plain http).
@@ -93,6 +102,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run { log_format: None }) {
         Command::Run { log_format } => run(&path, log_format).await,
         Command::Check { live } => check_config(&path, live).await,
+        Command::ConsentUrl { credential, tenant } => {
+            let config = Config::load(&path, &ProcessEnv)?;
+            for (label, url) in check::consent_urls(&config, &credential, tenant.as_deref())? {
+                println!("{label}: {url}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Health { url } => Ok(if defender_proxy::admin::probe(&url).await {
             ExitCode::SUCCESS
         } else {

@@ -33,7 +33,7 @@ fn help_exits_zero_and_bad_usage_exits_64() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
-    for sub in ["run", "check", "demo", "health"] {
+    for sub in ["run", "check", "demo", "health", "consent-url"] {
         let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{sub} --help");
     }
@@ -379,4 +379,23 @@ async fn sighup_reloads_the_config() {
     assert_eq!(status, 200, "{logs}");
     assert!(logs.contains("SIGHUP"), "{logs}");
     assert_eq!(code, 0);
+}
+
+#[test]
+fn consent_url_prints_one_admin_consent_link_per_customer_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text("https://login.microsoftonline.com", &Setup::default()).replace("upstream = \"https://login.microsoftonline.com\"", "upstream = \"https://api.security.microsoft.com\"");
+    let config = write_config(dir.path(), &text.replace("contoso = ", "any = \"*\"\ncontoso = "));
+    let out = Command::new(BIN).args(["consent-url", "--credential", "app", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "contoso ({b}): https://login.microsoftonline.com/{b}/adminconsent?client_id={c}",
+        b = sandbox::TENANT_B,
+        c = sandbox::DEFAULT_CLIENT_ID
+    );
+    assert!(stdout.contains(&want), "{stdout}");
+    assert!(stdout.contains("any organization (organizations): https://login.microsoftonline.com/organizations/adminconsent?client_id="), "{stdout}");
+    let out = Command::new(BIN).args(["consent-url", "--credential", "nope", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
 }
