@@ -144,35 +144,56 @@ pub async fn live(state: &AppState) -> Vec<LiveRow> {
 /// (alias or GUID), else every alias of its `tenants` table (partner context), else its home
 /// tenant; a `"*"` entry adds a link any organization's admin can use. Each link grants the
 /// API permissions configured on the app registration.
-pub fn consent_urls(config: &Config, credential: &str, tenant: Option<&str>) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn consent_urls(
+    config: &Config,
+    credential: &str,
+    tenant: Option<&str>,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let path = "--credential";
     let c = config
         .credentials
         .get(credential)
         .ok_or_else(|| ConfigError::new(path, format!("no credential named {credential:?}")))?;
-    let client_id = c.client_id.as_deref().ok_or_else(|| ConfigError::new(path, "this credential has no client_id"))?;
-    let authority = config
-        .cloud
-        .authority_host
-        .clone()
-        .unwrap_or_else(|| Cloud::parse(&config.cloud.name).unwrap_or(Cloud::Public).authority_host().to_string());
+    let client_id = c
+        .client_id
+        .as_deref()
+        .ok_or_else(|| ConfigError::new(path, "this credential has no client_id"))?;
+    let authority = config.cloud.authority_host.clone().unwrap_or_else(|| {
+        Cloud::parse(&config.cloud.name)
+            .unwrap_or(Cloud::Public)
+            .authority_host()
+            .to_string()
+    });
     let authority = authority.trim_end_matches('/');
     let mut targets: Vec<(String, String)> = match tenant {
         Some(t) => {
             let guid = c.tenants.get(t).filter(|g| *g != "*").cloned();
             vec![(t.to_string(), guid.unwrap_or_else(|| t.to_string()))]
         }
-        None => c.tenants.iter().filter(|(_, g)| *g != "*").map(|(a, g)| (a.clone(), g.clone())).collect(),
+        None => c
+            .tenants
+            .iter()
+            .filter(|(_, g)| *g != "*")
+            .map(|(a, g)| (a.clone(), g.clone()))
+            .collect(),
     };
     if tenant.is_none() && c.tenants.values().any(|g| g == "*") {
         targets.push(("any organization".into(), "organizations".into()));
     }
     if targets.is_empty() {
-        let home = c.tenant_id.clone().ok_or_else(|| ConfigError::new(path, "this credential has no tenant_id"))?;
+        let home = c
+            .tenant_id
+            .clone()
+            .ok_or_else(|| ConfigError::new(path, "this credential has no tenant_id"))?;
         targets.push(("home".into(), home));
     }
     Ok(targets
         .into_iter()
-        .map(|(label, t)| (format!("{label} ({t})"), format!("{authority}/{t}/adminconsent?client_id={client_id}")))
+        .map(|(label, t)| {
+            (
+                format!("{label} ({t})"),
+                format!("{authority}/{t}/adminconsent?client_id={client_id}"),
+            )
+        })
         .collect())
 }

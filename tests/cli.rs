@@ -384,10 +384,25 @@ async fn sighup_reloads_the_config() {
 #[test]
 fn consent_url_prints_one_admin_consent_link_per_customer_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text("https://login.microsoftonline.com", &Setup::default()).replace("upstream = \"https://login.microsoftonline.com\"", "upstream = \"https://api.security.microsoft.com\"");
-    let config = write_config(dir.path(), &text.replace("contoso = ", "any = \"*\"\ncontoso = "));
-    let out = Command::new(BIN).args(["consent-url", "--credential", "app", "--config"]).arg(&config).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = config_text("https://login.microsoftonline.com", &Setup::default()).replace(
+        "upstream = \"https://login.microsoftonline.com\"",
+        "upstream = \"https://api.security.microsoft.com\"",
+    );
+    let config = write_config(
+        dir.path(),
+        &text.replace("contoso = ", "any = \"*\"\ncontoso = "),
+    );
+    let out = Command::new(BIN)
+        .args(["consent-url", "--credential", "app", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let want = format!(
         "contoso ({b}): https://login.microsoftonline.com/{b}/adminconsent?client_id={c}",
@@ -396,6 +411,10 @@ fn consent_url_prints_one_admin_consent_link_per_customer_tenant() {
     );
     assert!(stdout.contains(&want), "{stdout}");
     assert!(stdout.contains("any organization (organizations): https://login.microsoftonline.com/organizations/adminconsent?client_id="), "{stdout}");
-    let out = Command::new(BIN).args(["consent-url", "--credential", "nope", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["consent-url", "--credential", "nope", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }

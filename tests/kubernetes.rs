@@ -45,6 +45,9 @@ fn proxy_config(docs: &[Value]) -> Config {
     let env = |k: &str| match k {
         "AZURE_TENANT_ID" => Some("00000000-0000-0000-0000-000000000000".to_string()),
         "AZURE_CLIENT_ID" => Some("00000000-0000-0000-0000-000000000001".to_string()),
+        "AZURE_FEDERATED_TOKEN_FILE" => {
+            Some("/var/run/secrets/azure/tokens/azure-identity-token".to_string())
+        }
         _ => None,
     };
     Config::parse(text, &env)
@@ -116,7 +119,36 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
             "{file}: the app is pointed at the proxy"
         );
         check_files_are_mounted(&file, &config, sidecar);
+        check_workload_identity(&file, &config, &docs, pod);
     }
+}
+
+/// A workload identity credential needs the pod label and an annotated service account.
+fn check_workload_identity(file: &str, config: &Config, docs: &[Value], pod: &Value) {
+    use defender_proxy::config::CredentialType;
+    if !config
+        .credentials
+        .values()
+        .any(|c| c.kind == CredentialType::WorkloadIdentity)
+    {
+        return;
+    }
+    let labels = &kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        labels["azure.workload.identity/use"], "true",
+        "{file}: the webhook only mutates labelled pods"
+    );
+    let account = kind(docs, "ServiceAccount");
+    assert_eq!(
+        pod["serviceAccountName"], account["metadata"]["name"],
+        "{file}"
+    );
+    assert!(
+        account["metadata"]["annotations"]["azure.workload.identity/client-id"]
+            .as_str()
+            .is_some(),
+        "{file}"
+    );
 }
 
 fn check_files_are_mounted(file: &str, config: &Config, sidecar: &Value) {
