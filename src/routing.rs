@@ -36,6 +36,13 @@ impl TenantPolicy {
     /// The policy of a credential's `tenant_id` and `tenants` table.
     pub fn from_config(c: &CredentialConfig) -> Self {
         let mut policy = TenantPolicy::default();
+        if c.kind == crate::config::CredentialType::ManagedIdentity {
+            // The identity's own tenant: the endpoint takes none.
+            policy.home = Some(Tenant {
+                id: "managed-identity".into(),
+                label: "home".into(),
+            });
+        }
         if let Some(home) = &c.tenant_id {
             let id: Arc<str> = home.to_ascii_lowercase().into();
             let t = Tenant {

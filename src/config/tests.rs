@@ -339,3 +339,27 @@ fn types_not_built_yet_are_refused_by_name() {
     assert_eq!(e.path, "credentials.app.type");
     assert!(e.message.contains("not available"), "{e}");
 }
+
+#[test]
+fn managed_identity_takes_one_selector_and_no_tenant_table() {
+    let mi = |extra: &str| {
+        format!(
+            "[credentials.mi]\ntype = \"managed_identity\"\n{extra}\n[[route]]\nname = \"d\"\nprefix = \"/\"\nupstream = \"xdr\"\ncredential = \"mi\"\n"
+        )
+    };
+    Config::from_toml(&mi(""), &no_env).unwrap();
+    Config::from_toml(&mi("client_id = \"x\""), &no_env).unwrap();
+    assert_eq!(
+        err(&mi("client_id = \"x\"\nobject_id = \"y\"")).path,
+        "credentials.mi.client_id"
+    );
+    assert_eq!(
+        err(&mi("endpoint = \"http://example.com/token\"")).path,
+        "credentials.mi.endpoint"
+    );
+    Config::from_toml(&mi("endpoint = \"http://127.0.0.1:9/token\""), &no_env).unwrap();
+    assert_eq!(
+        err(&mi("[credentials.mi.tenants]\na = \"*\"")).path,
+        "credentials.mi.tenants"
+    );
+}

@@ -234,17 +234,20 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
             format!("is not used by type {:?}", c.kind.as_str()),
         ));
     }
-    if !matches!(
-        c.kind,
-        CredentialType::ClientSecret | CredentialType::WorkloadIdentity | CredentialType::Password
-    ) {
-        return Err(ConfigError::new(
-            format!("{path}.type"),
-            format!(
-                "{:?} is not available in this version; use \"client_secret\", \"workload_identity\" or \"password\"",
-                c.kind.as_str()
-            ),
-        ));
+    match c.kind {
+        CredentialType::ClientSecret
+        | CredentialType::WorkloadIdentity
+        | CredentialType::Password => {}
+        CredentialType::ManagedIdentity => return validate_managed_identity(&path, c),
+        CredentialType::ClientCertificate | CredentialType::DeviceCode => {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                format!(
+                    "{:?} is not available in this version; use \"client_secret\", \"workload_identity\", \"managed_identity\" or \"password\"",
+                    c.kind.as_str()
+                ),
+            ));
+        }
     }
     let tenant = c.tenant_id.as_deref().ok_or_else(|| {
         ConfigError::new(
@@ -317,6 +320,31 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
             return Err(ConfigError::new(
                 format!("{path}.tenants.{alias}"),
                 "must be a tenant GUID, or \"*\" to admit any GUID",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_managed_identity(path: &str, c: &CredentialConfig) -> Result<(), ConfigError> {
+    let selectors = [&c.client_id, &c.object_id, &c.resource_id]
+        .iter()
+        .filter(|s| s.is_some())
+        .count();
+    if selectors > 1 {
+        return Err(ConfigError::new(
+            format!("{path}.client_id"),
+            "set at most one of client_id, object_id, resource_id",
+        ));
+    }
+    if let Some(url) = &c.endpoint {
+        let ok = url.starts_with("https://")
+            || is_loopback_url(url)
+            || url.starts_with("http://169.254.169.254/");
+        if !ok || url.parse::<http::Uri>().is_err() {
+            return Err(ConfigError::new(
+                format!("{path}.endpoint"),
+                "must be https, IMDS or a loopback http URL",
             ));
         }
     }

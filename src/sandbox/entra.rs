@@ -132,7 +132,7 @@ fn advertised_expires_in(lifetime_secs: u64) -> u64 {
     }
 }
 
-fn answer(st: &State, grant: &Grant, minted: &Minted, version: Version) -> Response {
+pub(super) fn answer(st: &State, grant: &Grant, minted: &Minted, version: Version) -> Response {
     let expires_in = advertised_expires_in(minted.lifetime_secs);
     let body = match version {
         Version::V2 => {
@@ -164,7 +164,7 @@ fn answer(st: &State, grant: &Grant, minted: &Minted, version: Version) -> Respo
 }
 
 /// The answer a fault replaces the normal one with; `None` = carry on normally.
-async fn fault_response(fault: TokenFault) -> Option<Response> {
+pub(super) async fn fault_response(fault: TokenFault) -> Option<Response> {
     let json = [(header::CONTENT_TYPE, "application/json; charset=utf-8")];
     let response = match fault {
         TokenFault::Delay { millis } => {

@@ -17,6 +17,7 @@ mod faults;
 mod filter;
 mod hunting;
 mod lists;
+mod managed_identity;
 mod password;
 mod ratelimit;
 mod state;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 
 pub use faults::{ApiFault, TokenFault};
 use state::State;
@@ -41,6 +42,8 @@ use state::State;
 pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000c1d0";
 /// Client secret of the default app.
 pub const DEFAULT_CLIENT_SECRET: &str = "sandbox-secret";
+/// Client ID of the emulated machine's (system-assigned) managed identity.
+pub const MANAGED_IDENTITY_ID: &str = "00000000-0000-0000-0000-0000000000a1";
 /// First tenant the default app is consented in.
 pub const TENANT_A: &str = "11111111-1111-1111-1111-111111111111";
 /// Second tenant the default app is consented in.
@@ -105,6 +108,12 @@ pub struct SandboxOptions {
     pub federated_tokens: Vec<(String, String)>,
     /// Users for the password (ROPC) grant: (user name, password).
     pub users: Vec<(String, String)>,
+    /// Managed identities (client IDs) of the emulated machine; the first is the default one.
+    pub managed_identities: Vec<String>,
+    /// The tenant managed identity tokens are for.
+    pub managed_identity_tenant: String,
+    /// The `X-IDENTITY-HEADER` value the App Service endpoint expects.
+    pub identity_header: String,
 }
 
 impl Default for SandboxOptions {
@@ -139,6 +148,9 @@ impl Default for SandboxOptions {
             .to_vec(),
             federated_tokens: Vec::new(),
             users: Vec::new(),
+            managed_identities: vec![MANAGED_IDENTITY_ID.to_owned()],
+            managed_identity_tenant: TENANT_A.to_owned(),
+            identity_header: "sandbox-identity-header".to_owned(),
         }
     }
 }
@@ -267,6 +279,11 @@ impl Sandbox {
 /// All routes of the sandbox on one router.
 fn router(state: Arc<State>) -> Router {
     Router::new()
+        .route(
+            "/metadata/identity/oauth2/token",
+            get(managed_identity::imds),
+        )
+        .route("/msi/token", get(managed_identity::app_service))
         .route("/{tenant}/oauth2/v2.0/token", post(entra::token_v2))
         .route("/{tenant}/oauth2/token", post(entra::token_v1))
         .merge(control::routes())

@@ -3,10 +3,13 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use super::managed_identity::{Flavour, IMDS_ENDPOINT, Selector};
 use super::{
-    ClientSecret, Credential, CredentialSource, Password, TokenEndpoint, WorkloadIdentity,
+    ClientSecret, Credential, CredentialSource, ManagedIdentity, Password, TokenEndpoint,
+    WorkloadIdentity,
 };
 use crate::config::{ConfigError, CredentialConfig, CredentialType, read_secret};
+use crate::secret::Secret;
 
 /// Builds the source of credential `name`; `authority` is the cloud's (or overridden) host.
 pub fn build_credential(
@@ -41,6 +44,7 @@ pub fn build_credential(
             endpoint,
         }),
         CredentialType::Password => build_password(name, c, endpoint)?,
+        CredentialType::ManagedIdentity => Credential::ManagedIdentity(build_managed_identity(c)),
         other => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
@@ -50,6 +54,34 @@ pub fn build_credential(
     };
     let id = fingerprint(name, c, authority, &credential);
     Ok(CredentialSource::new(name, id, credential))
+}
+
+/// App Service / Container Apps when `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set (as
+/// azure-identity decides), else IMDS; `endpoint` overrides the URL of either.
+fn build_managed_identity(c: &CredentialConfig) -> ManagedIdentity {
+    let app_service = std::env::var("IDENTITY_ENDPOINT")
+        .ok()
+        .zip(std::env::var("IDENTITY_HEADER").ok());
+    let (url, flavour) = match app_service {
+        Some((url, header)) => (
+            url,
+            Flavour::AppService {
+                header: Secret::new(header),
+            },
+        ),
+        None => (IMDS_ENDPOINT.to_string(), Flavour::Imds),
+    };
+    let selector = match (&c.client_id, &c.object_id, &c.resource_id) {
+        (Some(id), _, _) => Selector::ClientId(id.clone()),
+        (_, Some(id), _) => Selector::ObjectId(id.clone()),
+        (_, _, Some(id)) => Selector::ResourceId(id.clone()),
+        _ => Selector::System,
+    };
+    ManagedIdentity {
+        endpoint: c.endpoint.clone().unwrap_or(url),
+        flavour,
+        selector,
+    }
 }
 
 fn build_password(
@@ -96,6 +128,9 @@ fn fingerprint(name: &str, c: &CredentialConfig, authority: &str, credential: &C
     match credential {
         Credential::ClientSecret(cs) => cs.secret.expose().hash(&mut h),
         Credential::WorkloadIdentity(wi) => wi.token_file.hash(&mut h),
+        Credential::ManagedIdentity(mi) => {
+            (&mi.endpoint, &c.object_id, &c.resource_id).hash(&mut h)
+        }
         Credential::Password(p) => (
             &p.username,
             p.password.expose(),

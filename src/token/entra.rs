@@ -53,6 +53,8 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone)]
 pub struct EntraClient {
     http: reqwest::Client,
+    /// For link-local endpoints (managed identity): never through an HTTP proxy.
+    local: reqwest::Client,
     /// Retries for transient failures.
     pub retry: RetryPolicy,
 }
@@ -116,8 +118,15 @@ impl EntraClient {
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("defender-proxy/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let local = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()?;
         Ok(EntraClient {
             http,
+            local,
             retry: RetryPolicy::default(),
         })
     }
@@ -131,6 +140,41 @@ impl EntraClient {
         let body = encode_form(form);
         with_retries(&self.retry, || {
             self.post_once(url, body.expose().to_owned())
+        })
+        .await
+    }
+
+    /// GETs a managed identity endpoint (never through a proxy), retrying transient failures;
+    /// 404 and 410 count as transient there (IMDS answers them while it starts).
+    pub async fn get_managed_identity_token(
+        &self,
+        url: &str,
+        header: (&str, &Secret),
+    ) -> Result<Token, TokenError> {
+        with_retries(&self.retry, || async {
+            let sent = self
+                .local
+                .get(url)
+                .header(header.0, header.1.expose())
+                .send()
+                .await;
+            let resp = sent.map_err(|e| unavailable(describe_transport(&e), None))?;
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(parse_retry_after);
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| unavailable(describe_transport(&e), None))?;
+            if matches!(status.as_u16(), 404 | 410) {
+                return Err(unavailable(
+                    format!("the managed identity endpoint answered {}", status.as_u16()),
+                    retry_after,
+                ));
+            }
+            parse_answer(status, &bytes, retry_after, Instant::now())
         })
         .await
     }

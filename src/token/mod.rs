@@ -6,6 +6,7 @@ mod build;
 pub mod cache;
 mod client_secret;
 pub mod entra;
+pub mod managed_identity;
 mod password;
 mod workload_identity;
 
@@ -22,6 +23,7 @@ pub use build::build_credential;
 pub use cache::{TokenCache, TokenKey};
 pub use client_secret::ClientSecret;
 pub use entra::{EntraClient, TokenEndpoint};
+pub use managed_identity::ManagedIdentity;
 pub use password::Password;
 pub use workload_identity::WorkloadIdentity;
 
@@ -187,6 +189,8 @@ pub enum Credential {
     WorkloadIdentity(WorkloadIdentity),
     /// Resource-owner password credentials (legacy user context).
     Password(Password),
+    /// Azure managed identity (IMDS or App Service).
+    ManagedIdentity(ManagedIdentity),
     /// A scripted source for the cache's unit tests.
     #[cfg(test)]
     Test(cache::tests::Fake),
@@ -230,6 +234,7 @@ impl CredentialSource {
             Credential::ClientSecret(c) => c.fetch(entra, tenant, scope).await,
             Credential::WorkloadIdentity(c) => c.fetch(entra, tenant, scope).await,
             Credential::Password(c) => c.fetch(entra, tenant, scope).await,
+            Credential::ManagedIdentity(c) => c.fetch(entra, scope).await,
             #[cfg(test)]
             Credential::Test(f) => f.fetch(tenant).await,
         };

@@ -36,6 +36,16 @@ pub struct Proxy {
 impl Proxy {
     /// Starts it with `text` (its first `listen` replaced by a free port) in `dir`.
     pub async fn start(text: &str, dir: &Path, log_level: &str) -> Proxy {
+        Proxy::start_with_env(text, dir, log_level, &[]).await
+    }
+
+    /// Like `start`, with extra environment variables for the process.
+    pub async fn start_with_env(
+        text: &str,
+        dir: &Path,
+        log_level: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let port = free_port();
         let text = text.replacen(
             "listen = \"127.0.0.1:0\"",
@@ -47,6 +57,7 @@ impl Proxy {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", log_level)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
