@@ -160,11 +160,6 @@ async fn app_service_uses_its_endpoint_and_header_and_no_proxy_is_ever_used() {
         "[[route]]\nname = \"mde\"",
         "[credentials.mi]\ntype = \"managed_identity\"\n\n[[route]]\nname = \"mde\"",
     );
-    let text = text.replacen(
-        "strip_prefix = true\nupstream",
-        "strip_prefix = true\nupstream",
-        1,
-    );
     let text = {
         let i = text.find("name = \"mde\"").unwrap();
         let (head, tail) = text.split_at(i);
