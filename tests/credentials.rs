@@ -173,3 +173,128 @@ async fn the_password_grant_works_on_v1_and_v2_and_reports_a_wrong_password() {
         );
     }
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn cert_der(name: &str) -> Vec<u8> {
+    defender_proxy::token::certificate::read_certificate_der(&fixture(name)).unwrap()
+}
+
+fn certificate(lines: String) -> impl FnOnce(String) -> String {
+    move |t: String| {
+        t.replace("type = \"client_secret\"", "type = \"client_certificate\"")
+            .replace(SECRET_LINE, &lines)
+    }
+}
+
+fn with_cert(cert: &str) -> SandboxOptions {
+    SandboxOptions {
+        certificates: vec![(sandbox::DEFAULT_CLIENT_ID.into(), cert_der(cert))],
+        ..SandboxOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_from_pem_or_pfx_signs_an_assertion_the_provider_accepts() {
+    for lines in [
+        format!(
+            "certificate = \"{}\"",
+            fixture("test-only-combined1.pem").display()
+        ),
+        format!(
+            "certificate = \"{}\"\nprivate_key = \"{}\"",
+            fixture("test-only-cert1.pem").display(),
+            fixture("test-only-key1.pem").display()
+        ),
+        format!(
+            "certificate = \"{}\"\ncertificate_password = \"test-pfx-password\"",
+            fixture("test-only1.pfx").display()
+        ),
+        format!(
+            "certificate = \"{}\"\nassertion_alg = \"RS256\"\nsend_certificate_chain = true",
+            fixture("test-only-combined1.pem").display()
+        ),
+    ] {
+        let env = start_edited(
+            Setup {
+                sandbox: with_cert("test-only-cert1.pem"),
+                ..Setup::default()
+            },
+            certificate(lines.clone()),
+        )
+        .await;
+        assert_eq!(env.get("/api/incidents").await.status(), 200, "{lines}");
+        let resp = env
+            .http
+            .get(format!("{}/api/incidents?$top=1", env.base))
+            .header("x-tenant-id", "contoso")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            json(resp).await["value"][0]["tenantId"],
+            sandbox::TENANT_B,
+            "partner tenant with {lines}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unregistered_certificate_is_rejected_with_its_code() {
+    let lines = format!(
+        "certificate = \"{}\"",
+        fixture("test-only-combined1.pem").display()
+    );
+    let env = start_edited(
+        Setup {
+            sandbox: with_cert("test-only-cert2.pem"),
+            ..Setup::default()
+        },
+        certificate(lines),
+    )
+    .await;
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 502);
+    let msg = json(resp).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("AADSTS700027"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_file_is_used_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cert.pem");
+    std::fs::copy(fixture("test-only-combined1.pem"), &path).unwrap();
+    let sandbox = SandboxOptions {
+        token_lifetime_secs: 2,
+        ..with_cert("test-only-cert1.pem")
+    };
+    let env = start_edited(
+        Setup {
+            sandbox,
+            ..Setup::default()
+        },
+        certificate(format!("certificate = \"{}\"", path.display())),
+    )
+    .await;
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    let two = std::fs::read_to_string(fixture("test-only-cert2.pem")).unwrap()
+        + &std::fs::read_to_string(fixture("test-only-key2.pem")).unwrap();
+    std::fs::write(&path, two).unwrap();
+    env.sandbox.set_certificates(
+        sandbox::DEFAULT_CLIENT_ID,
+        vec![cert_der("test-only-cert2.pem")],
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        env.get("/api/incidents").await.status(),
+        200,
+        "the new certificate signed the next assertion"
+    );
+}

@@ -363,3 +363,23 @@ fn managed_identity_takes_one_selector_and_no_tenant_table() {
         "credentials.mi.tenants"
     );
 }
+
+#[test]
+fn client_certificate_needs_a_certificate_and_a_known_algorithm() {
+    let base = BASE
+        .replace("type = \"client_secret\"", "type = \"client_certificate\"")
+        .replace("client_secret = \"s3cret-value\"\n", "");
+    assert_eq!(err(&base).path, "credentials.app.certificate");
+    let env =
+        |k: &str| (k == "AZURE_CLIENT_CERTIFICATE_PATH").then(|| "/certs/app.pem".to_string());
+    let c = Config::from_toml(&base, &env).unwrap();
+    assert_eq!(
+        c.credentials["app"].certificate.as_deref(),
+        Some(std::path::Path::new("/certs/app.pem"))
+    );
+    let bad_alg = base.replace(
+        "client_id = \"client\"",
+        "client_id = \"client\"\ncertificate = \"c.pem\"\nassertion_alg = \"HS256\"",
+    );
+    assert_eq!(err(&bad_alg).path, "credentials.app.assertion_alg");
+}

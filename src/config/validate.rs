@@ -26,6 +26,13 @@ pub(super) fn apply_env_fallbacks(config: &mut Config, env: &dyn Env) {
         {
             c.client_secret = var("AZURE_CLIENT_SECRET").map(crate::secret::Secret::new);
         }
+        if c.kind == CredentialType::ClientCertificate && c.certificate.is_none() {
+            c.certificate = var("AZURE_CLIENT_CERTIFICATE_PATH").map(std::path::PathBuf::from);
+            if c.certificate_password.is_none() && c.certificate_password_file.is_none() {
+                c.certificate_password =
+                    var("AZURE_CLIENT_CERTIFICATE_PASSWORD").map(crate::secret::Secret::new);
+            }
+        }
         if c.kind == CredentialType::WorkloadIdentity && c.token_file.is_none() {
             c.token_file = var("AZURE_FEDERATED_TOKEN_FILE").map(std::path::PathBuf::from);
         }
@@ -236,14 +243,15 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
     }
     match c.kind {
         CredentialType::ClientSecret
+        | CredentialType::ClientCertificate
         | CredentialType::WorkloadIdentity
         | CredentialType::Password => {}
         CredentialType::ManagedIdentity => return validate_managed_identity(&path, c),
-        CredentialType::ClientCertificate | CredentialType::DeviceCode => {
+        CredentialType::DeviceCode => {
             return Err(ConfigError::new(
                 format!("{path}.type"),
                 format!(
-                    "{:?} is not available in this version; use \"client_secret\", \"workload_identity\", \"managed_identity\" or \"password\"",
+                    "{:?} is not available in this version; use \"client_secret\", \"client_certificate\", \"workload_identity\", \"managed_identity\" or \"password\"",
                     c.kind.as_str()
                 ),
             ));
@@ -276,6 +284,29 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
                 format!("{path}.client_secret"),
                 "is required (or client_secret_file, or AZURE_CLIENT_SECRET)",
             ));
+        }
+        CredentialType::ClientCertificate => {
+            if c.certificate.is_none() {
+                return Err(ConfigError::new(
+                    format!("{path}.certificate"),
+                    "is required (or set AZURE_CLIENT_CERTIFICATE_PATH)",
+                ));
+            }
+            one_of(
+                &path,
+                "certificate_password",
+                c.certificate_password.is_some(),
+                c.certificate_password_file.is_some(),
+            )?;
+            if !matches!(
+                c.assertion_alg.as_deref(),
+                None | Some("PS256") | Some("RS256")
+            ) {
+                return Err(ConfigError::new(
+                    format!("{path}.assertion_alg"),
+                    "must be \"PS256\" or \"RS256\"",
+                ));
+            }
         }
         CredentialType::WorkloadIdentity if c.token_file.is_none() => {
             return Err(ConfigError::new(

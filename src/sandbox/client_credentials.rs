@@ -20,7 +20,7 @@ pub(super) fn grant(
     let client_id = params.required("client_id")?;
     let audience = requested_audience(params, tenant, version)?;
     let client = consented_client(st, client_id, tenant)?;
-    check_client_auth(st, client, params)?;
+    check_client_auth(st, client, params, tenant)?;
     Ok(Grant {
         tenant: tenant.to_ascii_lowercase(),
         client_id: client.client_id.clone(),
@@ -81,11 +81,13 @@ pub(super) fn consented_client<'a>(
 /// The jwt-bearer client assertion type.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// A secret, or a federated assertion that must be the one registered for the client.
+/// A secret, a certificate-signed assertion, or a federated assertion that must be the one
+/// registered for the client.
 fn check_client_auth(
     st: &State,
     client: &SandboxClient,
     params: &Params,
+    tenant: &str,
 ) -> Result<(), EntraError> {
     let Some(kind) = params.get("client_assertion_type") else {
         return check_secret(client, params);
@@ -94,6 +96,9 @@ fn check_client_auth(
         return Err(EntraError::bad_assertion_type(kind));
     }
     let assertion = params.required("client_assertion")?;
+    if super::assertion::Certificates::is_signed_assertion(assertion) {
+        return st.certificates.verify(&client.client_id, assertion, tenant);
+    }
     if st.federated_matches(&client.client_id, assertion) {
         Ok(())
     } else {

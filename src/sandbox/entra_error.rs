@@ -102,6 +102,40 @@ impl EntraError {
         Self::bad_request("invalid_request", 50_027, msg)
     }
 
+    pub fn bad_assertion_signature(client_id: &str) -> Self {
+        let msg = format!(
+            "Client assertion failed signature validation, or its certificate (x5t) is not registered for app '{client_id}'."
+        );
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", 700_027, msg)
+    }
+
+    pub fn bad_assertion_audience(aud: &str) -> Self {
+        let msg = format!(
+            "The audience claim value '{aud}' is invalid, or iss/sub do not name the client."
+        );
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", 700_212, msg)
+    }
+
+    pub fn assertion_expired() -> Self {
+        let msg = "Client assertion is not within its valid time range.";
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_024,
+            msg.to_owned(),
+        )
+    }
+
+    pub fn assertion_replayed() -> Self {
+        let msg = "The client assertion was already used (its jti was seen before).";
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_025,
+            msg.to_owned(),
+        )
+    }
+
     pub fn invalid_user_credentials() -> Self {
         let msg = "Error validating credentials due to invalid username or password.";
         Self::bad_request("invalid_grant", 50_126, msg.to_owned())

@@ -7,6 +7,7 @@
 //! Used by `defender-proxy demo` and by the integration tests.
 
 mod api;
+mod assertion;
 mod client_credentials;
 mod control;
 mod data;
@@ -108,6 +109,8 @@ pub struct SandboxOptions {
     pub federated_tokens: Vec<(String, String)>,
     /// Users for the password (ROPC) grant: (user name, password).
     pub users: Vec<(String, String)>,
+    /// Certificates registered for client assertions: (client ID, certificate DER).
+    pub certificates: Vec<(String, Vec<u8>)>,
     /// Managed identities (client IDs) of the emulated machine; the first is the default one.
     pub managed_identities: Vec<String>,
     /// The tenant managed identity tokens are for.
@@ -148,6 +151,7 @@ impl Default for SandboxOptions {
             .to_vec(),
             federated_tokens: Vec::new(),
             users: Vec::new(),
+            certificates: Vec::new(),
             managed_identities: vec![MANAGED_IDENTITY_ID.to_owned()],
             managed_identity_tenant: TENANT_A.to_owned(),
             identity_header: "sandbox-identity-header".to_owned(),
@@ -258,6 +262,11 @@ impl Sandbox {
     /// Accepts `token` (and no other) as the federated assertion of `client_id`.
     pub fn set_federated_token(&self, client_id: &str, token: &str) {
         self.state.set_federated_token(client_id, token);
+    }
+
+    /// Replaces the certificates registered for `client_id` (DER), e.g. to rotate them.
+    pub fn set_certificates(&self, client_id: &str, certificates: Vec<Vec<u8>>) {
+        self.state.certificates.set(client_id, certificates);
     }
 
     /// Invalidates every token issued so far: the API answers 401 to them.

@@ -24,6 +24,8 @@ pub(super) struct State {
     pub limiter: RateLimiter,
     last_request: Mutex<Option<RecordedRequest>>,
     shutdown: watch::Sender<bool>,
+    /// Certificates registered for client assertions.
+    pub certificates: super::assertion::Certificates,
     /// Client ID (lower case) → the federated assertion it accepts.
     federated: Mutex<std::collections::HashMap<String, String>>,
 }
@@ -40,6 +42,7 @@ impl State {
             limiter: RateLimiter::default(),
             last_request: Mutex::new(None),
             shutdown: watch::channel(false).0,
+            certificates: super::assertion::Certificates::new(&opts.certificates),
             federated: Mutex::new(
                 opts.federated_tokens
                     .iter()

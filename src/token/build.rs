@@ -3,10 +3,11 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use super::certificate::{AssertionAlg, CertificateFiles};
 use super::managed_identity::{Flavour, IMDS_ENDPOINT, Selector};
 use super::{
-    ClientSecret, Credential, CredentialSource, ManagedIdentity, Password, TokenEndpoint,
-    WorkloadIdentity,
+    ClientCertificate, ClientSecret, Credential, CredentialSource, ManagedIdentity, Password,
+    TokenEndpoint, WorkloadIdentity,
 };
 use crate::config::{ConfigError, CredentialConfig, CredentialType, read_secret};
 use crate::secret::Secret;
@@ -44,6 +45,7 @@ pub fn build_credential(
             endpoint,
         }),
         CredentialType::Password => build_password(name, c, endpoint)?,
+        CredentialType::ClientCertificate => build_certificate(name, c, endpoint)?,
         CredentialType::ManagedIdentity => Credential::ManagedIdentity(build_managed_identity(c)),
         other => {
             return Err(ConfigError::new(
@@ -54,6 +56,38 @@ pub fn build_credential(
     };
     let id = fingerprint(name, c, authority, &credential);
     Ok(CredentialSource::new(name, id, credential))
+}
+
+fn build_certificate(
+    name: &str,
+    c: &CredentialConfig,
+    endpoint: TokenEndpoint,
+) -> Result<Credential, ConfigError> {
+    let path = format!("credentials.{name}");
+    let password = read_secret(
+        &c.certificate_password,
+        &c.certificate_password_file,
+        &format!("{path}.certificate_password"),
+    )?;
+    let files = CertificateFiles {
+        certificate: c.certificate.clone().unwrap_or_default(),
+        private_key: c.private_key.clone(),
+        password,
+    };
+    let alg = match c.assertion_alg.as_deref() {
+        Some("RS256") => AssertionAlg::Rs256,
+        _ => AssertionAlg::Ps256,
+    };
+    let client_id = c.client_id.clone().unwrap_or_default();
+    ClientCertificate::new(
+        client_id,
+        files,
+        alg,
+        c.send_certificate_chain.unwrap_or(false),
+        endpoint,
+    )
+    .map(Credential::ClientCertificate)
+    .map_err(|e| ConfigError::new(format!("{path}.certificate"), e))
 }
 
 /// App Service / Container Apps when `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set (as
@@ -128,6 +162,13 @@ fn fingerprint(name: &str, c: &CredentialConfig, authority: &str, credential: &C
     match credential {
         Credential::ClientSecret(cs) => cs.secret.expose().hash(&mut h),
         Credential::WorkloadIdentity(wi) => wi.token_file.hash(&mut h),
+        Credential::ClientCertificate(cc) => (
+            &cc.files.certificate,
+            &cc.files.private_key,
+            &c.assertion_alg,
+            c.send_certificate_chain,
+        )
+            .hash(&mut h),
         Credential::ManagedIdentity(mi) => {
             (&mi.endpoint, &c.object_id, &c.resource_id).hash(&mut h)
         }

@@ -4,6 +4,7 @@
 
 mod build;
 pub mod cache;
+pub mod certificate;
 mod client_secret;
 pub mod entra;
 pub mod managed_identity;
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 pub use build::build_credential;
 pub use cache::{TokenCache, TokenKey};
+pub use certificate::ClientCertificate;
 pub use client_secret::ClientSecret;
 pub use entra::{EntraClient, TokenEndpoint};
 pub use managed_identity::ManagedIdentity;
@@ -185,6 +187,8 @@ pub struct FetchStats {
 pub enum Credential {
     /// Client credentials with a shared secret.
     ClientSecret(ClientSecret),
+    /// Client credentials with a certificate-signed assertion.
+    ClientCertificate(ClientCertificate),
     /// Client credentials with a federated (Kubernetes) token as assertion.
     WorkloadIdentity(WorkloadIdentity),
     /// Resource-owner password credentials (legacy user context).
@@ -232,6 +236,7 @@ impl CredentialSource {
     ) -> Result<Token, TokenError> {
         let result = match &self.credential {
             Credential::ClientSecret(c) => c.fetch(entra, tenant, scope).await,
+            Credential::ClientCertificate(c) => c.fetch(entra, tenant, scope).await,
             Credential::WorkloadIdentity(c) => c.fetch(entra, tenant, scope).await,
             Credential::Password(c) => c.fetch(entra, tenant, scope).await,
             Credential::ManagedIdentity(c) => c.fetch(entra, scope).await,
