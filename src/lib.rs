@@ -14,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod exchange;
 pub mod forward;
+pub mod login;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

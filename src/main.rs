@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// User context: sign in with a device code and store the refresh token.
+    Login {
+        /// The device_code credential's name in proxy.toml.
+        #[arg(long)]
+        credential: String,
+    },
     /// Print the admin-consent link(s) of a credential (partner context: one per customer tenant).
     ConsentUrl {
         /// The credential's name in proxy.toml.
@@ -102,6 +108,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run { log_format: None }) {
         Command::Run { log_format } => run(&path, log_format).await,
         Command::Check { live } => check_config(&path, live).await,
+        Command::Login { credential } => {
+            let config = Config::load(&path, &ProcessEnv)?;
+            let state = AppState::new(&config)?;
+            let show = |message: &str| say(message);
+            match defender_proxy::login::login(&config, &credential, state.tokens.entra(), show)
+                .await
+            {
+                Ok(()) => {
+                    say(&format!(
+                        "Signed in; the refresh token is stored for credential {credential:?}."
+                    ));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(defender_proxy::login::LoginError::Config(e)) => Err(e.into()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::ConsentUrl { credential, tenant } => {
             let config = Config::load(&path, &ProcessEnv)?;
             for (label, url) in check::consent_urls(&config, &credential, tenant.as_deref())? {
@@ -172,6 +198,12 @@ async fn check_config(path: &Path, live: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints a line for the user; a closed stdout is not an error worth a panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -33,7 +33,7 @@ fn help_exits_zero_and_bad_usage_exits_64() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
-    for sub in ["run", "check", "demo", "health", "consent-url"] {
+    for sub in ["run", "check", "demo", "health", "consent-url", "login"] {
         let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{sub} --help");
     }

@@ -331,13 +331,27 @@ fn the_password_type_needs_a_user_and_a_password() {
 }
 
 #[test]
-fn types_not_built_yet_are_refused_by_name() {
-    let text = BASE
+fn device_code_needs_a_token_store_in_an_existing_folder() {
+    let base = BASE
         .replace("type = \"client_secret\"", "type = \"device_code\"")
         .replace("client_secret = \"s3cret-value\"\n", "");
-    let e = err(&text);
-    assert_eq!(e.path, "credentials.app.type");
-    assert!(e.message.contains("not available"), "{e}");
+    assert_eq!(err(&base).path, "credentials.app.token_store");
+    let missing = base.replace(
+        "client_id = \"client\"",
+        "client_id = \"client\"\ntoken_store = \"/no/such/folder/store.json\"",
+    );
+    let e = err(&missing);
+    assert_eq!(e.path, "credentials.app.token_store");
+    assert!(e.message.contains("does not exist"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let ok = base.replace(
+        "client_id = \"client\"",
+        &format!(
+            "client_id = \"client\"\ntoken_store = \"{}\"",
+            dir.path().join("s.json").display()
+        ),
+    );
+    Config::from_toml(&ok, &no_env).unwrap();
 }
 
 #[test]

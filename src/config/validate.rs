@@ -246,16 +246,8 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
         | CredentialType::ClientCertificate
         | CredentialType::WorkloadIdentity
         | CredentialType::Password => {}
+        CredentialType::DeviceCode => {}
         CredentialType::ManagedIdentity => return validate_managed_identity(&path, c),
-        CredentialType::DeviceCode => {
-            return Err(ConfigError::new(
-                format!("{path}.type"),
-                format!(
-                    "{:?} is not available in this version; use \"client_secret\", \"client_certificate\", \"workload_identity\", \"managed_identity\" or \"password\"",
-                    c.kind.as_str()
-                ),
-            ));
-        }
     }
     let tenant = c.tenant_id.as_deref().ok_or_else(|| {
         ConfigError::new(
@@ -305,6 +297,22 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
                 return Err(ConfigError::new(
                     format!("{path}.assertion_alg"),
                     "must be \"PS256\" or \"RS256\"",
+                ));
+            }
+        }
+        CredentialType::DeviceCode => {
+            let store = c
+                .token_store
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(format!("{path}.token_store"), "is required"))?;
+            let dir = store
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() {
+                return Err(ConfigError::new(
+                    format!("{path}.token_store"),
+                    format!("folder {} does not exist", dir.display()),
                 ));
             }
         }

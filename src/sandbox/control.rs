@@ -26,6 +26,7 @@ pub(super) fn routes() -> Router<Arc<State>> {
         .route("/_sandbox/api-fault", post(api_fault))
         .route("/_sandbox/revoke", post(revoke))
         .route("/_sandbox/token-lifetime", post(token_lifetime))
+        .route("/_sandbox/device", post(device))
 }
 
 /// `{"token_requests": N, "api_requests": M}`.
@@ -85,6 +86,37 @@ async fn token_lifetime(AxState(st): AxState<Arc<State>>, body: Bytes) -> Respon
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => bad_request(&format!("Expected {{\"secs\": N}}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct Decision {
+    user_code: String,
+    approve: bool,
+}
+
+/// Body: `{"user_code": "ABCD-1234", "approve": true}`: the user signs in (or declines).
+async fn device(AxState(st): AxState<Arc<State>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Decision>(&body) {
+        Ok(d) => {
+            let status = if d.approve {
+                super::DeviceStatus::Approved
+            } else {
+                super::DeviceStatus::Declined
+            };
+            if st.user_flows.decide(&d.user_code, status) {
+                StatusCode::NO_CONTENT.into_response()
+            } else {
+                defender_error(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "No pending sign-in has this user code.",
+                )
+            }
+        }
+        Err(e) => bad_request(&format!(
+            "Expected {{\"user_code\": \"...\", \"approve\": true}}: {e}"
+        )),
     }
 }
 

@@ -91,13 +91,47 @@ fn issue(
     version: Version,
 ) -> Result<Response, EntraError> {
     check_tenant(st, tenant)?;
-    let grant = match params.required("grant_type")? {
-        "client_credentials" => client_credentials::grant(st, tenant, params, version)?,
-        "password" => password::grant(st, tenant, params, version)?,
+    let interval = st.opts.device_code_interval_secs;
+    let (grant, refresh) = match params.required("grant_type")? {
+        "client_credentials" => (
+            client_credentials::grant(st, tenant, params, version)?,
+            None,
+        ),
+        "password" => (password::grant(st, tenant, params, version)?, None),
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            let (g, r) = st.user_flows.poll(params, interval)?;
+            (g, Some(r))
+        }
+        "refresh_token" => {
+            let (g, r) = st.user_flows.refresh(tenant, params)?;
+            (g, Some(r))
+        }
         other => return Err(EntraError::unsupported_grant(other)),
     };
     let minted = st.tokens.issue(grant.clone());
-    Ok(answer(st, &grant, &minted, version))
+    Ok(answer_with(
+        st,
+        &grant,
+        &minted,
+        version,
+        refresh.as_deref(),
+    ))
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: starts a device sign-in.
+pub(super) async fn devicecode(
+    AxState(st): AxState<Arc<State>>,
+    Path(tenant): Path<String>,
+    form: FormResult,
+) -> Response {
+    let params = Params(form.map(|Form(pairs)| pairs).unwrap_or_default());
+    match st
+        .user_flows
+        .start(&tenant, &params, st.opts.device_code_interval_secs)
+    {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Any GUID is an existing tenant; so are the multi-tenant aliases and names clients list.
@@ -133,6 +167,16 @@ fn advertised_expires_in(lifetime_secs: u64) -> u64 {
 }
 
 pub(super) fn answer(st: &State, grant: &Grant, minted: &Minted, version: Version) -> Response {
+    answer_with(st, grant, minted, version, None)
+}
+
+fn answer_with(
+    st: &State,
+    grant: &Grant,
+    minted: &Minted,
+    version: Version,
+    refresh: Option<&str>,
+) -> Response {
     let expires_in = advertised_expires_in(minted.lifetime_secs);
     let body = match version {
         Version::V2 => {
@@ -155,6 +199,11 @@ pub(super) fn answer(st: &State, grant: &Grant, minted: &Minted, version: Versio
             "access_token": minted.access_token,
         }),
     };
+    let mut body = body;
+    if let Some(rt) = refresh {
+        body["refresh_token"] = json!(rt);
+        body["scope"] = json!(format!("{}/.default offline_access", grant.audience));
+    }
     let headers = [
         (header::CONTENT_TYPE, "application/json; charset=utf-8"),
         (header::CACHE_CONTROL, "no-store, no-cache"),

@@ -136,6 +136,11 @@ impl EntraError {
         )
     }
 
+    /// An error of the user sign-in flows (`authorization_pending`, `slow_down`, ...).
+    pub fn user_flow(error: &str, aadsts: u32, message: &str) -> Self {
+        Self::bad_request(error, aadsts, message.to_owned())
+    }
+
     pub fn invalid_user_credentials() -> Self {
         let msg = "Error validating credentials due to invalid username or password.";
         Self::bad_request("invalid_grant", 50_126, msg.to_owned())

@@ -27,6 +27,7 @@ mod testapi;
 mod testkit;
 mod time;
 mod tokens;
+mod user_flow;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use axum::routing::{get, post};
 
 pub use faults::{ApiFault, TokenFault};
 use state::State;
+pub use user_flow::DeviceStatus;
 
 /// Client ID of the app registered by default.
 pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000c1d0";
@@ -111,6 +113,8 @@ pub struct SandboxOptions {
     pub users: Vec<(String, String)>,
     /// Certificates registered for client assertions: (client ID, certificate DER).
     pub certificates: Vec<(String, Vec<u8>)>,
+    /// The polling interval the device code flow asks for (5 s, as Entra; tests use 1).
+    pub device_code_interval_secs: u64,
     /// Managed identities (client IDs) of the emulated machine; the first is the default one.
     pub managed_identities: Vec<String>,
     /// The tenant managed identity tokens are for.
@@ -152,6 +156,7 @@ impl Default for SandboxOptions {
             federated_tokens: Vec::new(),
             users: Vec::new(),
             certificates: Vec::new(),
+            device_code_interval_secs: 5,
             managed_identities: vec![MANAGED_IDENTITY_ID.to_owned()],
             managed_identity_tenant: TENANT_A.to_owned(),
             identity_header: "sandbox-identity-header".to_owned(),
@@ -264,6 +269,16 @@ impl Sandbox {
         self.state.set_federated_token(client_id, token);
     }
 
+    /// Approves or declines the pending device sign-in with `user_code`; false if none.
+    pub fn decide_device_code(&self, user_code: &str, status: DeviceStatus) -> bool {
+        self.state.user_flows.decide(user_code, status)
+    }
+
+    /// Every refresh token issued so far stops working (a user must sign in again).
+    pub fn revoke_refresh_tokens(&self) {
+        self.state.user_flows.revoke_refresh_tokens();
+    }
+
     /// Replaces the certificates registered for `client_id` (DER), e.g. to rotate them.
     pub fn set_certificates(&self, client_id: &str, certificates: Vec<Vec<u8>>) {
         self.state.certificates.set(client_id, certificates);
@@ -294,6 +309,7 @@ fn router(state: Arc<State>) -> Router {
         )
         .route("/msi/token", get(managed_identity::app_service))
         .route("/{tenant}/oauth2/v2.0/token", post(entra::token_v2))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(entra::devicecode))
         .route("/{tenant}/oauth2/token", post(entra::token_v1))
         .merge(control::routes())
         .merge(api::routes(state.clone()))

@@ -24,6 +24,8 @@ pub(super) struct State {
     pub limiter: RateLimiter,
     last_request: Mutex<Option<RecordedRequest>>,
     shutdown: watch::Sender<bool>,
+    /// Device codes and refresh tokens.
+    pub user_flows: super::user_flow::UserFlows,
     /// Certificates registered for client assertions.
     pub certificates: super::assertion::Certificates,
     /// Client ID (lower case) → the federated assertion it accepts.
@@ -43,6 +45,7 @@ impl State {
             last_request: Mutex::new(None),
             shutdown: watch::channel(false).0,
             certificates: super::assertion::Certificates::new(&opts.certificates),
+            user_flows: Default::default(),
             federated: Mutex::new(
                 opts.federated_tokens
                     .iter()

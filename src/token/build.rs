@@ -46,13 +46,13 @@ pub fn build_credential(
         }),
         CredentialType::Password => build_password(name, c, endpoint)?,
         CredentialType::ClientCertificate => build_certificate(name, c, endpoint)?,
+        CredentialType::DeviceCode => Credential::DeviceCode(super::device_code::DeviceCode::new(
+            name,
+            c.client_id.clone().unwrap_or_default(),
+            c.token_store.clone().unwrap_or_default(),
+            endpoint,
+        )),
         CredentialType::ManagedIdentity => Credential::ManagedIdentity(build_managed_identity(c)),
-        other => {
-            return Err(ConfigError::new(
-                format!("{path}.type"),
-                format!("{:?} is not available", other.as_str()),
-            ));
-        }
     };
     let id = fingerprint(name, c, authority, &credential);
     Ok(CredentialSource::new(name, id, credential))
@@ -162,6 +162,7 @@ fn fingerprint(name: &str, c: &CredentialConfig, authority: &str, credential: &C
     match credential {
         Credential::ClientSecret(cs) => cs.secret.expose().hash(&mut h),
         Credential::WorkloadIdentity(wi) => wi.token_file.hash(&mut h),
+        Credential::DeviceCode(dc) => dc.store.hash(&mut h),
         Credential::ClientCertificate(cc) => (
             &cc.files.certificate,
             &cc.files.private_key,

@@ -67,7 +67,7 @@ impl Slot {
                 self.current.store(Some(Arc::new(token.clone())));
                 *failure = None;
             }
-            Err(e @ TokenError::Rejected { .. }) => {
+            Err(e @ (TokenError::Rejected { .. } | TokenError::LoginRequired { .. })) => {
                 *failure = Some((now + REJECTION_TTL, e.clone()))
             }
             Err(e @ TokenError::Unavailable { retry_after, .. }) => {
@@ -263,7 +263,7 @@ async fn refresh_loop(slot: &Slot, source: &CredentialSource, entra: &EntraClien
         }
         let result = source.fetch(entra, &key.tenant, &key.scope).await;
         match &result {
-            Ok(_) | Err(TokenError::Rejected { .. }) => {
+            Ok(_) | Err(TokenError::Rejected { .. } | TokenError::LoginRequired { .. }) => {
                 slot.finish(&result);
                 return;
             }

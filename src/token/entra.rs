@@ -180,6 +180,52 @@ impl EntraClient {
     }
 
     async fn post_once(&self, url: &str, body: String) -> Result<Token, TokenError> {
+        let (status, bytes, retry_after) = self.post_raw(url, body).await?;
+        parse_answer(status, &bytes, retry_after, Instant::now())
+    }
+
+    /// POSTs a form, retrying transient failures; returns the token and the (rotated) refresh
+    /// token the answer carries, if any.
+    pub async fn request_token_and_refresh(
+        &self,
+        url: &str,
+        form: &[(&str, FormValue<'_>)],
+    ) -> Result<(Token, Option<Secret>), TokenError> {
+        let body = encode_form(form);
+        with_retries(&self.retry, || async {
+            let (status, bytes, retry_after) = self.post_raw(url, body.expose().to_owned()).await?;
+            let token = parse_answer(status, &bytes, retry_after, Instant::now())?;
+            let refresh = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("refresh_token")?.as_str().map(Secret::new));
+            Ok((token, refresh))
+        })
+        .await
+    }
+
+    /// POSTs a form once and returns the status and JSON body (device code sign-in).
+    pub async fn post_form_json(
+        &self,
+        url: &str,
+        form: &[(&str, FormValue<'_>)],
+    ) -> Result<(http::StatusCode, Value), TokenError> {
+        let (status, bytes, _) = self
+            .post_raw(url, encode_form(form).expose().to_owned())
+            .await?;
+        let json = serde_json::from_slice(&bytes).map_err(|_| {
+            unavailable(
+                format!("{url} answered {} without JSON", status.as_u16()),
+                None,
+            )
+        })?;
+        Ok((status, json))
+    }
+
+    async fn post_raw(
+        &self,
+        url: &str,
+        body: String,
+    ) -> Result<(http::StatusCode, bytes::Bytes, Option<Duration>), TokenError> {
         let sent = self
             .http
             .post(url)
@@ -201,7 +247,7 @@ impl EntraClient {
             .bytes()
             .await
             .map_err(|e| unavailable(describe_transport(&e), None))?;
-        parse_answer(status, &bytes, retry_after, Instant::now())
+        Ok((status, bytes, retry_after))
     }
 }
 
@@ -373,17 +419,19 @@ pub fn parse_retry_after(v: &http::HeaderValue) -> Option<Duration> {
 }
 
 /// Runs `attempt` until it succeeds, fails permanently, or the policy is spent.
-pub async fn with_retries<F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<Token, TokenError>
+pub async fn with_retries<T, F, Fut>(policy: &RetryPolicy, mut attempt: F) -> Result<T, TokenError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Token, TokenError>>,
+    Fut: Future<Output = Result<T, TokenError>>,
 {
     let mut n = 0;
     loop {
         n += 1;
         let err = match attempt().await {
             Ok(token) => return Ok(token),
-            Err(e @ TokenError::Rejected { .. }) => return Err(e),
+            Err(e @ (TokenError::Rejected { .. } | TokenError::LoginRequired { .. })) => {
+                return Err(e);
+            }
             Err(e) => e,
         };
         let TokenError::Unavailable { retry_after, .. } = &err else {

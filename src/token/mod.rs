@@ -6,6 +6,7 @@ mod build;
 pub mod cache;
 pub mod certificate;
 mod client_secret;
+pub mod device_code;
 pub mod entra;
 pub mod managed_identity;
 mod password;
@@ -103,6 +104,14 @@ pub enum TokenError {
         /// The AADSTS number, when Entra gave one.
         aadsts: Option<u32>,
     },
+    /// A user must sign in (again): no stored refresh token, or it is dead.
+    #[error("{} (credential {credential:?}): sign in with `defender-proxy login --credential {credential}`", .aadsts.map(|c| format!("AADSTS{c}: the sign-in is no longer valid")).unwrap_or_else(|| "no user has signed in yet".into()))]
+    LoginRequired {
+        /// The credential to sign in with.
+        credential: String,
+        /// The AADSTS number, when Entra refused a refresh token.
+        aadsts: Option<u32>,
+    },
     /// The identity provider could not be reached or kept failing.
     #[error("{reason}")]
     Unavailable {
@@ -124,6 +133,9 @@ impl TokenError {
         match self {
             TokenError::Rejected { .. } => ProxyError::TokenRejected {
                 message: format!("credential {credential:?}: {self}"),
+            },
+            TokenError::LoginRequired { .. } => ProxyError::TokenRejected {
+                message: self.to_string(),
             },
             TokenError::Unavailable { retry_after, .. } => ProxyError::TokenUnavailable {
                 message: format!("credential {credential:?}: {self}"),
@@ -195,6 +207,8 @@ pub enum Credential {
     Password(Password),
     /// Azure managed identity (IMDS or App Service).
     ManagedIdentity(ManagedIdentity),
+    /// A user signed in with the device code flow.
+    DeviceCode(device_code::DeviceCode),
     /// A scripted source for the cache's unit tests.
     #[cfg(test)]
     Test(cache::tests::Fake),
@@ -240,6 +254,7 @@ impl CredentialSource {
             Credential::WorkloadIdentity(c) => c.fetch(entra, tenant, scope).await,
             Credential::Password(c) => c.fetch(entra, tenant, scope).await,
             Credential::ManagedIdentity(c) => c.fetch(entra, scope).await,
+            Credential::DeviceCode(c) => c.fetch(entra, tenant, scope).await,
             #[cfg(test)]
             Credential::Test(f) => f.fetch(tenant).await,
         };
@@ -250,7 +265,7 @@ impl CredentialSource {
     fn record(&self, result: &Result<Token, TokenError>, tenant: &str) {
         let (counter, health) = match result {
             Ok(_) => (&self.stats.ok, Health::Ok),
-            Err(e @ TokenError::Rejected { .. }) => (
+            Err(e @ (TokenError::Rejected { .. } | TokenError::LoginRequired { .. })) => (
                 &self.stats.rejected,
                 Health::Failed(format!("tenant {tenant}: {e}")),
             ),
@@ -270,7 +285,8 @@ impl CredentialSource {
             }
             Err(e) => {
                 let (outcome, aadsts) = match e {
-                    TokenError::Rejected { aadsts, .. } => ("rejected", *aadsts),
+                    TokenError::Rejected { aadsts, .. }
+                    | TokenError::LoginRequired { aadsts, .. } => ("rejected", *aadsts),
                     TokenError::Unavailable { .. } => ("unavailable", None),
                 };
                 tracing::warn!(credential = %self.name, tenant, outcome, aadsts, error = %e, "token fetch failed")

@@ -187,7 +187,7 @@ fn backoff_is_capped_and_jittered() {
 async fn retries_stop_on_permanent_errors_and_succeed_after_transient_ones() {
     let policy = RetryPolicy::default();
     let mut calls = 0;
-    let r = with_retries(&policy, || {
+    let r = with_retries::<Token, _, _>(&policy, || {
         calls += 1;
         let c = calls;
         async move {
@@ -204,7 +204,7 @@ async fn retries_stop_on_permanent_errors_and_succeed_after_transient_ones() {
     assert_eq!(calls, 3);
 
     let mut calls = 0;
-    let r = with_retries(&policy, || {
+    let r = with_retries::<Token, _, _>(&policy, || {
         calls += 1;
         async {
             Err(TokenError::Rejected {
@@ -222,7 +222,7 @@ async fn retries_stop_on_permanent_errors_and_succeed_after_transient_ones() {
 async fn a_long_retry_after_ends_the_retries() {
     let policy = RetryPolicy::default();
     let mut calls = 0;
-    let r = with_retries(&policy, || {
+    let r = with_retries::<Token, _, _>(&policy, || {
         calls += 1;
         async { Err(unavailable("429", Some(Duration::from_secs(60)))) }
     })
