@@ -119,12 +119,7 @@ impl CertificateFiles {
         let path = &self.certificate;
         let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let password = self.password.as_ref().map_or("", |p| p.expose());
-        let store = p12_keystore::KeyStore::from_pkcs12(
-            &data,
-            password,
-            p12_keystore::Pkcs12ImportPolicy::Strict,
-        )
-        .map_err(|_| {
+        let store = p12_keystore::KeyStore::from_pkcs12(&data, password).map_err(|_| {
             format!(
                 "{}: cannot open (wrong password or not PKCS#12)",
                 path.display()
@@ -133,9 +128,9 @@ impl CertificateFiles {
         let (_, chain) = store
             .private_key_chain()
             .ok_or_else(|| format!("{}: no private key", path.display()))?;
-        let key = PrivateKeyDer::Pkcs8(chain.key().as_der().to_vec().into());
+        let key = PrivateKeyDer::Pkcs8(chain.key().to_vec().into());
         let certs = chain
-            .certs()
+            .chain()
             .iter()
             .map(|c| CertificateDer::from(c.as_der().to_vec()))
             .collect();
