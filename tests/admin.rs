@@ -48,15 +48,7 @@ async fn metrics_count_requests_tokens_and_latency_with_bounded_labels() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics().await;
     for needle in [
         "defender_proxy_requests_total{route=\"defender\",status=\"200\"} 1",
         "defender_proxy_requests_total{route=\"mde\",status=\"200\"} 1",

@@ -9,15 +9,7 @@ use common::{Setup, TestEnv, start};
 use defender_proxy::sandbox::{ApiFault, TokenFault};
 
 async fn inflight(env: &TestEnv) -> i64 {
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics().await;
     text.lines()
         .find(|l| l.starts_with("defender_proxy_inflight_requests "))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())

@@ -78,15 +78,7 @@ async fn an_upstream_retry_after_beyond_max_wait_is_passed_on_and_holds_the_buck
     assert_eq!(resp.status(), 429);
     assert!(TestEnv::code(&resp).is_none(), "the upstream's own 429");
     assert_eq!(resp.headers()["retry-after"], "7");
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics().await;
     assert!(
         text.contains("defender_proxy_ratelimit_passed_through_total{limit=\"incidents\"} 1"),
         "{text}"
@@ -127,15 +119,7 @@ async fn upstream_throttling_within_max_wait_is_absorbed() {
         started.elapsed()
     );
     assert_eq!(json(resp).await["value"].as_array().unwrap().len(), 2);
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics().await;
     assert!(
         text.contains("defender_proxy_ratelimit_absorbed_total{limit=\"incidents\"} 1"),
         "{text}"

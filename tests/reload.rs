@@ -31,15 +31,7 @@ where
 }
 
 async fn metric(env: &TestEnv, needle: &str) -> bool {
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics().await;
     text.contains(needle)
 }
 

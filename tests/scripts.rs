@@ -96,15 +96,7 @@ async fn a_script_without_429_handling_loops_past_the_rate_limit() {
         .await
         .unwrap();
     assert_eq!(out.trim(), "ok=12");
-    let text = env
-        .http
-        .get(format!("{}/metrics", env.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics().await;
     let absorbed = text
         .lines()
         .find(|l| l.starts_with("defender_proxy_ratelimit_absorbed_total{limit=\"mde\"}"))

@@ -15,8 +15,7 @@ use ring::signature::{RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaEncoding, RsaKeyPair}
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::entra::FormValue;
-use super::workload_identity::JWT_BEARER;
+use super::workload_identity::request_with_assertion;
 use super::{EntraClient, Token, TokenEndpoint, TokenError};
 use crate::secret::Secret;
 
@@ -215,15 +214,15 @@ impl ClientCertificate {
                 reason,
                 retry_after: None,
             })?;
-        let (aud_key, aud) = self.endpoint.audience_param(scope);
-        let form = [
-            ("grant_type", FormValue::Plain("client_credentials")),
-            ("client_id", FormValue::Plain(&self.client_id)),
-            ("client_assertion_type", FormValue::Plain(JWT_BEARER)),
-            ("client_assertion", FormValue::Secret(&assertion)),
-            (aud_key, FormValue::Plain(aud)),
-        ];
-        entra.request_token(&url, &form).await
+        request_with_assertion(
+            entra,
+            &self.endpoint,
+            &url,
+            &self.client_id,
+            &assertion,
+            scope,
+        )
+        .await
     }
 }
 

@@ -158,16 +158,7 @@ impl EntraClient {
                 .header(header.0, header.1.expose())
                 .send()
                 .await;
-            let resp = sent.map_err(|e| unavailable(describe_transport(&e), None))?;
-            let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(parse_retry_after);
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| unavailable(describe_transport(&e), None))?;
+            let (status, bytes, retry_after) = read_answer(sent).await?;
             if matches!(status.as_u16(), 404 | 410) {
                 return Err(unavailable(
                     format!("the managed identity endpoint answered {}", status.as_u16()),
@@ -237,18 +228,25 @@ impl EntraClient {
             .body(body)
             .send()
             .await;
-        let resp = sent.map_err(|e| unavailable(describe_transport(&e), None))?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(parse_retry_after);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| unavailable(describe_transport(&e), None))?;
-        Ok((status, bytes, retry_after))
+        read_answer(sent).await
     }
+}
+
+/// The status, body and `Retry-After` of an identity provider's answer.
+async fn read_answer(
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(http::StatusCode, bytes::Bytes, Option<Duration>), TokenError> {
+    let resp = sent.map_err(|e| unavailable(describe_transport(&e), None))?;
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(parse_retry_after);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| unavailable(describe_transport(&e), None))?;
+    Ok((status, bytes, retry_after))
 }
 
 /// Encodes a form; the result is secret because it may hold one.

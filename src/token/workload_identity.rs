@@ -31,16 +31,37 @@ impl WorkloadIdentity {
         scope: &str,
     ) -> Result<Token, TokenError> {
         let assertion = read_assertion(&self.token_file).await?;
-        let (aud_key, aud) = self.endpoint.audience_param(scope);
-        let form = [
-            ("grant_type", FormValue::Plain("client_credentials")),
-            ("client_id", FormValue::Plain(&self.client_id)),
-            ("client_assertion_type", FormValue::Plain(JWT_BEARER)),
-            ("client_assertion", FormValue::Secret(&assertion)),
-            (aud_key, FormValue::Plain(aud)),
-        ];
-        entra.request_token(&self.endpoint.url(tenant), &form).await
+        let url = self.endpoint.url(tenant);
+        request_with_assertion(
+            entra,
+            &self.endpoint,
+            &url,
+            &self.client_id,
+            &assertion,
+            scope,
+        )
+        .await
     }
+}
+
+/// The client-credentials grant with a jwt-bearer client assertion (federated or signed).
+pub async fn request_with_assertion(
+    entra: &EntraClient,
+    endpoint: &TokenEndpoint,
+    url: &str,
+    client_id: &str,
+    assertion: &Secret,
+    scope: &str,
+) -> Result<Token, TokenError> {
+    let (aud_key, aud) = endpoint.audience_param(scope);
+    let form = [
+        ("grant_type", FormValue::Plain("client_credentials")),
+        ("client_id", FormValue::Plain(client_id)),
+        ("client_assertion_type", FormValue::Plain(JWT_BEARER)),
+        ("client_assertion", FormValue::Secret(assertion)),
+        (aud_key, FormValue::Plain(aud)),
+    ];
+    entra.request_token(url, &form).await
 }
 
 async fn read_assertion(path: &PathBuf) -> Result<Secret, TokenError> {

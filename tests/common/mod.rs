@@ -131,6 +131,18 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The Prometheus text of the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The error code header of a response.
     pub fn code(resp: &reqwest::Response) -> Option<String> {
         resp.headers()
