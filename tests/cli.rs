@@ -418,3 +418,56 @@ fn consent_url_prints_one_admin_consent_link_per_customer_tenant() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_live_fetches_a_token_per_tenant_and_scope_and_explains_refusals() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(dir.path(), &config_text(&sb.url(), &Setup::default()));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--live", "--config"])
+            .arg(good)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_end().ends_with(" ok"))
+            .count(),
+        4,
+        "2 tenants x 2 scopes:\n{stdout}"
+    );
+    assert_eq!(sb.token_requests(), 4);
+    let bad = write_config(
+        dir.path(),
+        &config_text(
+            &sb.url(),
+            &Setup {
+                secret: Some("wrong-secret-42".into()),
+                ..Setup::default()
+            },
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--live", "--config"])
+            .arg(bad)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: AADSTS7000215 (invalid_client): the client secret is wrong"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("wrong-secret-42"));
+}
