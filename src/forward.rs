@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::egress::EgressConnector;
 use crate::error::ProxyError;
 use crate::rewrite::{LinkRewriter, RewriteState};
 use crate::routing::Route;
@@ -37,7 +38,7 @@ pub const INBOUND_KEY_HEADER: HeaderName = HeaderName::from_static("x-defender-p
 pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
 
 /// The pooled upstream client.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type HttpClient = Client<HttpsConnector<EgressConnector>, RequestBody>;
 
 /// Builds the upstream client: TLS verified with `tls`, HTTP/2 by ALPN, pooled connections.
 pub fn client(tls: rustls::ClientConfig) -> HttpClient {
@@ -50,7 +51,7 @@ pub fn client(tls: rustls::ClientConfig) -> HttpClient {
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(EgressConnector::from_env(http));
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

@@ -11,6 +11,7 @@ pub mod check;
 pub mod cloud;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod error;
 pub mod exchange;
 pub mod forward;

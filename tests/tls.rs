@@ -132,3 +132,92 @@ async fn an_extra_ca_file_makes_a_corporate_ca_trusted() {
         "{seen:?}"
     );
 }
+
+/// A minimal HTTP CONNECT proxy on 127.0.0.1; records the targets it was asked for.
+async fn connect_proxy() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+                    if client.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let Some(target) = head
+                    .strip_prefix("CONNECT ")
+                    .and_then(|r| r.split_whitespace().next())
+                else {
+                    return;
+                };
+                log.lock().unwrap().push(target.to_string());
+                let Ok(mut upstream) =
+                    tokio::net::TcpStream::connect(target.replace("localhost", "127.0.0.1")).await
+                else {
+                    return;
+                };
+                let _ = client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_go_through_the_https_proxy_of_the_environment() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sandbox = defender_proxy::sandbox::Sandbox::start(listener, Default::default())
+        .await
+        .unwrap();
+    let relay = tls_relay(sandbox.addr()).await;
+    let (proxy_addr, seen) = connect_proxy().await;
+    let https = format!("https://localhost:{}", relay.port());
+    let mut text = common::config_text(
+        &sandbox.url(),
+        &Setup {
+            upstream: Some(https),
+            ..Setup::default()
+        },
+    )
+    .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+    text.push_str(&format!(
+        "\n[tls]\nextra_ca_file = \"{}\"\n",
+        fixture("test-only-ca.pem").display()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_url = format!("http://{proxy_addr}");
+    let env = [
+        ("HTTPS_PROXY", proxy_url.as_str()),
+        ("NO_PROXY", ""),
+        ("HTTP_PROXY", ""),
+        ("ALL_PROXY", ""),
+    ];
+    let proxy = common::binary::Proxy::start_with_env(&text, dir.path(), "warn", &env).await;
+    let resp = common::client()
+        .get(format!("{}/api/incidents?$top=1", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let (code, logs) = proxy.terminate();
+    assert_eq!(status, 200, "{logs}");
+    assert_eq!(code, 0);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![format!("localhost:{}", relay.port())],
+        "one tunnel to the upstream"
+    );
+}
