@@ -1,0 +1,146 @@
+//! The client-secret flow against an OAuth2 server nobody here wrote: npm `oidc-provider@9`,
+//! installed once under `target/oidc-provider` (the test fails, never skips, without node/npm).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use common::{Setup, TestEnv, json};
+
+const RESOURCE: &str = "https://api.security.microsoft.com";
+
+/// One install at a time: the tests of this file run in parallel.
+static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Installs oidc-provider@9 under target/ once and returns the folder holding it.
+fn install() -> PathBuf {
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/oidc-provider");
+    if !dir.join("node_modules/oidc-provider/package.json").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .arg("oidc-provider@9")
+            .status()
+            .expect("npm (with node) is needed to install oidc-provider for this test");
+        assert!(status.success(), "npm install oidc-provider@9 failed");
+    }
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/server.mjs"),
+        dir.join("server.mjs"),
+    )
+    .unwrap();
+    dir
+}
+
+struct Oidc(Child);
+
+impl Drop for Oidc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_oidc() -> (Oidc, u16) {
+    let dir = tokio::task::spawn_blocking(install).await.unwrap();
+    let port = common::binary::free_port();
+    let child = Command::new("node")
+        .arg(dir.join("server.mjs"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node is needed for this test");
+    let oidc = Oidc(child);
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return (oidc, port);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("oidc-provider did not start");
+}
+
+/// An upstream that answers with the Authorization header it received.
+async fn echo_upstream() -> String {
+    let app = Router::new().fallback(|headers: HeaderMap| async move {
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        axum::Json(serde_json::json!({ "authorization": auth }))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+async fn proxy_for(port: u16, secret: &str) -> TestEnv {
+    let upstream = echo_upstream().await;
+    let token_url = format!("http://127.0.0.1:{port}/token");
+    let setup = Setup {
+        upstream: Some(upstream),
+        secret: Some(secret.into()),
+        ..Setup::default()
+    };
+    common::start_edited(setup, move |t| {
+        t.replace(
+            "client_id = \"00000000-0000-0000-0000-00000000c1d0\"",
+            "client_id = \"cc-client\"",
+        )
+        .replacen(
+            "client_secret = ",
+            &format!("token_url = \"{token_url}\"\nclient_secret = "),
+            1,
+        )
+        .replace(
+            "https://api.securitycenter.microsoft.com/.default",
+            &format!("{RESOURCE}/.default"),
+        )
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_secret_tokens_from_oidc_provider_are_injected_and_cached() {
+    let (_oidc, port) = start_oidc().await;
+    let env = proxy_for(port, "cc-secret").await;
+    let first = json(env.get("/api/anything").await).await["authorization"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(first.starts_with("Bearer ") && first.len() > 20, "{first}");
+    let second = json(env.get("/mde/api/other").await).await["authorization"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first, second, "one cached token for the one scope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_by_oidc_provider() {
+    let (_oidc, port) = start_oidc().await;
+    let env = proxy_for(port, "not-the-secret").await;
+    let resp = env.get("/api/anything").await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TokenRejected"));
+    let msg = json(resp).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("invalid_client") && !msg.contains("not-the-secret"),
+        "{msg}"
+    );
+}
