@@ -75,11 +75,14 @@ pub async fn login(
     if !status.is_success() {
         return Err(LoginError::Failed(describe(&start)));
     }
-    show(
-        start["message"]
+    let fallback = format!(
+        "To sign in, use a web browser to open the page {} and enter the code {} to authenticate.",
+        start["verification_uri"]
             .as_str()
-            .unwrap_or("Open the verification page and enter the code."),
+            .unwrap_or("(no verification URI given)"),
+        start["user_code"].as_str().unwrap_or("(no code given)")
     );
+    show(start["message"].as_str().unwrap_or(&fallback));
     let device_code = start["device_code"].as_str().unwrap_or_default().to_owned();
     let mut interval = start["interval"].as_u64().unwrap_or(5).max(1);
     let deadline = tokio::time::Instant::now()

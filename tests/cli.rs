@@ -471,3 +471,38 @@ async fn check_live_fetches_a_token_per_tenant_and_scope_and_explains_refusals()
     );
     assert!(!stdout.contains("wrong-secret-42"));
 }
+
+#[tokio::test]
+async fn the_password_type_warns_at_start_and_never_logs_the_password() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"")
+        .replace("type = \"client_secret\"", "type = \"password\"")
+        .replace(
+            "client_secret = \"sandbox-secret\"",
+            "username = \"analyst@contoso.test\"\npassword = \"Pa55-word-never-logged\"",
+        )
+        .replace(
+            &format!(
+                "[credentials.app.tenants]\ncontoso = \"{}\"\n",
+                sandbox::TENANT_B
+            ),
+            "",
+        );
+    let proxy = Proxy::start(&text, dir.path(), "trace").await;
+    let _ = common::client()
+        .get(format!("{}/api/incidents", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    let (code, logs) = proxy.terminate();
+    assert_eq!(code, 0);
+    assert_eq!(
+        logs.matches("(ROPC) fails for users with multi-factor authentication")
+            .count(),
+        1,
+        "{logs}"
+    );
+    assert!(!logs.contains("Pa55-word-never-logged"));
+}

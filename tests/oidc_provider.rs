@@ -1,5 +1,6 @@
-//! The client-secret flow against an OAuth2 server nobody here wrote: npm `oidc-provider@9`,
-//! installed once under `target/oidc-provider` (the test fails, never skips, without node/npm).
+//! The client-secret flow and the device-code sign-in against an OAuth2 server nobody here
+//! wrote: npm `oidc-provider@9`, installed once under `target/oidc-provider` (the test fails,
+//! never skips, without node/npm).
 
 mod common;
 
@@ -143,4 +144,71 @@ async fn a_wrong_secret_is_refused_by_oidc_provider() {
         msg.contains("invalid_client") && !msg.contains("not-the-secret"),
         "{msg}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_signs_in_with_a_device_code_from_oidc_provider() {
+    use std::io::{BufRead, BufReader, Read};
+    let (_oidc, port) = start_oidc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("user.json");
+    let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("type = \"client_secret\"", "type = \"device_code\"")
+        .replace(
+            "client_id = \"00000000-0000-0000-0000-00000000c1d0\"",
+            "client_id = \"device-client\"",
+        )
+        .replace(
+            "client_secret = \"sandbox-secret\"",
+            &format!(
+                "token_store = \"{}\"\ntoken_url = \"http://127.0.0.1:{port}/token\"",
+                store.display()
+            ),
+        )
+        .replace(
+            &format!(
+                "[credentials.app.tenants]\ncontoso = \"{}\"\n",
+                defender_proxy::sandbox::TENANT_B
+            ),
+            "",
+        );
+    let config = common::binary::write_config(dir.path(), &text);
+    let mut child = Command::new(common::binary::BIN)
+        .args(["login", "--credential", "app", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (line, mut reader) = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        (line, reader)
+    })
+    .await
+    .unwrap();
+    let code = line
+        .split("enter the code ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{line}"));
+    let approved = common::client()
+        .get(format!(
+            "http://127.0.0.1:{port}/test/approve?user_code={code}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 204);
+    let (status, rest) = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).unwrap();
+        (child.wait().unwrap(), rest)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{line}{rest}");
+    let saved = defender_proxy::token::device_code::read_store(&store).expect("a stored sign-in");
+    assert!(saved.refresh_token.len() > 20 && !rest.contains(&saved.refresh_token));
 }
