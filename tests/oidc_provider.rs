@@ -146,13 +146,9 @@ async fn a_wrong_secret_is_refused_by_oidc_provider() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_signs_in_with_a_device_code_from_oidc_provider() {
-    use std::io::{BufRead, BufReader, Read};
-    let (_oidc, port) = start_oidc().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("user.json");
-    let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+/// A proxy config whose one credential is the device-flow client of oidc-provider at `port`.
+fn device_config(port: u16, store: &Path, upstream: &str) -> String {
+    common::config_text(upstream, &Setup::default())
         .replace("type = \"client_secret\"", "type = \"device_code\"")
         .replace(
             "client_id = \"00000000-0000-0000-0000-00000000c1d0\"",
@@ -171,8 +167,14 @@ async fn login_signs_in_with_a_device_code_from_oidc_provider() {
                 defender_proxy::sandbox::TENANT_B
             ),
             "",
-        );
-    let config = common::binary::write_config(dir.path(), &text);
+        )
+}
+
+/// Runs `defender-proxy login` against oidc-provider and approves the code as the user would.
+async fn login(port: u16, dir: &Path, store: &Path) -> (String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let config =
+        common::binary::write_config(dir, &device_config(port, store, "http://127.0.0.1:1"));
     let mut child = Command::new(common::binary::BIN)
         .args(["login", "--credential", "app", "--config"])
         .arg(&config)
@@ -192,7 +194,8 @@ async fn login_signs_in_with_a_device_code_from_oidc_provider() {
         .split("enter the code ")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{line}"));
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
     let approved = common::client()
         .get(format!(
             "http://127.0.0.1:{port}/test/approve?user_code={code}"
@@ -209,6 +212,106 @@ async fn login_signs_in_with_a_device_code_from_oidc_provider() {
     .await
     .unwrap();
     assert_eq!(status.code(), Some(0), "{line}{rest}");
+    (line, rest)
+}
+
+/// A proxy in this process for the signed-in user, with a fresh token cache.
+async fn user_proxy(port: u16, store: &Path, upstream: &str) -> defender_proxy::Handle {
+    let text = device_config(port, store, upstream);
+    let config = defender_proxy::config::Config::from_toml(&text, &|_: &str| None).unwrap();
+    let listeners = defender_proxy::Listeners::bind(&config).await.unwrap();
+    defender_proxy::Handle::spawn(config, listeners).unwrap()
+}
+
+async fn authorization_via(proxy: &defender_proxy::Handle) -> reqwest::Response {
+    common::client()
+        .get(format!("http://{}/api/incidents", proxy.proxy_addr))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn stored_refresh_token(store: &Path) -> String {
+    defender_proxy::token::device_code::read_store(store)
+        .expect("a stored sign-in")
+        .refresh_token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_spends_and_rotates_refresh_tokens_from_oidc_provider() {
+    let (_oidc, port) = start_oidc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("user.json");
+    login(port, dir.path(), &store).await;
+    let upstream = echo_upstream().await;
+    let first_rt = stored_refresh_token(&store);
+
+    // A proxy turns the stored refresh token into an access token and stores the rotated one.
+    let proxy = user_proxy(port, &store, &upstream).await;
+    let resp = authorization_via(&proxy).await;
+    assert_eq!(resp.status(), 200);
+    let bearer = json(resp).await["authorization"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        bearer.starts_with("Bearer ") && bearer.len() > 20,
+        "{bearer}"
+    );
+    let second_rt = stored_refresh_token(&store);
+    assert_ne!(first_rt, second_rt, "the rotated refresh token is stored");
+    proxy.shutdown().await.unwrap();
+
+    // A restarted proxy (empty cache) spends the rotated one and rotates again.
+    let proxy = user_proxy(port, &store, &upstream).await;
+    assert_eq!(authorization_via(&proxy).await.status(), 200);
+    let third_rt = stored_refresh_token(&store);
+    assert_ne!(second_rt, third_rt);
+    proxy.shutdown().await.unwrap();
+
+    // oidc-provider refuses a spent refresh token and, seeing it reused, revokes the sign-in.
+    let reused = common::client()
+        .post(format!("http://127.0.0.1:{port}/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "device-client"),
+            ("refresh_token", second_rt.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), 400);
+    assert_eq!(json(reused).await["error"], "invalid_grant");
+
+    // Now the stored token is dead too: requests say to sign in again, and so does /readyz.
+    let proxy = user_proxy(port, &store, &upstream).await;
+    let resp = authorization_via(&proxy).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TokenRejected"));
+    let msg = json(resp).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("login --credential app"), "{msg}");
+    assert!(!msg.contains(&third_rt));
+    let ready = common::client()
+        .get(format!("http://{}/readyz", proxy.admin_addr.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("login"), "{body}");
+    proxy.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_signs_in_with_a_device_code_from_oidc_provider() {
+    let (_oidc, port) = start_oidc().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("user.json");
+    let (line, rest) = login(port, dir.path(), &store).await;
     let saved = defender_proxy::token::device_code::read_store(&store).expect("a stored sign-in");
-    assert!(saved.refresh_token.len() > 20 && !rest.contains(&saved.refresh_token));
+    assert!(saved.refresh_token.len() > 20, "{line}");
+    assert!(!line.contains(&saved.refresh_token) && !rest.contains(&saved.refresh_token));
 }

@@ -44,6 +44,10 @@ http.createServer(async (req, res) => {
       grant.addResourceScope(RESOURCE, `${RESOURCE}/.default`);
       code.grantId = await grant.save();
       code.accountId = 'analyst';
+      // As Entra does, the sign-in covers the API's .default scope, so a refresh-token grant
+      // may ask for `<resource>/.default offline_access` again.
+      code.scope = `openid offline_access ${RESOURCE}/.default`;
+      code.resource = RESOURCE;
       code.authTime = Math.floor(Date.now() / 1000);
       await code.save();
       res.writeHead(204); res.end();
