@@ -27,11 +27,7 @@ pub fn summary(config: &Config, state: &AppState) -> String {
         out,
         "cloud {}  authority {}",
         config.cloud.name,
-        config
-            .cloud
-            .authority_host
-            .as_deref()
-            .unwrap_or("(cloud default)")
+        authority_host(config)
     );
     let _ = writeln!(out, "\ncredentials:");
     for (i, c) in rt.credentials.iter().enumerate() {
@@ -158,13 +154,7 @@ pub fn consent_urls(
         .client_id
         .as_deref()
         .ok_or_else(|| ConfigError::new(path, "this credential has no client_id"))?;
-    let authority = config.cloud.authority_host.clone().unwrap_or_else(|| {
-        Cloud::parse(&config.cloud.name)
-            .unwrap_or(Cloud::Public)
-            .authority_host()
-            .to_string()
-    });
-    let authority = authority.trim_end_matches('/');
+    let authority = authority_host(config);
     let mut targets: Vec<(String, String)> = match tenant {
         Some(t) => {
             let guid = c.tenants.get(t).filter(|g| *g != "*").cloned();
@@ -196,4 +186,21 @@ pub fn consent_urls(
             )
         })
         .collect())
+}
+
+/// The Entra ID authority in effect: `[cloud] authority_host` (or `AZURE_AUTHORITY_HOST`), else
+/// the named cloud's, without a trailing slash.
+fn authority_host(config: &Config) -> String {
+    config
+        .cloud
+        .authority_host
+        .clone()
+        .unwrap_or_else(|| {
+            Cloud::parse(&config.cloud.name)
+                .unwrap_or(Cloud::Public)
+                .authority_host()
+                .to_string()
+        })
+        .trim_end_matches('/')
+        .to_string()
 }
