@@ -214,6 +214,11 @@ async fn a_certificate_from_pem_or_pfx_signs_an_assertion_the_provider_accepts()
             "certificate = \"{}\"\ncertificate_password = \"test-pfx-password\"",
             fixture("test-only1.pfx").display()
         ),
+        // As Windows and `openssl pkcs12 -export -legacy` write it: RC2-40 and 3DES.
+        format!(
+            "certificate = \"{}\"\ncertificate_password = \"test-pfx-password\"",
+            fixture("test-only1-legacy.pfx").display()
+        ),
         format!(
             "certificate = \"{}\"\nassertion_alg = \"RS256\"\nsend_certificate_chain = true",
             fixture("test-only-combined1.pem").display()
