@@ -101,6 +101,15 @@ impl CertificateFiles {
                 self.certificate.display()
             ));
         }
+        // The leaf certificate's SubjectPublicKeyInfo holds the key's RSAPublicKey DER verbatim;
+        // a certificate of another key cannot contain this modulus.
+        let public = ring::signature::KeyPair::public_key(&key).as_ref();
+        if !chain[0].windows(public.len()).any(|w| w == public) {
+            return Err(format!(
+                "{}: the certificate does not belong to the private key",
+                self.certificate.display()
+            ));
+        }
         Ok(KeyMaterial { key, chain, stamp })
     }
 

@@ -59,6 +59,13 @@ fn bad_files_give_clear_errors() {
     assert!(e.contains("no private key"), "{e}");
     let e = files("missing.pem", None, None).load().unwrap_err();
     assert!(e.contains("missing.pem"), "{e}");
+    let e = files("test-only-cert1.pem", Some("test-only-key2.pem"), None)
+        .load()
+        .unwrap_err();
+    assert!(e.contains("does not belong to the private key"), "{e}");
+    files("test-only-cert2.pem", Some("test-only-key2.pem"), None)
+        .load()
+        .expect("the matching pair loads");
 }
 
 #[test]
