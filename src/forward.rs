@@ -16,20 +16,20 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::egress::EgressConnector;
 use crate::error::ProxyError;
-use crate::rewrite::{LinkRewriter, RewriteState};
+use crate::rewrite::RewriteState;
 use crate::routing::Route;
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// The inbound shared key header; never forwarded.
@@ -102,24 +102,15 @@ pub fn build_request(
 /// The client's headers minus hop-by-hop, credentials and proxy-only ones, plus ours.
 fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     let mut dst = HeaderMap::with_capacity(src.len() + 2);
-    let named_in_connection: Vec<&str> = src
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .collect();
+    let named_in_connection = connection_tokens(src);
     for (name, value) in src {
-        let drop = HOP_BY_HOP.contains(&name.as_str())
+        let drop = HOP_BY_HOP.contains(name)
             || name == header::AUTHORIZATION
             || name == header::HOST
             || name == out.tenant_header
             || name == INBOUND_KEY_HEADER
             || name == CLIENT_REQUEST_ID
-            || named_in_connection
-                .iter()
-                .any(|t| name.as_str().eq_ignore_ascii_case(t));
+            || named_in_connection.contains(name);
         if !drop {
             dst.append(name.clone(), value.clone());
         }
@@ -127,6 +118,17 @@ fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     dst.insert(header::AUTHORIZATION, out.bearer.clone());
     dst.insert(CLIENT_REQUEST_ID, out.request_id.clone());
     dst
+}
+
+/// The header names a `Connection` header lists (no allocation when there is none).
+fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// Sends a request, waiting at most `timeout` for the answer's head.
@@ -163,15 +165,16 @@ fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 const REWRITE_WHOLE_BYTES: u64 = 256 * 1024;
 
 /// The upstream's answer for the client: hop-by-hop headers removed, body streamed, paging
-/// links and `Location` rewritten when `rewriter` is given.
+/// links and `Location` rewritten when `rewrite` gives the route and the client's Host. The
+/// rewriter is only built when there is something to rewrite.
 pub async fn into_client_response(
     resp: Response<Incoming>,
-    rewriter: Option<LinkRewriter>,
+    rewrite: Option<(&Route, &str)>,
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let Some(rewriter) = rewriter else {
+    let Some((route, host)) = rewrite else {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     };
     if let Some(location) = parts
@@ -179,7 +182,8 @@ pub async fn into_client_response(
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())
     {
-        if let Some(v) = rewriter
+        if let Some(v) = route
+            .link_rewriter(host)
             .rewrite_location(location)
             .and_then(|l| HeaderValue::try_from(l).ok())
         {
@@ -193,7 +197,6 @@ pub async fn into_client_response(
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut state = RewriteState::new(rewriter);
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
         use http_body_util::BodyExt;
         let whole = body
@@ -201,6 +204,10 @@ pub async fn into_client_response(
             .await
             .map_err(|_| ProxyError::UpstreamUnavailable)?
             .to_bytes();
+        if !crate::rewrite::may_contain_link(&whole) {
+            return Ok(Response::from_parts(parts, ResponseBody::full(whole)));
+        }
+        let mut state = RewriteState::new(route.link_rewriter(host));
         let mut out = state.push(&whole).to_vec();
         out.extend_from_slice(&state.finish());
         parts
@@ -213,7 +220,7 @@ pub async fn into_client_response(
         parts,
         ResponseBody::Rewritten {
             body,
-            state: Box::new(state),
+            state: Box::new(RewriteState::new(route.link_rewriter(host))),
             done: false,
         },
     ))
@@ -245,15 +252,12 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
+    let named = connection_tokens(headers);
+    for name in HOP_BY_HOP
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().filter(|n| **n != "transfer-encoding") {
-        headers.remove(*name);
+        .filter(|n| **n != header::TRANSFER_ENCODING)
+    {
+        headers.remove(name);
     }
     for name in named {
         headers.remove(name);
@@ -266,21 +270,42 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
     if !path.starts_with('/') {
         return Err(ProxyError::BadRequest("the path must start with /"));
     }
-    let lower_has = |needle: &str| {
+    // Most paths have neither dots, escapes nor backslashes: nothing more to look at.
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return Ok(());
+    }
+    let bad = Err(ProxyError::BadRequest(
+        "the path contains dot segments or encoded separators",
+    ));
+    let lower_has = |needle: &[u8]| {
         path.as_bytes()
             .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+            .any(|w| w.eq_ignore_ascii_case(needle))
     };
-    let dot_segment = path.split('/').any(|seg| {
-        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    });
-    if dot_segment || lower_has("%2f") || lower_has("%5c") || path.contains('\\') {
-        return Err(ProxyError::BadRequest(
-            "the path contains dot segments or encoded separators",
-        ));
+    if path.contains('\\') || lower_has(b"%2f") || lower_has(b"%5c") {
+        return bad;
+    }
+    if path.split('/').any(is_dot_segment) {
+        return bad;
     }
     Ok(())
+}
+
+/// `.` or `..`, with any of the dots written `%2e` or `%2E`.
+fn is_dot_segment(seg: &str) -> bool {
+    let mut dots = 0;
+    let mut rest = seg.as_bytes();
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 #[cfg(test)]

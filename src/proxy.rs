@@ -18,6 +18,11 @@ use crate::routing::Tenant;
 use crate::runtime::Runtime;
 use crate::token::TokenKey;
 
+/// The upstream's own request ID, logged.
+const UPSTREAM_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("request-id");
+/// Sent by browsers; `cross-site` means a foreign page is driving the request.
+const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
+
 /// Request bodies up to this size are kept so the request can be replayed after a 401.
 pub const REPLAY_KEEP_BYTES: usize = 64 * 1024;
 
@@ -149,16 +154,13 @@ async fn proxy(
     let answer = exchange.run(body, &mut trace.upstream_latency).await?;
     match answer {
         Answer::Streamed(resp) => {
-            trace.upstream_request_id = resp.headers().get("request-id").cloned();
+            trace.upstream_request_id = resp.headers().get(&UPSTREAM_REQUEST_ID).cloned();
             let host = request_host(&parts);
-            let rewriter = route
-                .rewrite_links
-                .then(|| host.map(|h| route.link_rewriter(h)))
-                .flatten();
-            forward::into_client_response(resp, rewriter, parts.method == Method::HEAD).await
+            let rewrite = host.filter(|_| route.rewrite_links).map(|h| (route, h));
+            forward::into_client_response(resp, rewrite, parts.method == Method::HEAD).await
         }
         Answer::Read(resp) => {
-            trace.upstream_request_id = resp.headers().get("request-id").cloned();
+            trace.upstream_request_id = resp.headers().get(&UPSTREAM_REQUEST_ID).cloned();
             Ok(forward::read_into_client_response(resp))
         }
     }
@@ -232,7 +234,7 @@ fn check_request(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ProxyError
 /// A browser page from a foreign origin must not drive the proxy (CSRF, DNS rebinding).
 fn check_origin(rt: &Runtime, headers: &HeaderMap) -> Result<(), ProxyError> {
     if headers
-        .get("sec-fetch-site")
+        .get(&SEC_FETCH_SITE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
     {
         return Err(ProxyError::BadOrigin);

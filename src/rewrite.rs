@@ -12,6 +12,12 @@ const KEYS: [&[u8]; 2] = [b"\"@odata.nextLink\"", b"\"@odata.deltaLink\""];
 /// Whitespace allowed around the `:` of a key (more is not a match).
 const MAX_WS: usize = 32;
 
+/// Whether `body` may hold a paging link at all (`"@odata.` appears); most answers do not, and
+/// are passed on untouched.
+pub fn may_contain_link(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"\"@odata.").is_some()
+}
+
 /// What to replace with what, for one request.
 #[derive(Debug, Clone)]
 pub struct LinkRewriter {
@@ -115,7 +121,7 @@ impl RewriteState {
         };
         let mut out = BytesMut::with_capacity(data.len() + 64);
         let (mut emitted, mut search) = (0, 0);
-        while let Some(off) = data[search..].iter().position(|b| *b == b'@') {
+        while let Some(off) = memchr::memchr(b'@', &data[search..]) {
             let at = search + off;
             let Some(p) = at.checked_sub(1).filter(|p| *p < limit) else {
                 if at == 0 {
