@@ -39,6 +39,8 @@ pub enum Answer {
 pub struct Exchange<'a> {
     /// Shared state.
     pub state: &'a AppState,
+    /// The worker's upstream client.
+    pub client: &'a forward::HttpClient,
     /// The config the request started with.
     pub rt: &'a Runtime,
     /// The matched route.
@@ -140,7 +142,7 @@ impl Exchange<'_> {
         };
         let req = forward::build_request(self.parts, &out, body)?;
         let started = Instant::now();
-        let resp = forward::send(&self.state.client, req, self.rt.request_timeout).await;
+        let resp = forward::send(self.client, req, self.rt.request_timeout).await;
         *latency = Some(started.elapsed());
         resp
     }

@@ -56,8 +56,8 @@ pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
     /// Cached tokens, shared across reloads.
     pub tokens: TokenCache,
-    /// Pooled upstream client.
-    pub client: forward::HttpClient,
+    /// TLS settings of the upstream clients (one client per worker).
+    pub upstream_tls: rustls::ClientConfig,
     /// Metrics registry.
     pub metrics: Metrics,
     /// Cancelled at shutdown; background tasks stop on it.
@@ -108,7 +108,7 @@ impl AppState {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = tls::client_config(config.tls.extra_ca_file.as_deref())
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e))?;
-        let metrics = Metrics::default();
+        let metrics = Metrics::with_workers(worker_count(config.server.workers));
         let limiter = ratelimit::Limiter::new(RATE_LIMIT_BUCKETS);
         let runtime = Runtime::build(config, &metrics, &limiter)?;
         let entra = EntraClient::new(tls.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
@@ -116,7 +116,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             tokens: TokenCache::new(entra, TOKEN_CACHE_CAPACITY, cancel.clone()),
-            client: forward::client(tls),
+            upstream_tls: tls,
             metrics,
             cancel,
             reloads: reload::ReloadStats::default(),
@@ -152,26 +152,115 @@ pub async fn serve(
         ));
     }
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    // `stop`: accept no more connections and drain; `hard`: the grace is over (or this future
+    // was dropped), close what is left.
     let stop = CancellationToken::new();
-    let proxy = tokio::spawn(serve_proxy(state.clone(), listeners.proxy, stop.clone()));
+    let hard = CancellationToken::new();
+    let _close_on_drop = hard.clone().drop_guard();
+    let workers = worker_count(config.server.workers);
+    let listener = listeners.proxy.into_std()?;
+    let mut others = Vec::with_capacity(workers - 1);
+    for i in 1..workers {
+        others.push(spawn_worker(
+            i,
+            state.clone(),
+            listener.try_clone()?,
+            stop.clone(),
+            hard.clone(),
+        )?);
+    }
+    let first = Arc::new(Worker::new(state.clone(), 0));
+    let proxy = tokio::spawn(serve_proxy(
+        first,
+        TcpListener::from_std(listener)?,
+        stop.clone(),
+        hard.clone(),
+    ));
     let admin = listeners
         .admin
         .map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     stop.cancel();
-    let drained = tokio::time::timeout(grace, proxy).await;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = proxy.await;
+        for done in others {
+            let _ = done.await;
+        }
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!(
             grace_secs = grace.as_secs(),
             "in-flight requests did not finish within the grace period"
         );
     }
+    hard.cancel();
     state.cancel.cancel();
     if let Some(a) = admin {
         a.abort();
     }
     Ok(())
+}
+
+/// `server.workers`, with 0 meaning one per CPU core.
+fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// What a worker serves requests with: the shared state and its own pool of upstream
+/// connections, so that a request and its upstream connection stay on one thread.
+pub struct Worker {
+    /// Shared state.
+    pub state: Arc<AppState>,
+    /// This worker's upstream client.
+    pub client: forward::HttpClient,
+    /// Its number, from 0.
+    pub index: usize,
+}
+
+impl Worker {
+    fn new(state: Arc<AppState>, index: usize) -> Worker {
+        let client = forward::client(state.upstream_tls.clone());
+        Worker {
+            state,
+            client,
+            index,
+        }
+    }
+}
+
+/// Starts worker `i` on its own thread with a single-threaded event loop, accepting from its
+/// copy of the listener; the receiver completes when the worker has drained.
+fn spawn_worker(
+    i: usize,
+    state: Arc<AppState>,
+    listener: std::net::TcpListener,
+    stop: CancellationToken,
+    hard: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("worker-{i}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => serve_proxy(Arc::new(Worker::new(state, i)), l, stop, hard).await,
+                        Err(e) => tracing::error!(worker = i, error = %e, "worker cannot listen"),
+                    }
+                }),
+                Err(e) => tracing::error!(worker = i, error = %e, "worker cannot start"),
+            }
+            let _ = done.send(());
+        })?;
+    Ok(finished)
 }
 
 /// A running proxy for tests and the demo.
@@ -226,7 +315,12 @@ impl Handle {
     }
 }
 
-async fn serve_proxy(state: Arc<AppState>, listener: TcpListener, stop: CancellationToken) {
+async fn serve_proxy(
+    worker: Arc<Worker>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    hard: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -248,10 +342,11 @@ async fn serve_proxy(state: Arc<AppState>, listener: TcpListener, stop: Cancella
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        worker.state.metrics.count_connection(worker.index);
+        let worker = worker.clone();
         let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(catch_panic(state, req).await) }
+            let worker = worker.clone();
+            async move { Ok::<_, Infallible>(catch_panic(worker, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -264,16 +359,19 @@ async fn serve_proxy(state: Arc<AppState>, listener: TcpListener, stop: Cancella
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = hard.cancelled() => {}
+    }
 }
 
 /// Runs the request path, turning a panic into a 500 instead of a dropped connection.
 async fn catch_panic(
-    state: Arc<AppState>,
+    worker: Arc<Worker>,
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<body::ResponseBody> {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(proxy::handle(state, req))
+    match std::panic::AssertUnwindSafe(proxy::handle(&worker.state, &worker.client, req))
         .catch_unwind()
         .await
     {

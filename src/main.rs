@@ -79,7 +79,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The main thread's event loop serves the admin listener, reloads, signals and the first
+    // proxy worker; `serve` starts the other workers on threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

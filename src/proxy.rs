@@ -1,7 +1,6 @@
 //! The request path: checks → route → tenant → token → forward → response, with every error
 //! turned into a response in one place (`handle`), and one access-log line per request.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use crate::AppState;
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
-use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER};
+use crate::forward::{self, CLIENT_REQUEST_ID, HttpClient, INBOUND_KEY_HEADER};
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
 use crate::token::TokenKey;
@@ -36,7 +35,11 @@ struct Trace {
 }
 
 /// Serves one request; never fails and never panics outward.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    state: &AppState,
+    client: &HttpClient,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let rt = state.runtime.load_full();
     let started = Instant::now();
     let request_id = request_id(req.headers());
@@ -44,7 +47,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Re
     let path_for_log = rt.access_log.then(|| req.uri().path().to_string());
     state.metrics.inflight.fetch_add(1, Ordering::Relaxed);
     let mut trace = Trace::default();
-    let result = proxy(&state, &rt, req, &request_id, &mut trace).await;
+    let result = proxy(state, client, &rt, req, &request_id, &mut trace).await;
     state.metrics.inflight.fetch_sub(1, Ordering::Relaxed);
     let rid = request_id.to_str().unwrap_or("-");
     let (mut resp, error) = match result {
@@ -122,6 +125,7 @@ fn log_access(
 
 async fn proxy(
     state: &AppState,
+    client: &HttpClient,
     rt: &Runtime,
     req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -144,6 +148,7 @@ async fn proxy(
     };
     let exchange = Exchange {
         state,
+        client,
         rt,
         route,
         parts: &parts,

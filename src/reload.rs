@@ -121,6 +121,7 @@ fn warn_about_restart_only_changes(old: &Config, new: &Config) {
             "server.shutdown_grace_secs",
             old.server.shutdown_grace_secs != new.server.shutdown_grace_secs,
         ),
+        ("server.workers", old.server.workers != new.server.workers),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
         tracing::warn!(

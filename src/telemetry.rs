@@ -86,9 +86,26 @@ pub struct Metrics {
     pub inflight: AtomicI64,
     /// Requests refused before routing (bad host, path, ...), by code.
     pub rejected: Mutex<HashMap<&'static str, u64>>,
+    /// Client connections accepted, per worker.
+    pub connections: Box<[AtomicU64]>,
 }
 
 impl Metrics {
+    /// A registry for `workers` proxy workers.
+    pub fn with_workers(workers: usize) -> Metrics {
+        Metrics {
+            connections: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            ..Metrics::default()
+        }
+    }
+
+    /// Counts a client connection accepted by `worker`.
+    pub fn count_connection(&self, worker: usize) {
+        if let Some(c) = self.connections.get(worker) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The counters of route `name` (created on first use; called when a config is built).
     pub fn route(&self, name: &Arc<str>) -> Arc<RouteMetrics> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,6 +172,19 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "defender_proxy_rejected_requests_total{{code=\"{code}\"}} {n}"
+            );
+        }
+        header(
+            out,
+            "defender_proxy_worker_connections_total",
+            "counter",
+            "Client connections accepted, per worker thread.",
+        );
+        for (i, c) in self.connections.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "defender_proxy_worker_connections_total{{worker=\"{i}\"}} {}",
+                c.load(Ordering::Relaxed)
             );
         }
         header(

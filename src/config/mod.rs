@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub inbound_key: Option<Secret>,
     /// File holding the inbound key.
     pub inbound_key_file: Option<PathBuf>,
+    /// Threads serving the proxy listener, each with its own event loop and upstream pool;
+    /// 0 means one per CPU core.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             allow_remote: false,
             inbound_key: None,
             inbound_key_file: None,
+            workers: 0,
         }
     }
 }

@@ -85,6 +85,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn validate_server(config: &Config) -> Result<(), ConfigError> {
+    if config.server.workers > 256 {
+        return Err(ConfigError::new(
+            "server.workers",
+            "must be 0 (one per core) to 256",
+        ));
+    }
     let s = &config.server;
     let listen: SocketAddr = s.listen.parse().map_err(|_| {
         ConfigError::new("server.listen", "must be an address such as 127.0.0.1:8080")

@@ -1,0 +1,64 @@
+//! `server.workers`: each worker thread accepts from the shared listener with its own event
+//! loop and upstream pool; all of them serve, are counted, and drain at shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Setup, TestEnv};
+
+fn worker_connections(metrics: &str) -> Vec<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("defender_proxy_worker_connections_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+async fn with_workers(n: usize) -> TestEnv {
+    common::start(Setup {
+        server: format!("workers = {n}"),
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_is_served_and_every_worker_drains_at_shutdown() {
+    for workers in [1, 3] {
+        let env = with_workers(workers).await;
+        let slow: Vec<_> = (0..12)
+            .map(|_| {
+                // A client of its own: a new connection per request.
+                let http = common::client();
+                let url = format!("{}/api/_test/slow?millis=1200", env.base);
+                tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let counts = worker_connections(&env.metrics().await);
+        assert_eq!(counts.len(), workers, "{counts:?}");
+        assert_eq!(counts.iter().sum::<u64>(), 12, "{counts:?}");
+        let addr = env.proxy.proxy_addr;
+        env.proxy.shutdown().await.unwrap();
+        for s in slow {
+            assert_eq!(
+                s.await.unwrap().unwrap(),
+                200,
+                "drained with {workers} workers"
+            );
+        }
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "no worker accepts after shutdown ({workers} workers)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_absurd_worker_count_is_a_config_error() {
+    let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("[server]\n", "[server]\nworkers = 100000\n");
+    let err = defender_proxy::config::Config::from_toml(&text, &|_: &str| None).unwrap_err();
+    assert_eq!(err.path, "server.workers");
+}
