@@ -8,7 +8,11 @@
 # Each is driven by wrk (-c64), interleaved over ROUNDS rounds; prints req/s, p50, p99 and
 # peak RSS side by side with ratios to nginx. Then memory with 10,000 tenants.
 #
-#   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=64 by default
+# Then, each on a fresh proxy: a cold burst of 1,000 concurrent requests (token requests made,
+# time to the last answer), a 1 GiB download and a 256 MiB upload (peak RSS), and the time from
+# start to the first served request.
+#
+#   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=64 WORKERS=0 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,27 +21,51 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 TENANTS=${TENANTS:-10000}
+WORKERS=${WORKERS:-0}   # defender-proxy server.workers (0: one per core)
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
 fi
-cargo build --release --quiet
+ulimit -n 20000 2>/dev/null || true
+cargo build --release --quiet --bin defender-proxy --example loadgen
 BIN=$PWD/target/release/defender-proxy
+LOADGEN=$PWD/target/release/examples/loadgen
 
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  for f in nginx upstream; do [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106
+UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
+BURST=${BURST:-1000}
 BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024))' | head -c 1024)
 BODY=${BODY//\'/}
 
+# Two nginx instances, so that nginx as a proxy, like defender-proxy, runs in processes of its
+# own and reaches the upstream over loopback (in one instance a worker may serve both ends).
+cat > "$WORK/upstream.conf" <<NGINX
+worker_processes auto;
+pid $WORK/upstream.pid;
+error_log $WORK/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    client_max_body_size 0;
+    location /big/ { root $WORK; default_type application/octet-stream; }
+    location /upload { return 200 '{"ok":true}'; }
+    location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
+    location / { default_type application/json; return 200 '$BODY'; }
+  }
+}
+NGINX
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes auto;
 pid $WORK/nginx.pid;
@@ -47,11 +75,6 @@ http {
   access_log off;
   keepalive_requests 1000000;
   upstream api { server 127.0.0.1:$UP; keepalive 128; }
-  server {
-    listen 127.0.0.1:$UP;
-    location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
-    location / { default_type application/json; return 200 '$BODY'; }
-  }
   server {
     listen 127.0.0.1:$NGX;
     location / {
@@ -64,13 +87,17 @@ http {
   }
 }
 NGINX
+chmod 755 "$WORK"
+nginx -c "$WORK/upstream.conf" -p "$WORK"
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 
-config() { # port, extra route lines, access_log, extra tables
+config() { # port, extra route lines, access_log, extra tables, admin port
   cat <<TOML
 [server]
 listen = "127.0.0.1:$1"
-admin_listen = ""
+admin_listen = "${5:+127.0.0.1:$5}"
+max_request_body_bytes = 1073741824
+workers = $WORKERS
 [cloud]
 authority_host = "http://127.0.0.1:$UP"
 [log]
@@ -167,3 +194,29 @@ wrk -t2 -c16 -d5s -s "$WORK/tenants.lua" "http://127.0.0.1:$DPT" >/dev/null
 after=$(awk '/VmRSS/ {print $2}' "/proc/$PID_dpt/status")
 echo
 echo "tenants: $TENANTS distinct tenants with cached tokens and rate-limit buckets: RSS $((before/1024)) MiB -> $((after/1024)) MiB (peak $(( $(rss_kib "$PID_dpt") / 1024 )) MiB)"
+
+# A cold burst: a fresh proxy with no token yet gets BURST requests at once, each on its own
+# connection. One token request should serve them all.
+config $DPC "" false "" $DPCA > "$WORK/dpc.toml"
+"$BIN" run --config "$WORK/dpc.toml" >/dev/null 2>"$WORK/dpc.log" &
+PIDS+=($!); PID_dpc=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$DPCA/healthz" && break; sleep 0.05; done
+burst=$("$LOADGEN" burst "http://127.0.0.1:$DPC/api/incidents" "$BURST")
+fetches=$(curl -s "http://127.0.0.1:$DPCA/metrics" | awk '/^defender_proxy_token_fetches_total/ {s+=$2} END {print s+0}')
+echo "cold burst: $burst token_requests=$fetches"
+
+# Streaming memory on the same proxy: a 1 GiB download and a 256 MiB upload.
+mkdir -p "$WORK/big" && truncate -s 1G "$WORK/big/file1g" && chmod -R a+rX "$WORK/big"
+rss_before=$(rss_kib "$PID_dpc")
+dl=$(curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "http://127.0.0.1:$DPC/big/file1g")
+rss_dl=$(rss_kib "$PID_dpc")
+ul=$(head -c 268435456 /dev/zero | curl -s -o /dev/null -w '%{http_code} %{size_upload} %{time_total}' -H 'content-type: application/octet-stream' -X POST -T - "http://127.0.0.1:$DPC/upload")
+rss_ul=$(rss_kib "$PID_dpc")
+echo "1 GiB download: status/bytes/seconds $dl; peak RSS $((rss_before/1024)) MiB before -> $((rss_dl/1024)) MiB after"
+echo "256 MiB upload: status/bytes/seconds $ul; peak RSS -> $((rss_ul/1024)) MiB after"
+
+# Startup: from exec to the first request served (which includes fetching the first token).
+config 18109 "" false "" > "$WORK/dps.toml"
+for i in 1 2 3; do
+  "$LOADGEN" startup "http://127.0.0.1:18109/api/incidents" -- "$BIN" run --config "$WORK/dps.toml"
+done | awk -F= '{print $2}' | sort -g | awk '{a[NR]=$1} END {printf "startup to first served request: median %s ms of 3 (%s, %s, %s)\n", a[2], a[1], a[2], a[3]}'

@@ -120,14 +120,22 @@ fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     dst
 }
 
-/// The header names a `Connection` header lists (no allocation when there is none).
+/// The extra header names a `Connection` header lists: those not already hop-by-hop (nor
+/// `close`), so the usual `keep-alive` / `close` allocate nothing.
 fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
@@ -241,13 +249,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
+            let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+            mime.eq_ignore_ascii_case(b"application/json")
+                || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
         })
 }
 

@@ -145,3 +145,29 @@ fn hop_by_hop_response_headers_are_removed() {
     );
     assert_eq!(h["request-id"], "abc");
 }
+
+#[test]
+fn json_answers_are_recognised_whatever_the_case_and_parameters() {
+    let with = |ct: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        is_json(&h)
+    };
+    for ct in [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "application/odata+json;odata.metadata=minimal",
+        " application/problem+JSON ",
+    ] {
+        assert!(with(ct), "{ct}");
+    }
+    for ct in [
+        "text/plain",
+        "application/jsonx",
+        "json",
+        "application/octet-stream",
+    ] {
+        assert!(!with(ct), "{ct}");
+    }
+    assert!(!is_json(&HeaderMap::new()));
+}

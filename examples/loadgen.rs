@@ -1,0 +1,97 @@
+//! A small load generator for `bench/run.sh`, for what wrk cannot measure:
+//!
+//! ```text
+//! loadgen burst URL N            N requests at once, each on its own connection: time to the last answer
+//! loadgen startup URL -- CMD...  starts CMD and times until URL first answers 200, then stops CMD
+//! ```
+//!
+//! Both print one line of `key=value` pairs for the script to read.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client")
+}
+
+async fn burst(url: &str, n: usize) {
+    let http = client();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.to_string());
+            tokio::spawn(async move {
+                match http.get(url).send().await {
+                    Ok(r) => r.status().as_u16() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                }
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap_or(false) {
+            ok += 1;
+        }
+    }
+    println!(
+        "requests={n} ok={ok} failed={} ms_to_last={}",
+        n - ok,
+        started.elapsed().as_millis()
+    );
+}
+
+async fn startup(url: &str, cmd: &[String]) {
+    let http = client();
+    let started = Instant::now();
+    let mut child = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the command starts");
+    let ms = loop {
+        if let Ok(r) = http.get(url).send().await {
+            if r.status().as_u16() == 200 {
+                break Some(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(20) || matches!(child.try_wait(), Ok(Some(_))) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    match ms {
+        Some(ms) => println!("ms_to_first_answer={ms:.1}"),
+        None => {
+            println!("ms_to_first_answer=none");
+            std::process::exit(1);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["burst", url, n] => burst(url, n.parse().expect("N is a number")).await,
+        ["startup", url, "--", ..] => startup(url, &args[3..]).await,
+        _ => {
+            eprintln!("usage: loadgen burst URL N | loadgen startup URL -- CMD [ARGS...]");
+            std::process::exit(64);
+        }
+    }
+}
