@@ -8,13 +8,8 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
-use crate::egress::EgressConnector;
 use crate::error::ProxyError;
 use crate::rewrite::RewriteState;
 use crate::routing::Route;
@@ -37,28 +32,8 @@ pub const INBOUND_KEY_HEADER: HeaderName = HeaderName::from_static("x-defender-p
 /// Microsoft's correlation header, forwarded (or generated) on every request.
 pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
 
-/// The pooled upstream client.
-pub type HttpClient = Client<HttpsConnector<EgressConnector>, RequestBody>;
-
-/// Builds the upstream client: TLS verified with `tls`, HTTP/2 by ALPN, pooled connections.
-pub fn client(tls: rustls::ClientConfig) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(EgressConnector::from_env(http));
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
-}
+/// The upstream client of a worker.
+pub type HttpClient = crate::upstream::Upstream;
 
 /// What the forwarded request needs besides the client's request.
 pub struct Outbound<'a> {
@@ -149,10 +124,10 @@ pub async fn send(
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
-            if caused_by_body_limit(&e) {
+            if caused_by_body_limit(&*e) {
                 return Err(ProxyError::BodyTooLarge);
             }
-            tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+            tracing::debug!(error = %e, source = ?std::error::Error::source(&*e), "upstream request failed");
             Err(ProxyError::UpstreamUnavailable)
         }
     }

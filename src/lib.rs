@@ -27,6 +27,7 @@ pub mod secret;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -224,7 +225,7 @@ pub struct Worker {
 
 impl Worker {
     fn new(state: Arc<AppState>, index: usize) -> Worker {
-        let client = forward::client(state.upstream_tls.clone());
+        let client = upstream::Upstream::new(state.upstream_tls.clone());
         Worker {
             state,
             client,

@@ -37,7 +37,7 @@ async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) ->
     st.record(req.method(), req.uri(), req.headers());
     if let Some(fault) = st.api_fault.take() {
         if let Some(response) = fault_response(fault).await {
-            return response;
+            return read_body_then(req, response).await;
         }
     }
     let authorization = req
@@ -46,16 +46,23 @@ async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok());
     let caller = match st.tokens.authenticate(authorization, &st.opts.audiences) {
         Ok(caller) => caller,
-        Err(failure) => return unauthorized(&failure),
+        Err(failure) => return read_body_then(req, unauthorized(&failure)).await,
     };
     if let Err(wait) = admit(&st, &caller.tenant, req.uri().path()) {
         let secs = retry_after_secs(wait);
         let message = format!("Rate limit is exceeded. Try again in {secs} seconds.");
         let response = defender_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", &message);
-        return with_retry_after(response, &secs.to_string());
+        return read_body_then(req, with_retry_after(response, &secs.to_string())).await;
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// Reads the request body (up to 16 MiB) before an early answer, as a front end does, so the
+/// client is not cut off mid-upload.
+async fn read_body_then(req: Request, response: Response) -> Response {
+    let _ = axum::body::to_bytes(req.into_body(), 16 * 1024 * 1024).await;
+    response
 }
 
 fn admit(st: &State, tenant: &str, path: &str) -> Result<(), Duration> {

@@ -1,0 +1,266 @@
+//! The upstream client of one worker: a small pool of HTTP/1.1 and HTTP/2 connections (HTTP/2
+//! when the upstream offers it by ALPN), opened by the TLS-verifying egress connector. It does
+//! what the request path needs and no more — no redirects, no retries beyond resending a
+//! request that a reused keep-alive connection never took — so a request costs a lock-free
+//! (per worker) lookup in a short list instead of a general-purpose pool.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, header};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::{BoxError, RequestBody};
+use crate::egress::EgressConnector;
+
+/// Idle connections kept per upstream at most.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
+/// An idle connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a connection sends requests.
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+}
+
+struct Pooled {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The connections to one origin.
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    conns: Vec<Pooled>,
+}
+
+/// One worker's upstream connections.
+pub struct Upstream {
+    connector: HttpsConnector<EgressConnector>,
+    origins: Mutex<Vec<Origin>>,
+}
+
+impl Upstream {
+    /// A pool whose connections are verified with `tls`.
+    pub fn new(tls: rustls::ClientConfig) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(EgressConnector::from_env(http));
+        Upstream {
+            connector,
+            origins: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `req` (an absolute URI) and returns the answer's head with its body streaming.
+    pub async fn request(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, BoxError> {
+        let (scheme, authority) = match (req.uri().scheme(), req.uri().authority()) {
+            (Some(s), Some(a)) => (s.clone(), a.clone()),
+            _ => return Err("the upstream URI is not absolute".into()),
+        };
+        let mut req = req;
+        if let Some(sender) = self.checkout(&scheme, &authority) {
+            match self.send(sender, req, &scheme, &authority).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::Failed(e)) => return Err(e),
+                // A reused keep-alive connection closed before it took the request: resend it
+                // once on a new connection. A request it took is never sent twice.
+                Err(SendError::Unsent(back)) => req = *back,
+            }
+        }
+        let sender = self.connect(&scheme, &authority).await?;
+        match self.send(sender, req, &scheme, &authority).await {
+            Ok(resp) => Ok(resp),
+            Err(SendError::Failed(e)) => Err(e),
+            Err(SendError::Unsent(_)) => Err("the new upstream connection closed at once".into()),
+        }
+    }
+
+    /// A ready connection to the origin, if one is idle.
+    fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Sender> {
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        let origin = origins
+            .iter_mut()
+            .find(|o| o.authority == *authority && o.scheme == *scheme)?;
+        let now = Instant::now();
+        origin.conns.retain(|c| {
+            !c.sender.is_closed()
+                && !(c.sender.is_ready() && now.duration_since(c.since) > IDLE_TIMEOUT)
+        });
+        let i = origin.conns.iter().position(|c| c.sender.is_ready())?;
+        match &origin.conns[i].sender {
+            Sender::H2(s) => Some(Sender::H2(s.clone())),
+            Sender::H1(_) => Some(origin.conns.swap_remove(i).sender),
+        }
+    }
+
+    /// Puts a connection (back) in the pool; an HTTP/1.1 one becomes ready again when the
+    /// answer it carries has been read.
+    fn checkin(&self, scheme: &Scheme, authority: &Authority, sender: Sender) {
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match origins
+            .iter()
+            .position(|o| o.authority == *authority && o.scheme == *scheme)
+        {
+            Some(i) => i,
+            None => {
+                origins.push(Origin {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    conns: Vec::new(),
+                });
+                origins.len() - 1
+            }
+        };
+        let conns = &mut origins[i].conns;
+        if conns.len() < MAX_IDLE_PER_ORIGIN {
+            conns.push(Pooled {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, scheme: &Scheme, authority: &Authority) -> Result<Sender, BoxError> {
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(PathAndQuery::from_static("/"))
+            .build()?;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(uri).await?;
+        let sender = if io.connected().is_negotiated_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.checkin(scheme, authority, Sender::H2(sender.clone()));
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::Builder::new().handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Sender::H1(sender)
+        };
+        Ok(sender)
+    }
+
+    /// Sends on `sender`, giving back a request the connection never took.
+    async fn send(
+        &self,
+        sender: Sender,
+        mut req: Request<RequestBody>,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Response<Incoming>, SendError> {
+        match sender {
+            Sender::H2(mut s) => {
+                let _ = std::future::poll_fn(|cx| s.poll_ready(cx)).await;
+                match s.try_send_request(req).await {
+                    Ok(resp) => Ok(resp),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => Err(SendError::Unsent(Box::new(req))),
+                        None => Err(SendError::Failed(e.into_error().into())),
+                    },
+                }
+            }
+            Sender::H1(mut s) => {
+                // HTTP/1.1 wants the origin form and a Host header.
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                *req.uri_mut() = Uri::from(pq);
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    req.headers_mut().insert(header::HOST, host);
+                }
+                if std::future::poll_fn(|cx| s.poll_ready(cx)).await.is_err() {
+                    return Err(SendError::Unsent(Box::new(restore_uri(
+                        req, scheme, authority,
+                    ))));
+                }
+                match s.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.checkin(scheme, authority, Sender::H1(s));
+                        Ok(resp)
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => Err(SendError::Unsent(Box::new(restore_uri(
+                            req, scheme, authority,
+                        )))),
+                        None => Err(SendError::Failed(e.into_error().into())),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Why a send did not give an answer.
+enum SendError {
+    /// The connection never took the request; here it is back.
+    Unsent(Box<Request<RequestBody>>),
+    /// The request was (maybe partly) sent and failed.
+    Failed(BoxError),
+}
+
+fn restore_uri(
+    mut req: Request<RequestBody>,
+    scheme: &Scheme,
+    authority: &Authority,
+) -> Request<RequestBody> {
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        if let Ok(uri) = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query(pq)
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+    }
+    req.headers_mut().remove(header::HOST);
+    req
+}

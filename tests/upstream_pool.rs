@@ -1,0 +1,244 @@
+//! The worker's upstream pool: keep-alive connections are reused, an upstream that closes an
+//! idle connection costs no request, HTTP/2 (by ALPN) multiplexes requests on one connection,
+//! and a request an upstream took is never sent twice.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{Setup, TestEnv, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Counts connections and requests.
+#[derive(Default)]
+struct Counts {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+async fn proxy_to(upstream: &str, extra: &str) -> TestEnv {
+    common::start(Setup {
+        upstream: Some(upstream.to_string()),
+        server: "workers = 1".into(),
+        extra: extra.into(),
+        ..Setup::default()
+    })
+    .await
+}
+
+/// An HTTP/1.1 server that answers every request with its HTTP version.
+async fn http1_upstream(counts: Arc<Counts>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counts.connections.fetch_add(1, Ordering::SeqCst);
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    counts.requests.fetch_add(1, Ordering::SeqCst);
+                    let body = format!("{{\"version\":\"{:?}\"}}", req.version());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_reused() {
+    let counts = Arc::new(Counts::default());
+    let env = proxy_to(&http1_upstream(counts.clone()).await, "").await;
+    for i in 0..20 {
+        let resp = env.get("/api/incidents").await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(json(resp).await["version"], "HTTP/1.1");
+    }
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        counts.connections.load(Ordering::SeqCst),
+        1,
+        "one pooled connection"
+    );
+}
+
+/// Reads one request head (and no body) from `tcp`.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_an_idle_connection_costs_no_request() {
+    // Answers one request per connection as keep-alive, then closes it shortly after.
+    let counts = Arc::new(Counts::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await {
+                    c.requests.fetch_add(1, Ordering::SeqCst);
+                    let body = b"{\"ok\":true}";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                    let _ = tcp.write_all(body).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    let env = proxy_to(&url, "").await;
+    for i in 0..5 {
+        let resp = env.get("/api/incidents").await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 5);
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_took_is_never_sent_twice() {
+    // Takes the request, then drops the connection without an answer.
+    let counts = Arc::new(Counts::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            if read_head(&mut tcp).await {
+                c.requests.fetch_add(1, Ordering::SeqCst);
+            }
+            drop(tcp);
+        }
+    });
+    let env = proxy_to(&url, "").await;
+    let resp = env
+        .http
+        .post(format!("{}/api/machines/1/isolate", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("UpstreamUnavailable"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 1, "sent once");
+}
+
+/// An HTTPS server offering only HTTP/2, with a certificate from the test CA.
+async fn h2_upstream(counts: Arc<Counts>) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture("test-only-server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture("test-only-server-key.pem")).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counts.connections.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, counts) = (acceptor.clone(), counts.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    counts.requests.fetch_add(1, Ordering::SeqCst);
+                    let body = format!(
+                        "{{\"version\":\"{:?}\",\"authorization\":{}}}",
+                        req.version(),
+                        req.headers().contains_key("authorization")
+                    );
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                        ))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstreams_multiplex_concurrent_requests_on_one_connection() {
+    let counts = Arc::new(Counts::default());
+    let upstream = h2_upstream(counts.clone()).await;
+    let ca = format!(
+        "[tls]\nextra_ca_file = \"{}\"\n",
+        fixture("test-only-ca.pem").display()
+    );
+    let env = proxy_to(&upstream, &ca).await;
+    // The first request opens the connection; then ten at once share it.
+    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let (http, url) = (env.http.clone(), format!("{}/api/incidents", env.base));
+            tokio::spawn(async move { http.get(url).send().await.unwrap() })
+        })
+        .collect();
+    for r in requests {
+        let resp = r.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = json(resp).await;
+        assert_eq!(body["version"], "HTTP/2.0");
+        assert_eq!(body["authorization"], true);
+    }
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 11);
+    assert_eq!(
+        counts.connections.load(Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
+}
