@@ -115,10 +115,11 @@ impl Upstream {
             .iter_mut()
             .find(|o| o.authority == *authority && o.scheme == *scheme)?;
         let now = Instant::now();
-        origin.conns.retain(|c| {
-            !c.sender.is_closed()
-                && !(c.sender.is_ready() && now.duration_since(c.since) > IDLE_TIMEOUT)
-        });
+        let stale = |c: &Pooled| {
+            c.sender.is_closed()
+                || (c.sender.is_ready() && now.duration_since(c.since) > IDLE_TIMEOUT)
+        };
+        origin.conns.retain(|c| !stale(c));
         let i = origin.conns.iter().position(|c| c.sender.is_ready())?;
         match &origin.conns[i].sender {
             Sender::H2(s) => Some(Sender::H2(s.clone())),
