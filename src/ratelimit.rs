@@ -56,6 +56,9 @@ pub struct LimitSpec {
     pub max_wait: Duration,
     /// Counters, shared across reloads.
     pub stats: Arc<LimitStats>,
+    /// Larger for a spec from a later config: a request that started under an older config
+    /// never sets a bucket back to the old numbers.
+    pub generation: u64,
 }
 
 /// The request may be sent.
@@ -150,6 +153,11 @@ impl Window {
 #[derive(Debug)]
 struct Bucket {
     epoch: Instant,
+    /// The generation of the newest spec seen.
+    generation: u64,
+    /// Times the windows were rebuilt for changed numbers (a reservation's slots are only
+    /// given back to the windows they were taken from).
+    rebuilds: u64,
     limits: (Option<u32>, Option<u32>),
     windows: Vec<Window>,
     paused_until: Option<Instant>,
@@ -166,6 +174,8 @@ impl Bucket {
         }
         Bucket {
             epoch: now,
+            generation: spec.generation,
+            rebuilds: 0,
             limits: (spec.per_minute, spec.per_hour),
             windows,
             paused_until: None,
@@ -201,7 +211,12 @@ impl Bucket {
         Ok((at, slots))
     }
 
-    fn release(&mut self, slots: &[u64]) {
+    /// Gives back the slots reserved when the windows had been rebuilt `rebuilds` times
+    /// (nothing when they have been rebuilt since: their slots mean other times).
+    fn release(&mut self, rebuilds: u64, slots: &[u64]) {
+        if rebuilds != self.rebuilds {
+            return;
+        }
         for (w, s) in self.windows.iter_mut().zip(slots) {
             w.remove(*s);
         }
@@ -217,6 +232,7 @@ type Family = (&'static str, &'static str, fn(&LimitStats) -> &AtomicU64);
 pub struct Limiter {
     buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
     stats: Mutex<HashMap<Arc<str>, Arc<LimitStats>>>,
+    generations: AtomicU64,
 }
 
 fn lock(b: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
@@ -226,6 +242,7 @@ fn lock(b: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
 /// Gives a reservation back unless the request was sent.
 struct Reservation {
     bucket: Arc<Mutex<Bucket>>,
+    rebuilds: u64,
     slots: Vec<u64>,
     armed: bool,
 }
@@ -233,7 +250,7 @@ struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.armed {
-            lock(&self.bucket).release(&self.slots);
+            lock(&self.bucket).release(self.rebuilds, &self.slots);
         }
     }
 }
@@ -248,6 +265,7 @@ impl Limiter {
         Limiter {
             buckets,
             stats: Mutex::default(),
+            generations: AtomicU64::new(0),
         }
     }
 
@@ -261,6 +279,7 @@ impl Limiter {
             per_hour: c.per_hour,
             max_wait: Duration::from_secs(c.max_wait_secs),
             stats,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
@@ -271,10 +290,15 @@ impl Limiter {
         });
         {
             let mut b = lock(&bucket);
-            if b.limits != (spec.per_minute, spec.per_hour) {
-                let paused = b.paused_until;
-                *b = Bucket::new(spec, Instant::now());
-                b.paused_until = paused;
+            if spec.generation > b.generation {
+                if b.limits == (spec.per_minute, spec.per_hour) {
+                    b.generation = spec.generation;
+                } else {
+                    let (paused, rebuilds) = (b.paused_until, b.rebuilds);
+                    *b = Bucket::new(spec, Instant::now());
+                    b.paused_until = paused;
+                    b.rebuilds = rebuilds + 1;
+                }
             }
         }
         bucket
@@ -289,7 +313,10 @@ impl Limiter {
         loop {
             let now = if first { arrived } else { Instant::now() };
             let budget = spec.max_wait.saturating_sub(now - arrived);
-            let reserved = lock(&bucket).reserve(now, budget);
+            let (reserved, generation) = {
+                let mut b = lock(&bucket);
+                (b.reserve(now, budget), b.rebuilds)
+            };
             let (at, slots) = match reserved {
                 Ok(r) => r,
                 Err(refused) => {
@@ -306,6 +333,7 @@ impl Limiter {
             first = false;
             let mut reservation = Reservation {
                 bucket: bucket.clone(),
+                rebuilds: generation,
                 slots,
                 armed: true,
             };

@@ -279,3 +279,43 @@ async fn stats_render_as_prometheus_text() {
         assert!(out.contains(needle), "{needle} in\n{out}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_under_the_old_config_does_not_set_the_old_numbers_back() {
+    let l = Limiter::new(100);
+    let a = t("a");
+    let old = spec(&l, Some(1), None, 0);
+    let new = spec(&l, Some(3), None, 0);
+    for _ in 0..3 {
+        assert!(admit_now(&l, &new, &a).await);
+    }
+    // A request that started before the reload still holds the old spec: it neither resets
+    // the bucket (which would forget the three admissions) nor gets past the new numbers.
+    assert!(l.acquire(&old, &a).await.is_err());
+    assert!(
+        l.acquire(&new, &a).await.is_err(),
+        "still three in this minute"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reservation_from_before_a_limit_change_gives_nothing_back_to_the_new_windows() {
+    let l = Arc::new(Limiter::new(100));
+    let a = t("a");
+    // Old numbers: one an hour (30 s slots), so a second request queues for slot 121.
+    let old = spec(&l, None, Some(1), 4000);
+    assert!(admit_now(&l, &old, &a).await);
+    let (l2, o2, a2) = (l.clone(), old.clone(), a.clone());
+    let queued = tokio::spawn(async move { l2.acquire(&o2, &a2).await });
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // New numbers: two a minute (0.5 s slots). 60.6 s on, both go into the new slot 121...
+    let new = spec(&l, Some(2), None, 0);
+    assert!(l.acquire(&new, &a).await.is_ok());
+    tokio::time::advance(Duration::from_millis(60_600)).await;
+    assert!(l.acquire(&new, &a).await.is_ok());
+    assert!(admit_now(&l, &new, &a).await);
+    // ...and the old waiter, still asleep, goes away: its slot 121 is not the new slot 121.
+    queued.abort();
+    let _ = queued.await;
+    assert!(l.acquire(&new, &a).await.is_err(), "two is the limit");
+}
