@@ -2,6 +2,8 @@
 //! request can be replayed) and what goes back to the client (streamed, or made here).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +21,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body over the limit")]
 pub struct BodyTooLarge;
 
+/// Whether the client's request body has been read to its end. A response sent before that
+/// must close the connection (and say so): the unread rest cannot be told from a next request.
+#[derive(Debug, Clone, Default)]
+pub struct BodyDone(Option<Arc<AtomicBool>>);
+
+impl BodyDone {
+    /// For a request whose body `ended` already (no body), or not.
+    pub fn new(ended: bool) -> BodyDone {
+        BodyDone((!ended).then(|| Arc::new(AtomicBool::new(false))))
+    }
+
+    /// The body has been read to its end.
+    pub fn set(&self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Has it?
+    pub fn get(&self) -> bool {
+        self.0.as_ref().is_none_or(|f| f.load(Ordering::Relaxed))
+    }
+}
+
 /// A body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
@@ -34,6 +60,8 @@ pub enum RequestBody {
         seen: u64,
         /// The limit.
         limit: u64,
+        /// Set when the client's body has been read to its end.
+        done: BodyDone,
     },
 }
 
@@ -44,14 +72,19 @@ impl RequestBody {
         mut incoming: Incoming,
         keep: usize,
         limit: u64,
+        done: &BodyDone,
     ) -> Result<RequestBody, BoxError> {
         if incoming.is_end_stream() {
+            done.set();
             return Ok(RequestBody::Full(None));
         }
         let mut buf = BytesMut::new();
         while buf.len() <= keep {
             match incoming.frame().await {
-                None => return Ok(RequestBody::Full(Some(buf.freeze()))),
+                None => {
+                    done.set();
+                    return Ok(RequestBody::Full(Some(buf.freeze())));
+                }
                 Some(frame) => {
                     if let Ok(data) = frame?.into_data() {
                         buf.extend_from_slice(&data);
@@ -68,6 +101,7 @@ impl RequestBody {
             rest: incoming,
             seen,
             limit,
+            done: done.clone(),
         })
     }
 
@@ -99,6 +133,7 @@ impl Body for RequestBody {
                 rest,
                 seen,
                 limit,
+                done,
             } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
@@ -114,7 +149,10 @@ impl Body for RequestBody {
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        done.set();
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

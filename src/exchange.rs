@@ -140,11 +140,28 @@ impl Exchange<'_> {
             bearer: token.header(),
             request_id: self.request_id,
         };
-        let req = forward::build_request(self.parts, &out, body)?;
+        let replay = self
+            .parts
+            .method
+            .is_idempotent()
+            .then(|| body.try_clone())
+            .flatten();
         let started = Instant::now();
-        let resp = forward::send(self.client, req, self.rt.request_timeout).await;
+        let req = forward::build_request(self.parts, &out, body)?;
+        let mut sent = forward::send(self.client, req, self.rt.request_timeout, false).await;
+        if let (Ok(forward::Sent::Stale), Some(body)) = (&sent, replay) {
+            // The upstream closed a kept-alive connection as the request went out; an
+            // idempotent request is sent again, once, on a new connection.
+            tracing::debug!(route = %self.route.name, "stale upstream connection; resending on a new one");
+            let req = forward::build_request(self.parts, &out, body)?;
+            let left = self.rt.request_timeout.saturating_sub(started.elapsed());
+            sent = forward::send(self.client, req, left, true).await;
+        }
         *latency = Some(started.elapsed());
-        resp
+        match sent? {
+            forward::Sent::Answer(resp) => Ok(resp),
+            forward::Sent::Stale => Err(ProxyError::UpstreamUnavailable),
+        }
     }
 }
 

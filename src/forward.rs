@@ -114,20 +114,35 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Sends a request, waiting at most `timeout` for the answer's head.
+/// What became of a sent request.
+pub enum Sent {
+    /// The answer's head.
+    Answer(Response<Incoming>),
+    /// A reused connection was closed under the request before any answer; an idempotent
+    /// request may be built again and sent on a fresh connection.
+    Stale,
+}
+
+/// Sends a request, waiting at most `timeout` for the answer's head; `fresh` asks for a new
+/// connection.
 pub async fn send(
     client: &HttpClient,
     req: Request<RequestBody>,
     timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
+    fresh: bool,
+) -> Result<Sent, ProxyError> {
+    match tokio::time::timeout(timeout, client.request(req, fresh)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
+        Ok(Ok(resp)) => Ok(Sent::Answer(resp)),
+        Ok(Err(failure)) => {
+            let e = failure.error;
             if caused_by_body_limit(&*e) {
                 return Err(ProxyError::BodyTooLarge);
             }
-            tracing::debug!(error = %e, source = ?std::error::Error::source(&*e), "upstream request failed");
+            tracing::debug!(error = %e, source = ?std::error::Error::source(&*e), stale = failure.stale, "upstream request failed");
+            if failure.stale {
+                return Ok(Sent::Stale);
+            }
             Err(ProxyError::UpstreamUnavailable)
         }
     }

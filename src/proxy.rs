@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::body::{BodyDone, BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
 use crate::forward::{self, CLIENT_REQUEST_ID, HttpClient, INBOUND_KEY_HEADER};
@@ -47,7 +47,8 @@ pub async fn handle(
     let path_for_log = rt.access_log.then(|| req.uri().path().to_string());
     state.metrics.inflight.fetch_add(1, Ordering::Relaxed);
     let mut trace = Trace::default();
-    let result = proxy(state, client, &rt, req, &request_id, &mut trace).await;
+    let body_done = BodyDone::new(http_body::Body::is_end_stream(req.body()));
+    let result = proxy(state, client, &rt, req, &request_id, &body_done, &mut trace).await;
     state.metrics.inflight.fetch_sub(1, Ordering::Relaxed);
     let rid = request_id.to_str().unwrap_or("-");
     let (mut resp, error) = match result {
@@ -69,6 +70,12 @@ pub async fn handle(
             }
         }
         None => state.metrics.count_rejected(error.unwrap_or("Other")),
+    }
+    if !body_done.get() {
+        // Answered before the client's body was read through (refused, or the upstream
+        // answered early): the connection cannot carry another request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !resp.headers().contains_key(CLIENT_REQUEST_ID) {
         resp.headers_mut()
@@ -129,6 +136,7 @@ async fn proxy(
     rt: &Runtime,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    body_done: &BodyDone,
     trace: &mut Trace,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(rt, &req)?;
@@ -139,7 +147,7 @@ async fn proxy(
         .router
         .tenant(route, parts.headers.get(&rt.tenant_header))?;
     trace.tenant = Some(tenant.clone());
-    let body = read_body(rt, &parts.headers, incoming).await?;
+    let body = read_body(rt, &parts.headers, incoming, body_done).await?;
     let source = &rt.credentials[route.credential];
     let key = TokenKey {
         credential: source.id,
@@ -176,11 +184,12 @@ async fn read_body(
     rt: &Runtime,
     headers: &HeaderMap,
     incoming: Incoming,
+    done: &BodyDone,
 ) -> Result<RequestBody, ProxyError> {
     if content_length(headers).is_some_and(|n| n > rt.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
-    RequestBody::read(incoming, REPLAY_KEEP_BYTES, rt.max_body_bytes)
+    RequestBody::read(incoming, REPLAY_KEEP_BYTES, rt.max_body_bytes, done)
         .await
         .map_err(|e| {
             if e.is::<BodyTooLarge>() {

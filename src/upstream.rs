@@ -85,26 +85,46 @@ impl Upstream {
     }
 
     /// Sends `req` (an absolute URI) and returns the answer's head with its body streaming.
-    pub async fn request(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, BoxError> {
+    /// `fresh` skips the idle connections (for a resend after a stale one failed).
+    pub async fn request(
+        &self,
+        req: Request<RequestBody>,
+        fresh: bool,
+    ) -> Result<Response<Incoming>, Failure> {
         let (scheme, authority) = match (req.uri().scheme(), req.uri().authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
-            _ => return Err("the upstream URI is not absolute".into()),
+            _ => return Err(Failure::other("the upstream URI is not absolute")),
         };
         let mut req = req;
-        if let Some(sender) = self.checkout(&scheme, &authority) {
+        let pooled = if fresh {
+            None
+        } else {
+            self.checkout(&scheme, &authority)
+        };
+        if let Some(sender) = pooled {
             match self.send(sender, req, &scheme, &authority).await {
                 Ok(resp) => return Ok(resp),
-                Err(SendError::Failed(e)) => return Err(e),
+                Err(SendError::Failed(e)) => {
+                    return Err(Failure {
+                        stale: is_stale(&e),
+                        error: e,
+                    });
+                }
                 // A reused keep-alive connection closed before it took the request: resend it
-                // once on a new connection. A request it took is never sent twice.
+                // once on a new connection. A request it took is never sent twice here.
                 Err(SendError::Unsent(back)) => req = *back,
             }
         }
-        let sender = self.connect(&scheme, &authority).await?;
+        let sender = self
+            .connect(&scheme, &authority)
+            .await
+            .map_err(Failure::from)?;
         match self.send(sender, req, &scheme, &authority).await {
             Ok(resp) => Ok(resp),
-            Err(SendError::Failed(e)) => Err(e),
-            Err(SendError::Unsent(_)) => Err("the new upstream connection closed at once".into()),
+            Err(SendError::Failed(e)) => Err(Failure::from(e)),
+            Err(SendError::Unsent(_)) => {
+                Err(Failure::other("the new upstream connection closed at once"))
+            }
         }
     }
 
@@ -237,6 +257,53 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: BoxError,
+    /// A reused keep-alive connection was closed by the upstream with no answer at all: the
+    /// request may well not have been seen, and an idempotent one can be sent again.
+    pub stale: bool,
+}
+
+impl Failure {
+    fn other(message: &'static str) -> Failure {
+        Failure::from(BoxError::from(message))
+    }
+}
+
+impl From<BoxError> for Failure {
+    fn from(error: BoxError) -> Failure {
+        Failure {
+            error,
+            stale: false,
+        }
+    }
+}
+
+/// The upstream closed or reset the connection before any answer.
+fn is_stale(e: &BoxError) -> bool {
+    let Some(hyper) = e.downcast_ref::<hyper::Error>() else {
+        return false;
+    };
+    if hyper.is_incomplete_message() || hyper.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(hyper);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Why a send did not give an answer.

@@ -160,3 +160,56 @@ async fn clients_that_go_away_mid_download_or_mid_upload_leave_nothing_behind() 
     settles_to_zero(&env).await;
     assert_eq!(env.get("/api/incidents").await.status(), 200);
 }
+
+/// Reads one HTTP/1.1 answer head from `s`.
+async fn answer_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_was_read_closes_the_connection_and_says_so() {
+    use tokio::io::AsyncWriteExt;
+    let env = start(Setup::default()).await;
+    env.sandbox.set_token_fault(Some(TokenFault::Status {
+        status: 500,
+        retry_after_secs: None,
+        error: None,
+        aadsts: None,
+    }));
+    // An upload too large to keep: the proxy answers (token unavailable) with most of it unread.
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    let size = 1024 * 1024;
+    s.write_all(
+        format!(
+            "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&vec![b'x'; 128 * 1024]).await.unwrap();
+    let head = answer_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // A GET's error answer keeps the connection.
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let head = answer_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+}

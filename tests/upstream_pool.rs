@@ -242,3 +242,61 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_one_connection() {
         "one multiplexed connection"
     );
 }
+
+/// Answers the first request of each connection (keep-alive), then takes the next one and
+/// closes the connection without an answer: a kept-alive connection the upstream dropped just
+/// as the proxy reused it.
+async fn one_answer_per_connection(counts: Arc<Counts>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counts.connections.fetch_add(1, Ordering::SeqCst);
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                if !read_head(&mut tcp).await {
+                    return;
+                }
+                counts.requests.fetch_add(1, Ordering::SeqCst);
+                let body = b"{\"ok\":true}";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(body).await;
+                if read_head(&mut tcp).await {
+                    counts.requests.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
+    let counts = Arc::new(Counts::default());
+    let env = proxy_to(&one_answer_per_connection(counts.clone()).await, "").await;
+    for i in 0..4 {
+        let resp = env.get("/api/incidents").await;
+        assert_eq!(resp.status(), 200, "GET {i}");
+    }
+    // Every GET after the first met a dropped connection first, then got a new one.
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 4);
+    let resp = env
+        .http
+        .post(format!("{}/api/machines/1/isolate", env.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502, "a POST is not sent twice");
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("UpstreamUnavailable"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        counts.connections.load(Ordering::SeqCst),
+        4,
+        "no new connection for it"
+    );
+}
