@@ -112,6 +112,7 @@ async fn soak(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let metrics = report::proxy_metrics(&proxy.admin)
         .await
         .unwrap_or_default();
+    let proxy_log = proxy.log.clone();
     let exit = proxy.stop().await;
     let summary = report::Summary {
         secs,
@@ -127,6 +128,7 @@ async fn soak(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         metrics,
         rss_pct: args.rss_pct,
         rss_mib: args.rss_mib,
+        log: proxy_log,
     };
     sandbox.shutdown();
     Ok(summary.print())

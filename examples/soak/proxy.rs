@@ -118,7 +118,8 @@ impl Proxy {
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
-            .env_remove("RUST_LOG")
+            // The reason of every failed upstream request (debug), for the 502s in the summary.
+            .env("RUST_LOG", "info,defender_proxy::forward=debug")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -29,6 +29,8 @@ pub struct Summary {
     pub metrics: String,
     pub rss_pct: f64,
     pub rss_mib: f64,
+    /// The proxy's log.
+    pub log: std::path::PathBuf,
 }
 
 /// `/_sandbox/stats`.
@@ -67,6 +69,7 @@ impl Summary {
         }
         self.print_latency();
         self.print_faults();
+        self.print_upstream_failures();
         failures.extend(self.print_tokens());
         failures.extend(self.print_rss());
         match (self.died_at, self.exit_ok) {
@@ -122,8 +125,9 @@ impl Summary {
         }
         let total = |i: usize| causes.values().map(|n| n[i]).sum::<usize>();
         println!(
-            "requests     sent {}, succeeded {}, failed {}: explained by an injected fault {}, client over quota {}, unexplained {}",
+            "requests     sent {} ({:.0}/s), succeeded {}, failed {}: explained by an injected fault {}, client over quota {}, unexplained {}",
             self.records.len(),
+            self.records.len() as f64 / self.secs as f64,
             self.records.len() - failed.len(),
             failed.len(),
             total(1),
@@ -172,11 +176,31 @@ impl Summary {
         for e in &self.episodes {
             let hits = self.records.iter().filter(|r| e.explains(r)).count();
             println!(
-                "  {:6.1}-{:6.1} s  {:<48} failures explained {hits}",
+                "  {:6.1}-{:6.1} s  {:<52} failures explained {hits}",
                 e.start,
                 e.end,
                 e.label()
             );
+        }
+    }
+
+    /// Why the proxy's upstream requests failed, from its log (`defender_proxy::forward` debug).
+    fn print_upstream_failures(&self) {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("upstream request failed"))
+        {
+            let reason = line.split_once(" source=").map_or(line, |(_, r)| r);
+            *reasons.entry(reason).or_default() += 1;
+        }
+        println!(
+            "upstream     failed requests in the proxy's log ({}):",
+            self.log.display()
+        );
+        for (reason, n) in reasons {
+            println!("  {n:6}  {reason}");
         }
     }
 
@@ -235,7 +259,7 @@ impl Summary {
         let pct = drift / start * 100.0;
         let slope = slope_kib_per_hour(&self.rss, warm);
         println!(
-            "rss MiB      start {:.1} (median {warm:.0}-{:.0} s), peak {:.1} sampled / {:.1} VmHWM, end {:.1} (median {end_from:.0}-{} s), drift {:+.1} MiB ({pct:+.1}%), trend {:+.1} MiB/h",
+            "rss MiB      start {:.1} (median {warm:.0}-{:.0} s), peak {:.1} sampled / {:.1} VmHWM, end {:.1} (median {end_from:.0}-{} s), drift {:+.1} MiB ({pct:+.1}%; fails over both {}% and {} MiB), trend {:+.1} MiB/h",
             mib(start),
             warm + RSS_WINDOW_SECS,
             mib(peak),
@@ -243,6 +267,8 @@ impl Summary {
             mib(end),
             self.secs,
             mib(drift),
+            self.rss_pct,
+            self.rss_mib,
             mib(slope)
         );
         let over = pct > self.rss_pct && mib(drift) > self.rss_mib;
