@@ -53,12 +53,15 @@ impl Summary {
     /// Prints the summary; true when the run passed.
     pub fn print(&self) -> bool {
         let mut failures = Vec::new();
+        let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
         println!(
-            "\n== defender-proxy soak: {} s (warm-up {} s), seed {}, {} cores ==",
+            "\n== defender-proxy soak: {} s (warm-up {} s), seed {}, {} cores, load average at the end {} ==",
             self.secs,
             self.warmup,
             self.seed,
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            loadavg.join(" ")
         );
         let unexplained = self.print_requests();
         if !unexplained.is_empty() {
@@ -199,6 +202,9 @@ impl Summary {
             "upstream     failed requests in the proxy's log ({}):",
             self.log.display()
         );
+        if reasons.is_empty() {
+            println!("  none");
+        }
         for (reason, n) in reasons {
             println!("  {n:6}  {reason}");
         }
