@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Setup, TestEnv, json, start};
-use defender_proxy::sandbox::{SandboxOptions, TokenFault};
+use defender_proxy::sandbox::{self, SandboxOptions, TokenFault};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_cold_requests_cause_one_token_request() {
@@ -203,4 +203,37 @@ async fn an_explicit_token_url_is_used_instead_of_the_authority() {
     .await;
     assert_eq!(env.get("/api/incidents").await.status(), 200);
     assert_eq!(env.sandbox.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn each_tenant_gets_a_token_of_its_own_and_the_api_counts_any_mix_up() {
+    let env = start(Setup::default()).await;
+    let cases = [
+        (None, sandbox::TENANT_A, 200),
+        (Some("contoso"), sandbox::TENANT_B, 200),
+        (Some(sandbox::TENANT_B), sandbox::TENANT_B, 200),
+        // The control: the sandbox refuses a token of another tenant than the one expected.
+        (Some("contoso"), sandbox::TENANT_A, 403),
+    ];
+    for (header, expected, status) in cases {
+        let mut req = env
+            .http
+            .get(format!("{}/api/_test/echo", env.base))
+            .header("x-sandbox-expect-tenant", expected);
+        if let Some(tenant) = header {
+            req = req.header("x-tenant-id", tenant);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), status, "{header:?} expecting {expected}");
+    }
+    let stats = json(
+        env.http
+            .get(format!("{}/_sandbox/stats", env.sandbox.url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stats["rejected_tokens"]["wrong_tenant"], 1);
+    assert_eq!(stats["rejected_tokens"]["expired"], 0);
 }

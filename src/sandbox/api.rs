@@ -46,8 +46,17 @@ async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) ->
         .and_then(|v| v.to_str().ok());
     let caller = match st.tokens.authenticate(authorization, &st.opts.audiences) {
         Ok(caller) => caller,
-        Err(failure) => return read_body_then(req, unauthorized(&failure)).await,
+        Err(failure) => {
+            st.rejections.count(failure.label());
+            return read_body_then(req, unauthorized(&failure)).await;
+        }
     };
+    if !tenant_as_expected(&req, &caller.tenant) {
+        st.rejections.count("wrong_tenant");
+        let message = format!("The access token is for another tenant than {EXPECT_TENANT}.");
+        let response = defender_error(StatusCode::FORBIDDEN, "Forbidden", &message);
+        return read_body_then(req, response).await;
+    }
     if let Err(wait) = admit(&st, &caller.tenant, req.uri().path()) {
         let secs = retry_after_secs(wait);
         let message = format!("Rate limit is exceeded. Try again in {secs} seconds.");
@@ -63,6 +72,16 @@ async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) ->
 async fn read_body_then(req: Request, response: Response) -> Response {
     let _ = axum::body::to_bytes(req.into_body(), 16 * 1024 * 1024).await;
     response
+}
+
+/// A test's assertion of the tenant a request is for; a token for another tenant is refused
+/// (403) and counted, which is how a soak test learns that a proxy mixed up its tenants.
+const EXPECT_TENANT: &str = "x-sandbox-expect-tenant";
+
+fn tenant_as_expected(req: &Request, tenant: &str) -> bool {
+    req.headers()
+        .get(EXPECT_TENANT)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(tenant.as_bytes()))
 }
 
 fn admit(st: &State, tenant: &str, path: &str) -> Result<(), Duration> {

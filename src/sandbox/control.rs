@@ -29,11 +29,16 @@ pub(super) fn routes() -> Router<Arc<State>> {
         .route("/_sandbox/device", post(device))
 }
 
-/// `{"token_requests": N, "api_requests": M}`.
+/// `{"token_requests": N, "api_requests": M, "rejected_tokens": {"expired": E, ...}}`: the
+/// bearer tokens the API refused by reason (missing, unknown, expired, revoked, wrong_audience,
+/// wrong_tenant).
 async fn stats(AxState(st): AxState<Arc<State>>) -> Response {
     let token_requests = st.token_requests.load(Ordering::Relaxed);
     let api_requests = st.api_requests.load(Ordering::Relaxed);
-    Json(json!({"token_requests": token_requests, "api_requests": api_requests})).into_response()
+    let rejected_tokens = st.rejections.snapshot();
+    let body = json!({"token_requests": token_requests, "api_requests": api_requests,
+        "rejected_tokens": rejected_tokens});
+    Json(body).into_response()
 }
 
 /// The last recorded API request, or `null`.
@@ -129,7 +134,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::super::testkit::{XDR, get, http, post_token, start, token, v2_form};
-    use super::super::{SandboxOptions, TENANT_A};
+    use super::super::{SandboxOptions, TENANT_A, TENANT_B};
 
     async fn post(url: String, body: Value) -> u16 {
         http()
@@ -203,7 +208,11 @@ mod tests {
             .json()
             .await
             .expect("json");
-        assert_eq!(stats, json!({"token_requests": 3, "api_requests": 3}));
+        assert_eq!(
+            (&stats["token_requests"], &stats["api_requests"]),
+            (&json!(3), &json!(3))
+        );
+        assert_eq!(stats["rejected_tokens"]["revoked"], 1);
         let last: Value = http()
             .get(format!("{base}/_sandbox/last-api-request"))
             .send()
@@ -213,6 +222,41 @@ mod tests {
             .await
             .expect("json");
         assert_eq!(last["path_and_query"], "/api/machines");
+    }
+
+    #[tokio::test]
+    async fn stats_count_refused_tokens_by_reason() {
+        let sb = start(SandboxOptions::default()).await;
+        let url = format!("{}/api/machines", sb.url());
+        let send = |token: String, expect: &'static str| {
+            http()
+                .get(&url)
+                .bearer_auth(token)
+                .header("x-sandbox-expect-tenant", expect)
+                .send()
+        };
+        let a = token(&sb, TENANT_A, XDR).await;
+        let status = |r: reqwest::Result<reqwest::Response>| r.expect("send").status().as_u16();
+        assert_eq!(status(send(a.clone(), TENANT_A).await), 200);
+        assert_eq!(status(send(a.clone(), TENANT_B).await), 403);
+        assert_eq!(status(send("nope".into(), TENANT_A).await), 401);
+        sb.set_token_lifetime_secs(0);
+        let expired = token(&sb, TENANT_A, XDR).await;
+        assert_eq!(status(send(expired.clone(), TENANT_A).await), 401);
+        assert_eq!(status(send(expired, TENANT_A).await), 401);
+        assert_eq!(status(http().get(&url).send().await), 401);
+
+        let stats: Value = http()
+            .get(format!("{}/_sandbox/stats", sb.url()))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        let want = json!({"missing": 1, "unknown": 1, "expired": 2, "revoked": 0,
+            "wrong_audience": 0, "wrong_tenant": 1});
+        assert_eq!(stats["rejected_tokens"], want);
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::faults::{ApiFault, FaultSlot, TokenFault};
 use super::ratelimit::RateLimiter;
-use super::tokens::TokenStore;
+use super::tokens::{Rejections, TokenStore};
 use super::{RecordedRequest, SandboxOptions};
 
 /// Everything the handlers share, behind one `Arc`.
@@ -19,6 +19,8 @@ pub(super) struct State {
     pub tokens: TokenStore,
     pub token_requests: AtomicU64,
     pub api_requests: AtomicU64,
+    /// Bearer tokens the API refused, by reason.
+    pub rejections: Rejections,
     pub token_fault: FaultSlot<TokenFault>,
     pub api_fault: FaultSlot<ApiFault>,
     pub limiter: RateLimiter,
@@ -39,6 +41,7 @@ impl State {
             addr,
             token_requests: AtomicU64::new(0),
             api_requests: AtomicU64::new(0),
+            rejections: Rejections::default(),
             token_fault: FaultSlot::new(),
             api_fault: FaultSlot::new(),
             limiter: RateLimiter::default(),

@@ -1,11 +1,11 @@
 //! Access tokens: JWT-looking strings, the registry of issued ones, and their validation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::state::lock;
@@ -46,6 +46,17 @@ pub(super) enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// The key this failure is counted under in `/_sandbox/stats`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Revoked => "revoked",
+            AuthFailure::WrongAudience(_) => "wrong_audience",
+        }
+    }
+
     pub fn message(&self) -> String {
         match self {
             AuthFailure::Missing => {
@@ -58,6 +69,35 @@ impl AuthFailure {
                 format!("The access token audience '{aud}' is not valid for this API.")
             }
         }
+    }
+}
+
+/// The reasons the API counts refused bearer tokens under; `wrong_tenant` is a valid token for
+/// another tenant than the request's `x-sandbox-expect-tenant` names.
+const REJECTION_LABELS: [&str; 6] = [
+    "missing",
+    "unknown",
+    "expired",
+    "revoked",
+    "wrong_audience",
+    "wrong_tenant",
+];
+
+/// Refused bearer tokens by reason, for `/_sandbox/stats`.
+#[derive(Default)]
+pub(super) struct Rejections(Mutex<BTreeMap<&'static str, u64>>);
+
+impl Rejections {
+    pub fn count(&self, label: &'static str) {
+        *lock(&self.0).entry(label).or_default() += 1;
+    }
+
+    /// Every reason with its count, zeros included.
+    pub fn snapshot(&self) -> Value {
+        let counts = lock(&self.0);
+        let all =
+            REJECTION_LABELS.map(|l| (l.to_owned(), json!(counts.get(l).copied().unwrap_or(0))));
+        Value::Object(all.into_iter().collect())
     }
 }
 
