@@ -56,7 +56,7 @@ pub struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// Sends the request within the rate limit, with a token. After an upstream 401, drops that
+    /// Sends the request within the rate limit, then with a token. After an upstream 401, drops that
     /// token and replays once with a fresh one; after a 429/503 naming a retry time, pauses the
     /// bucket and, when the body was kept and the wait fits, waits and retries.
     pub async fn run(
@@ -64,11 +64,12 @@ impl Exchange<'_> {
         body: RequestBody,
         latency: &mut Option<Duration>,
     ) -> Result<Answer, ProxyError> {
-        let mut token = self.token().await?;
         let mut next = Some(body);
         let (mut replayed, mut absorbed) = (false, 0);
         loop {
             self.admit().await?;
+            // Taken after the queue, so a long wait never leaves it expired when sent.
+            let token = self.token().await?;
             let body = next.take().ok_or(ProxyError::Internal)?;
             let replay = body.try_clone();
             let resp = self.send(&token, body, latency).await?;
@@ -76,7 +77,6 @@ impl Exchange<'_> {
             if status == StatusCode::UNAUTHORIZED && !replayed && replay.is_some() {
                 tracing::info!(route = %self.route.name, "upstream answered 401; fetching a new token and replaying once");
                 self.state.tokens.invalidate(&self.key, &token);
-                token = self.token().await?;
                 (replayed, next) = (true, replay);
                 continue;
             }

@@ -139,7 +139,7 @@ pub async fn send(
             if caused_by_body_limit(&*e) {
                 return Err(ProxyError::BodyTooLarge);
             }
-            tracing::debug!(error = %e, source = ?std::error::Error::source(&*e), stale = failure.stale, "upstream request failed");
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&*e), stale = failure.stale, "upstream request failed");
             if failure.stale {
                 return Ok(Sent::Stale);
             }

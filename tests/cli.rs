@@ -133,6 +133,10 @@ async fn logs_never_contain_the_secret_or_a_token_and_sigterm_exits_zero() {
     let (code, logs) = proxy.terminate();
     assert_eq!(code, 0, "{logs}");
     assert!(logs.contains("request"), "the access log is there: {logs}");
+    assert!(
+        !logs.contains('\x1b'),
+        "no colour codes in a log that is not a terminal"
+    );
     for secret in [sandbox::DEFAULT_CLIENT_SECRET, &token, "client-token-xyz"] {
         assert!(!logs.contains(secret), "{secret:?} leaked into the logs");
     }

@@ -247,3 +247,27 @@ async fn shutdown_lets_a_queued_request_finish() {
         "the queued request was sent and answered"
     );
 }
+
+#[tokio::test]
+async fn a_request_that_waited_in_the_queue_is_sent_with_a_token_valid_then() {
+    // Tokens live 3 s (usable for 2.5 s); the upstream asks for a 4 s pause: the retry after
+    // the wait must carry a new token, not the one taken before it.
+    let mut setup = limited(100, 10);
+    setup.sandbox.token_lifetime_secs = 3;
+    let env = with_limit(setup).await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("4".into()),
+        },
+        1,
+    );
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        env.sandbox.rejected_tokens("expired"),
+        0,
+        "no expired token sent"
+    );
+    assert_eq!(env.sandbox.token_requests(), 2);
+}

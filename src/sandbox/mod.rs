@@ -289,7 +289,14 @@ impl Sandbox {
         self.state.tokens.revoke_all();
     }
 
-    /// Lifetime of tokens issued from now on.
+    /// Bearer tokens the API refused for `reason` (`expired`, `revoked`, `wrong_tenant`, ...).
+    pub fn rejected_tokens(&self, reason: &str) -> u64 {
+        self.state.rejections.snapshot()[reason]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Sets the lifetime of tokens issued from now on.
     pub fn set_token_lifetime_secs(&self, secs: u64) {
         self.state.tokens.set_lifetime_secs(secs);
     }
