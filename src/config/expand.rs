@@ -85,7 +85,11 @@ fn substitute(expr: &str, env: &dyn Env) -> Result<String, String> {
         None => (expr, None),
     };
     if !is_var_name(name) {
-        return Err(format!("`${{{name}}}` is not a valid variable reference"));
+        // Not echoed: this may be a secret that happens to contain `${`.
+        return Err(
+            "`${...}` holds no variable name (letters, digits, _; write $$ for a literal $)"
+                .to_string(),
+        );
     }
     match (env.var(name).filter(|v| !v.is_empty()), default) {
         (Some(value), _) => Ok(value),
@@ -142,6 +146,13 @@ mod tests {
         assert!(expand_str("${OPEN", &env).is_err());
         assert!(expand_str("${1BAD}", &env).is_err());
         assert!(expand_str("${}", &env).is_err());
+    }
+
+    #[test]
+    fn malformed_references_are_not_echoed() {
+        let err = expand_str("pa${5s w0rd}", &env).unwrap_err();
+        assert!(!err.contains("5s w0rd"), "{err}");
+        assert!(err.contains("$$"), "{err}");
     }
 
     #[test]

@@ -312,8 +312,7 @@ impl Config {
 
     /// Parses and expands TOML text without validating.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         expand::expand_table(&mut table, "", env)?;
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -381,6 +380,25 @@ impl Config {
         }
         self
     }
+}
+
+/// A TOML syntax error with its line and column. Only the parser's message is kept, never
+/// the quoted source line, which may hold a secret.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim_end_matches('.');
+    let Some(mut start) = e.span().map(|s| s.start.min(text.len())) else {
+        return ConfigError::new("", format!("invalid TOML: {message}"));
+    };
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::new(
+        "",
+        format!("invalid TOML at line {line}, column {column}: {message}"),
+    )
 }
 
 /// Reads a secret given inline or as a file (trailing newline removed).

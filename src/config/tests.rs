@@ -47,6 +47,22 @@ fn unknown_key_names_its_path() {
 }
 
 #[test]
+fn syntax_errors_name_the_line_and_column_never_the_text() {
+    let e = err("[server]\nlisten = \"127.0.0.1:8080\"\ns3cret-value\n");
+    assert_eq!(e.path, "");
+    assert!(
+        e.message.starts_with("invalid TOML at line 3, column "),
+        "{e}"
+    );
+    assert!(!e.message.contains("s3cret"), "{e}");
+    assert!(
+        err("A").message.contains("line 1, column 2"),
+        "{}",
+        err("A")
+    );
+}
+
+#[test]
 fn wrong_types_name_their_path() {
     let e = err(&format!(
         "{BASE}\n[server]\nrequest_timeout_secs = \"soon\"\n"
@@ -199,6 +215,24 @@ fn pinned_tenant_must_be_known_to_the_credential() {
         "credential = \"app\"\ntenant = \"fabrikam\"",
     ));
     assert_eq!(e.path, "route[0].tenant");
+}
+
+#[test]
+fn url_errors_never_show_user_info() {
+    for url in [
+        "https://user:pa55word@example.test",
+        "http://user:pa55word@example.test",
+        "ftp://user:pa55word@example.test",
+        "https://user:pa55 word@example.test",
+    ] {
+        let text = BASE.replace(
+            "upstream = \"xdr\"",
+            &format!("upstream = {url:?}\nscope = \"s\""),
+        );
+        let e = err(&text);
+        assert_eq!(e.path, "route[0].upstream");
+        assert!(!e.message.contains("pa55"), "{e}");
+    }
 }
 
 #[test]

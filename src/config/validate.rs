@@ -550,7 +550,12 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// An absolute `https://` URL, or `http://` to loopback; no credentials, query or fragment.
 fn check_url(url: &str, path: &str, allow_path: bool) -> Result<(), ConfigError> {
-    let bad = |why: &str| ConfigError::new(path, format!("{url:?} {why}"));
+    // A URL with an `@` may carry a password: errors then leave it out.
+    let shown = match url.contains('@') {
+        true => "the URL".to_string(),
+        false => format!("{url:?}"),
+    };
+    let bad = |why: &str| ConfigError::new(path, format!("{shown} {why}"));
     let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
     let host = uri.host().ok_or_else(|| bad("has no host"))?;
     match uri.scheme_str() {
