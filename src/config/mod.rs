@@ -5,7 +5,7 @@ mod expand;
 mod validate;
 
 pub use expand::{Env, ProcessEnv, expand_str};
-pub use validate::{is_guid, is_loopback_url};
+pub use validate::{is_guid, is_loopback_url, is_tenant_name};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -202,6 +202,66 @@ fn tenant_table_takes_guids_or_star() {
     assert_eq!(err(&bad).path, "credentials.app.tenants.contoso");
 }
 
+/// A header or pin must name one tenant: an alias the header cannot carry, two aliases that
+/// differ only in case, or an alias that looks like another tenant would be resolved to
+/// something other than what the config says (found by `tests/properties`).
+#[test]
+fn tenant_aliases_name_one_tenant_each() {
+    let tenants = |lines: &str| {
+        let text = format!("{BASE}\n[credentials.app.tenants]\n{lines}\n");
+        Config::from_toml(&text, &no_env).map(|_| ())
+    };
+    let b = "\"22222222-2222-2222-2222-222222222222\"";
+    let c = "\"33333333-3333-3333-3333-333333333333\"";
+    assert!(
+        tenants(&format!(
+            "contoso = {b}\n\"a.b_c-d\" = {c}\n\"any one\" = \"*\""
+        ))
+        .is_ok()
+    );
+    for (lines, alias) in [
+        (format!("\"my tenant\" = {b}"), "\"my tenant\""),
+        (format!("\"x/y\" = {b}"), "\"x/y\""),
+        (format!("\"{}\" = {b}", "a".repeat(257)), ""),
+        (format!("Contoso = {b}\ncontoso = {c}"), "contoso"),
+        (format!("33333333-3333-3333-3333-333333333333 = {b}"), ""),
+        (
+            format!("\"11111111-1111-1111-1111-111111111111\" = {b}"),
+            "",
+        ),
+    ] {
+        let e = tenants(&lines).unwrap_err();
+        assert!(
+            e.path.starts_with("credentials.app.tenants."),
+            "{lines}: {e}"
+        );
+        assert!(
+            alias.is_empty() || e.path.ends_with(alias.trim_matches('"')),
+            "{lines}: {e}"
+        );
+    }
+    assert!(
+        tenants(&format!(
+            "33333333-3333-3333-3333-333333333333 = {}",
+            c.to_uppercase()
+        ))
+        .is_ok()
+    );
+    let domain_home = BASE.replace(
+        "11111111-1111-1111-1111-111111111111",
+        "contoso.onmicrosoft.com",
+    );
+    let e = err(&format!(
+        "{domain_home}\n[credentials.app.tenants]\n\"Contoso.onmicrosoft.com\" = {b}\n"
+    ));
+    assert_eq!(e.path, "credentials.app.tenants.Contoso.onmicrosoft.com");
+    let long_home = BASE.replace(
+        "11111111-1111-1111-1111-111111111111",
+        &format!("{}.example", "a".repeat(250)),
+    );
+    assert_eq!(err(&long_home).path, "credentials.app.tenant_id");
+}
+
 #[test]
 fn multi_tenant_aliases_are_not_a_home_tenant() {
     let e = err(&BASE.replace("11111111-1111-1111-1111-111111111111", "common"));
@@ -253,6 +313,20 @@ fn duplicate_prefixes_are_refused() {
         "{BASE}\n[[route]]\nname = \"two\"\nprefix = \"/\"\nupstream = \"mde\"\ncredential = \"app\"\n"
     );
     assert_eq!(err(&text).path, "route[1].prefix");
+    // Routing ignores a trailing slash, so these two would compete for the same paths.
+    for (first, second) in [("/mde", "/mde/"), ("/", "//")] {
+        let two = |prefix: &str, name: &str| {
+            format!(
+                "[[route]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"mde\"\ncredential = \"app\"\n"
+            )
+        };
+        let text = format!("{BASE}\n{}{}", two(first, "one"), two(second, "two"));
+        let e = err(&text.replace(
+            "prefix = \"/\"\nupstream = \"xdr\"",
+            "prefix = \"/x\"\nupstream = \"xdr\"",
+        ));
+        assert_eq!(e.path, "route[2].prefix", "{first} {second}");
+    }
 }
 
 #[test]
