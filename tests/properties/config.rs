@@ -2,12 +2,12 @@
 //! mutated: it never panics, every error names a key path or a line and no secret, and a
 //! config that loads validates again to the same thing.
 
-use defender_proxy::config::{Config, ConfigError};
+use defender_proxy::config::Config;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 use crate::mutate::{edit, line, mutate};
-use crate::{GUID_B, env, router_of};
+use crate::oracle::{GUID_B, check_config, env};
 
 /// A config using every table and most credential types.
 const PARTNER: &str = r#"
@@ -109,80 +109,17 @@ fn bases() -> Vec<String> {
     ]
 }
 
-/// Loads `text` and checks the outcome: a valid config is stable, an error explains itself.
-fn check(text: &str) -> Result<Config, ConfigError> {
-    let outcome = Config::from_toml(text, &env);
-    match &outcome {
-        Ok(config) => revalidates_identically(text, config),
-        Err(e) => names_a_key_path_or_line(text, e),
-    }
-    outcome
-}
-
-fn revalidates_identically(text: &str, config: &Config) {
-    let shown = format!("{config:?}");
-    let again = Config::from_toml(text, &env).expect("loads twice");
-    assert_eq!(format!("{again:?}"), shown, "loading is deterministic");
-    let revalidated = config
-        .clone()
-        .validated(&env)
-        .expect("a valid config revalidates");
-    assert_eq!(
-        format!("{revalidated:?}"),
-        shown,
-        "validation is idempotent"
-    );
-    let staged = Config::parse(text, &env).and_then(|c| c.validated(&env));
-    assert_eq!(
-        format!("{:?}", staged.unwrap()),
-        shown,
-        "parse + validated = from_toml"
-    );
-    crate::routing::compiled_as_configured(config, &router_of(config));
-}
-
-/// An error's path starts with a table the config knows or a top-level key of the text.
-fn names_a_key_path_or_line(text: &str, e: &ConfigError) {
-    assert!(!e.message.is_empty(), "an error says what is wrong: {e:?}");
-    if e.path.is_empty() {
-        // A top-level key `""` has the empty path; the message names it.
-        let empty_key = e.message.starts_with("unknown field ``");
-        assert!(
-            e.message.contains("line ") || empty_key,
-            "no key path and no line: {e}"
-        );
-        return;
-    }
-    const TABLES: [&str; 7] = [
-        "server",
-        "cloud",
-        "tls",
-        "log",
-        "credentials",
-        "route",
-        "rate_limit",
-    ];
-    let first = e.path.split(['.', '[']).next().unwrap_or_default();
-    let in_text = toml::from_str::<toml::Table>(text)
-        .is_ok_and(|t| t.keys().any(|k| e.path.starts_with(k.as_str())));
-    assert!(
-        TABLES.contains(&first) || in_text,
-        "path {:?} names no key",
-        e.path
-    );
-}
-
 proptest! {
     #![proptest_config(crate::proptest_config())]
 
     #[test]
     fn arbitrary_text_never_panics(text in any::<String>()) {
-        let _ = check(&text);
+        let _ = check_config(&text);
     }
 
     #[test]
     fn toml_shaped_text_never_panics(lines in prop::collection::vec(line(), 0..30)) {
-        let _ = check(&lines.join("\n"));
+        let _ = check_config(&lines.join("\n"));
     }
 
     #[test]
@@ -192,7 +129,7 @@ proptest! {
     ) {
         let bases = bases();
         let text = mutate(&bases[base.index(bases.len())], &edits, &[]);
-        let _ = check(&text);
+        let _ = check_config(&text);
     }
 
     /// Whatever happens around them, secret values stay out of errors and `Debug`.
@@ -210,7 +147,7 @@ proptest! {
             .replace("${AZURE_CLIENT_SECRET}", &secret);
         let text = LITERAL_SECRETS.iter().fold(text, |t, s| t.replace(s, &secret));
         let text = mutate(&text, &edits, &[secret.as_str()]);
-        let shown = match check(&text) {
+        let shown = match check_config(&text) {
             Ok(config) => format!("{config:?}"),
             Err(e) => e.to_string(),
         };
@@ -235,7 +172,7 @@ proptest! {
             "token_url" => PARTNER.replace("token_version = 1", &format!("token_url = {url:?}")),
             _ => PARTNER.replace("\"https://example.test/base/\"", &format!("{url:?}")),
         };
-        let e = check(&text).expect_err("credentials in a URL are refused");
+        let e = check_config(&text).expect_err("credentials in a URL are refused");
         prop_assert!(!e.to_string().contains(&password), "{e}");
     }
 
@@ -286,7 +223,7 @@ proptest! {
 #[test]
 fn the_base_configs_are_valid() {
     for base in bases() {
-        if let Err(e) = check(&base) {
+        if let Err(e) = check_config(&base) {
             panic!("{e}\n{base}");
         }
     }
@@ -294,8 +231,8 @@ fn the_base_configs_are_valid() {
 
 #[test]
 fn the_partner_config_names_no_secret_when_broken() {
-    let e = check(&PARTNER.replace("per_minute = 10", "per_minute = 0")).unwrap_err();
+    let e = check_config(&PARTNER.replace("per_minute = 10", "per_minute = 0")).unwrap_err();
     assert_eq!(e.path, "rate_limit.x");
     assert!(LITERAL_SECRETS.iter().all(|s| !e.to_string().contains(s)));
-    assert!(format!("{:?}", check(PARTNER).unwrap()).contains(GUID_B));
+    assert!(format!("{:?}", check_config(PARTNER).unwrap()).contains(GUID_B));
 }

@@ -5,7 +5,7 @@
 use defender_proxy::config::expand_str;
 use proptest::prelude::*;
 
-use crate::{ENV_SECRET, env};
+use crate::oracle::{ENV_SECRET, env};
 
 /// Text rich in the characters the grammar cares about.
 fn dollar_text() -> impl Strategy<Value = String> {
