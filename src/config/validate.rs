@@ -582,9 +582,10 @@ fn is_loopback_host(host: &str) -> bool {
 /// An absolute `https://` URL, or `http://` to loopback; no credentials, query or fragment.
 fn check_url(url: &str, path: &str, allow_path: bool) -> Result<(), ConfigError> {
     // A URL with an `@` may carry a password: errors then leave it out.
-    let shown = match url.contains('@') {
-        true => "the URL".to_string(),
-        false => format!("{url:?}"),
+    let shown = if url.contains('@') {
+        "the URL".to_string()
+    } else {
+        format!("{url:?}")
     };
     let bad = |why: &str| ConfigError::new(path, format!("{shown} {why}"));
     let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
