@@ -316,9 +316,8 @@ impl Config {
         expand::expand_table(&mut table, "", env)?;
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, e.into_inner().to_string())
+            let path = key_path(e.path());
+            ConfigError::new(path, without_value(e.into_inner().to_string()))
         })
     }
 
@@ -399,6 +398,39 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
         "",
         format!("invalid TOML at line {line}, column {column}: {message}"),
     )
+}
+
+/// A serde path as `route[0].strip`, keys quoted when they are not bare (`""`, `"a.b"`).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&expand::path_segment(key));
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    out
+}
+
+/// Serde's `invalid type: string "...", expected ...` quotes the value, which may be a secret
+/// in the wrong table (`[credentials]` for `[credentials.app]`): keep the kind, drop the value.
+fn without_value(message: String) -> String {
+    for lead in ["invalid type: string", "invalid value: string"] {
+        let rest = message
+            .strip_prefix(lead)
+            .map(|r| r.find(", expected ").map(|i| &r[i..]));
+        if let Some(Some(rest)) = rest {
+            return format!("{lead}{rest}");
+        }
+    }
+    message
 }
 
 /// Reads a secret given inline or as a file (trailing newline removed).

@@ -44,6 +44,14 @@ fn unknown_key_names_its_path() {
         "{BASE}\n[rate_limit.x]\nper_minute = 1\nper_day = 3\n"
     ));
     assert_eq!(e.path, "rate_limit.x.per_day");
+    // Found by `tests/properties`: a top-level key `""` gave an error with no path at all.
+    let e = err(&format!("\"\" = 1\n{BASE}"));
+    assert_eq!(e.path, "\"\"");
+    assert_eq!(err(&format!("{BASE}\n\"\" = 1\n")).path, "route[0].\"\"");
+    let e = err(&format!(
+        "{BASE}\n[rate_limit.\"a.b\"]\nper_minute = 1\nper_day = 3\n"
+    ));
+    assert_eq!(e.path, "rate_limit.\"a.b\".per_day");
 }
 
 #[test]
@@ -60,6 +68,19 @@ fn syntax_errors_name_the_line_and_column_never_the_text() {
         "{}",
         err("A")
     );
+}
+
+/// Found by `tests/properties`: serde quoted the string it could not place, and a secret
+/// under `[credentials]` (for `[credentials.app]`) ended up in the error.
+#[test]
+fn a_string_in_the_wrong_place_is_not_echoed() {
+    let e = err("[credentials]\nclient_secret = \"s3cret-value\"\n");
+    assert_eq!(e.path, "credentials.client_secret");
+    assert!(
+        e.message.starts_with("invalid type: string, expected"),
+        "{e}"
+    );
+    assert!(!e.message.contains("s3cret"), "{e}");
 }
 
 #[test]
