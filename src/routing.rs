@@ -8,7 +8,7 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use crate::cloud::{Cloud, Service};
-use crate::config::{Config, CredentialConfig, RouteConfig, is_guid};
+use crate::config::{Config, CredentialConfig, RouteConfig, is_guid, is_tenant_name};
 use crate::error::ProxyError;
 use crate::rewrite::LinkRewriter;
 
@@ -69,13 +69,8 @@ impl TenantPolicy {
 
     /// Resolves a tenant named by a route pin or a header value.
     pub fn resolve(&self, name: &str) -> Result<Tenant, ProxyError> {
-        let name = name.trim();
-        let well_formed = !name.is_empty()
-            && name.len() <= 256
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !well_formed {
+        let name = name.trim_matches([' ', '\t']);
+        if !is_tenant_name(name) {
             return Err(ProxyError::BadTenant);
         }
         let lower = name.to_ascii_lowercase();

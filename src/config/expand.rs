@@ -29,14 +29,29 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 /// Expands every string value below `table`, naming `path` in errors.
 pub fn expand_table(table: &mut toml::Table, path: &str, env: &dyn Env) -> Result<(), ConfigError> {
     for (key, value) in table.iter_mut() {
+        let key = path_segment(key);
         let child = if path.is_empty() {
-            key.clone()
+            key.into_owned()
         } else {
             format!("{path}.{key}")
         };
         expand_value(value, &child, env)?;
     }
     Ok(())
+}
+
+/// A key as a path segment: bare when TOML allows, else quoted, so that `""` or `"a.b"`
+/// still name a place.
+pub(super) fn path_segment(key: &str) -> std::borrow::Cow<'_, str> {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if bare {
+        key.into()
+    } else {
+        format!("{key:?}").into()
+    }
 }
 
 fn expand_value(value: &mut toml::Value, path: &str, env: &dyn Env) -> Result<(), ConfigError> {
@@ -85,7 +100,11 @@ fn substitute(expr: &str, env: &dyn Env) -> Result<String, String> {
         None => (expr, None),
     };
     if !is_var_name(name) {
-        return Err(format!("`${{{name}}}` is not a valid variable reference"));
+        // Not echoed: this may be a secret that happens to contain `${`.
+        return Err(
+            "`${...}` holds no variable name (letters, digits, _; write $$ for a literal $)"
+                .to_string(),
+        );
     }
     match (env.var(name).filter(|v| !v.is_empty()), default) {
         (Some(value), _) => Ok(value),
@@ -145,12 +164,31 @@ mod tests {
     }
 
     #[test]
+    fn malformed_references_are_not_echoed() {
+        let err = expand_str("pa${5s w0rd}", &env).unwrap_err();
+        assert!(!err.contains("5s w0rd"), "{err}");
+        assert!(err.contains("$$"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_key_path() {
         let mut t: toml::Table = toml::from_str("[[route]]\nupstream = \"${MISSING}\"").unwrap();
         let err = expand_table(&mut t, "", &env).unwrap_err();
         assert_eq!(
             err.to_string(),
             "route[0].upstream: environment variable MISSING is not set"
+        );
+    }
+
+    /// Found by `tests/properties`: a top-level key `""` gave an error with no path at all.
+    #[test]
+    fn keys_that_are_not_bare_are_quoted_in_the_path() {
+        let mut t: toml::Table = toml::from_str("\"\" = \"${MISSING}\"").unwrap();
+        assert_eq!(expand_table(&mut t, "", &env).unwrap_err().path, "\"\"");
+        let mut t: toml::Table = toml::from_str("[a]\n\"b.c\" = \"${MISSING}\"").unwrap();
+        assert_eq!(
+            expand_table(&mut t, "", &env).unwrap_err().path,
+            "a.\"b.c\""
         );
     }
 }

@@ -5,7 +5,7 @@ mod expand;
 mod validate;
 
 pub use expand::{Env, ProcessEnv, expand_str};
-pub use validate::{is_guid, is_loopback_url};
+pub use validate::{is_guid, is_loopback_url, is_tenant_name};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -316,14 +316,12 @@ impl Config {
 
     /// Parses and expands TOML text without validating.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::new("", format!("invalid TOML: {}", e.message())))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
         expand::expand_table(&mut table, "", env)?;
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, e.into_inner().to_string())
+            let path = key_path(e.path());
+            ConfigError::new(path, without_value(e.into_inner().to_string()))
         })
     }
 
@@ -385,6 +383,58 @@ impl Config {
         }
         self
     }
+}
+
+/// A TOML syntax error with its line and column. Only the parser's message is kept, never
+/// the quoted source line, which may hold a secret.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim_end_matches('.');
+    let Some(mut start) = e.span().map(|s| s.start.min(text.len())) else {
+        return ConfigError::new("", format!("invalid TOML: {message}"));
+    };
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::new(
+        "",
+        format!("invalid TOML at line {line}, column {column}: {message}"),
+    )
+}
+
+/// A serde path as `route[0].strip`, keys quoted when they are not bare (`""`, `"a.b"`).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&expand::path_segment(key));
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    out
+}
+
+/// Serde's `invalid type: string "...", expected ...` quotes the value, which may be a secret
+/// in the wrong table (`[credentials]` for `[credentials.app]`): keep the kind, drop the value.
+fn without_value(message: String) -> String {
+    for lead in ["invalid type: string", "invalid value: string"] {
+        let rest = message
+            .strip_prefix(lead)
+            .map(|r| r.find(", expected ").map(|i| &r[i..]));
+        if let Some(Some(rest)) = rest {
+            return format!("{lead}{rest}");
+        }
+    }
+    message
 }
 
 /// Reads a secret given inline or as a file (trailing newline removed).

@@ -1,6 +1,6 @@
 //! Cross-field rules of `proxy.toml`, checked after parsing and before any socket is bound.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::{Config, ConfigError, CredentialConfig, CredentialType, Env, RouteConfig};
@@ -73,7 +73,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("duplicate route name {:?}", r.name),
             ));
         }
-        if !prefixes.insert(r.prefix.as_str()) {
+        // Routing ignores a trailing slash: `/mde` and `/mde/` are one prefix.
+        if !prefixes.insert(r.prefix.trim_end_matches('/')) {
             return Err(ConfigError::new(
                 format!("{path}.prefix"),
                 format!("duplicate prefix {:?}", r.prefix),
@@ -360,12 +361,35 @@ fn validate_credential(name: &str, c: &CredentialConfig) -> Result<(), ConfigErr
             true,
         )?;
     }
+    validate_tenants(&path, c)
+}
+
+/// Each alias names one tenant: the tenant header can carry it, no other alias, GUID or home
+/// tenant reads the same ignoring case, so a header or pin resolves to what the config says.
+fn validate_tenants(path: &str, c: &CredentialConfig) -> Result<(), ConfigError> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
     for (alias, guid) in &c.tenants {
-        if guid != "*" && !is_guid(guid) {
-            return Err(ConfigError::new(
-                format!("{path}.tenants.{alias}"),
-                "must be a tenant GUID, or \"*\" to admit any GUID",
-            ));
+        let bad = |why: String| Err(ConfigError::new(format!("{path}.tenants.{alias}"), why));
+        if guid == "*" {
+            continue;
+        }
+        if !is_guid(guid) {
+            return bad("must be a tenant GUID, or \"*\" to admit any GUID".into());
+        }
+        if !is_tenant_name(alias) {
+            return bad("an alias is up to 256 letters, digits, '-', '_' and '.'".into());
+        }
+        if is_guid(alias) && !alias.eq_ignore_ascii_case(guid) {
+            return bad("an alias that is a GUID must name that GUID".into());
+        }
+        if c.tenant_id
+            .as_deref()
+            .is_some_and(|home| home.eq_ignore_ascii_case(alias) && !is_guid(home))
+        {
+            return bad("is the credential's tenant_id; choose another alias".into());
+        }
+        if let Some(first) = seen.insert(alias.to_ascii_lowercase(), alias) {
+            return bad(format!("reads as alias {first:?} (aliases ignore case)"));
         }
     }
     Ok(())
@@ -421,7 +445,7 @@ fn check_tenant(tenant: &str, path: &str) -> Result<(), ConfigError> {
         && tenant
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-    if is_guid(tenant) || domain_like {
+    if is_guid(tenant) || (domain_like && is_tenant_name(tenant)) {
         Ok(())
     } else {
         Err(ConfigError::new(
@@ -539,6 +563,13 @@ pub fn is_guid(s: &str) -> bool {
         })
 }
 
+/// True for what the tenant header may carry: up to 256 ASCII letters, digits, `-`, `_`, `.`.
+pub fn is_tenant_name(s: &str) -> bool {
+    (1..=256).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// True when `url` is `http://` to a loopback host.
 pub fn is_loopback_url(url: &str) -> bool {
     url.parse::<http::Uri>()
@@ -556,7 +587,13 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// An absolute `https://` URL, or `http://` to loopback; no credentials, query or fragment.
 fn check_url(url: &str, path: &str, allow_path: bool) -> Result<(), ConfigError> {
-    let bad = |why: &str| ConfigError::new(path, format!("{url:?} {why}"));
+    // A URL with an `@` may carry a password: errors then leave it out.
+    let shown = if url.contains('@') {
+        "the URL".to_string()
+    } else {
+        format!("{url:?}")
+    };
+    let bad = |why: &str| ConfigError::new(path, format!("{shown} {why}"));
     let uri: http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
     let host = uri.host().ok_or_else(|| bad("has no host"))?;
     match uri.scheme_str() {

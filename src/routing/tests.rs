@@ -131,6 +131,31 @@ fn unknown_tenants_are_refused_and_malformed_ones_are_bad() {
     }
 }
 
+/// `str::trim` took CR, LF and Unicode spaces too, so `resolve("contoso\r\n")` picked
+/// contoso (found by `tests/properties`); only the header's own spaces and tabs are trimmed.
+#[test]
+fn only_spaces_and_tabs_are_trimmed_from_a_tenant_name() {
+    let r = router("");
+    let policy = &r.policies[0];
+    assert_eq!(&*policy.resolve(" \tcontoso\t ").unwrap().id, GUID_B);
+    for bad in [
+        "contoso\r\n",
+        "\ncontoso",
+        "contoso\0",
+        "contoso\u{a0}",
+        "\u{3000}contoso",
+    ] {
+        assert!(
+            matches!(policy.resolve(bad), Err(ProxyError::BadTenant)),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        policy.resolve(&"a".repeat(257)),
+        Err(ProxyError::BadTenant)
+    ));
+}
+
 #[test]
 fn star_admits_any_guid_but_not_any_name() {
     let r = router(r#"any = "*""#);
