@@ -60,7 +60,9 @@ http {
     listen 127.0.0.1:$UP;
     client_max_body_size 0;
     location /big/ { root $WORK; default_type application/octet-stream; }
-    location /upload { return 200 '{"ok":true}'; }
+    # The whole body is read (buffered to a file) before the answer, as a real API does.
+    location /upload { client_body_temp_path $WORK/body; proxy_pass http://127.0.0.1:$UP/uploaded; }
+    location /uploaded { return 200 '{"ok":true}'; }
     location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
     location / { default_type application/json; return 200 '$BODY'; }
   }
@@ -205,12 +207,17 @@ burst=$("$LOADGEN" burst "http://127.0.0.1:$DPC/api/incidents" "$BURST")
 fetches=$(curl -s "http://127.0.0.1:$DPCA/metrics" | awk '/^defender_proxy_token_fetches_total/ {s+=$2} END {print s+0}')
 echo "cold burst: $burst token_requests=$fetches"
 
-# Streaming memory on the same proxy: a 1 GiB download and a 256 MiB upload.
+# Streaming memory, on a proxy of its own: a 1 GiB download and a 256 MiB upload.
 mkdir -p "$WORK/big" && truncate -s 1G "$WORK/big/file1g" && chmod -R a+rX "$WORK/big"
+DPC=18110
+config $DPC "" false "" > "$WORK/dpm.toml"
+"$BIN" run --config "$WORK/dpm.toml" >/dev/null 2>"$WORK/dpm.log" &
+PIDS+=($!); PID_dpc=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$DPC/api/incidents" && break; sleep 0.05; done
 rss_before=$(rss_kib "$PID_dpc")
-dl=$(curl -s -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "http://127.0.0.1:$DPC/big/file1g")
+dl=$(curl -sS -o /dev/null -w '%{http_code} %{size_download} %{time_total}' "http://127.0.0.1:$DPC/big/file1g" || echo "curl exit $?")
 rss_dl=$(rss_kib "$PID_dpc")
-ul=$(head -c 268435456 /dev/zero | curl -s -o /dev/null -w '%{http_code} %{size_upload} %{time_total}' -H 'content-type: application/octet-stream' -X POST -T - "http://127.0.0.1:$DPC/upload")
+ul=$(head -c 268435456 /dev/zero | curl -sS -o /dev/null -w '%{http_code} %{size_upload} %{time_total}' -H 'content-type: application/octet-stream' -X POST -T - "http://127.0.0.1:$DPC/upload" || echo "curl exit $?")
 rss_ul=$(rss_kib "$PID_dpc")
 echo "1 GiB download: status/bytes/seconds $dl; peak RSS $((rss_before/1024)) MiB before -> $((rss_dl/1024)) MiB after"
 echo "256 MiB upload: status/bytes/seconds $ul; peak RSS -> $((rss_ul/1024)) MiB after"
