@@ -54,8 +54,8 @@ pub enum RequestBody {
     Stream {
         /// Bytes read while trying to keep the body.
         prefix: Option<Bytes>,
-        /// The rest.
-        rest: Incoming,
+        /// The rest (taken by the drain when the body is dropped unread).
+        rest: Option<Incoming>,
         /// Bytes seen so far (prefix included).
         seen: u64,
         /// The limit.
@@ -98,7 +98,7 @@ impl RequestBody {
         let seen = buf.len() as u64;
         Ok(RequestBody::Stream {
             prefix: Some(buf.freeze()),
-            rest: incoming,
+            rest: Some(incoming),
             seen,
             limit,
             done: done.clone(),
@@ -111,6 +111,46 @@ impl RequestBody {
             RequestBody::Full(b) => Some(RequestBody::Full(b.clone())),
             RequestBody::Stream { .. } => None,
         }
+    }
+}
+
+/// A client body dropped unread (the proxy answered without sending it on) is read to its end
+/// in the background when its length is known and at most this...
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// ...within this time, so that the client can finish sending and read the answer, and the
+/// connection stays usable. Otherwise the answer says `Connection: close`.
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let RequestBody::Stream { rest, done, .. } = self else {
+            return;
+        };
+        let Some(rest) = rest.take() else {
+            return;
+        };
+        if done.get() || rest.is_end_stream() {
+            return;
+        }
+        let bounded = rest
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= DRAIN_MAX_BYTES);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !bounded {
+            return;
+        }
+        // Counted as read: the drain reads it before the connection takes another request.
+        done.set();
+        runtime.spawn(async move {
+            let drain = async {
+                let mut rest = rest;
+                while let Some(Ok(_)) = rest.frame().await {}
+            };
+            let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+        });
     }
 }
 
@@ -138,6 +178,9 @@ impl Body for RequestBody {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
+                let Some(rest) = rest.as_mut() else {
+                    return Poll::Ready(None);
+                };
                 match Pin::new(rest).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
@@ -162,7 +205,9 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
-            RequestBody::Stream { prefix, rest, .. } => prefix.is_none() && rest.is_end_stream(),
+            RequestBody::Stream { prefix, rest, .. } => {
+                prefix.is_none() && rest.as_ref().is_none_or(Incoming::is_end_stream)
+            }
         }
     }
 
@@ -171,7 +216,9 @@ impl Body for RequestBody {
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Stream { prefix, rest, .. } => {
                 let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let r = rest.size_hint();
+                let r = rest
+                    .as_ref()
+                    .map_or_else(SizeHint::new, Incoming::size_hint);
                 let mut hint = SizeHint::new();
                 hint.set_lower(r.lower() + p);
                 if let Some(u) = r.upper() {

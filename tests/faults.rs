@@ -176,7 +176,7 @@ async fn answer_head(s: &mut tokio::net::TcpStream) -> String {
 }
 
 #[tokio::test]
-async fn an_answer_before_the_upload_was_read_closes_the_connection_and_says_so() {
+async fn an_upload_answered_before_it_was_read_is_drained_or_the_connection_closed() {
     use tokio::io::AsyncWriteExt;
     let env = start(Setup::default()).await;
     env.sandbox.set_token_fault(Some(TokenFault::Status {
@@ -185,7 +185,8 @@ async fn an_answer_before_the_upload_was_read_closes_the_connection_and_says_so(
         error: None,
         aadsts: None,
     }));
-    // An upload too large to keep: the proxy answers (token unavailable) with most of it unread.
+    // An upload too large to keep, of known length: the proxy answers (token unavailable)
+    // before it has read it, reads the rest in the background, and keeps the connection.
     let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
         .await
         .unwrap();
@@ -198,18 +199,45 @@ async fn an_answer_before_the_upload_was_read_closes_the_connection_and_says_so(
     )
     .await
     .unwrap();
-    s.write_all(&vec![b'x'; 128 * 1024]).await.unwrap();
+    s.write_all(&vec![b'x'; size]).await.unwrap();
     let head = answer_head(&mut s).await;
     assert!(head.starts_with("http/1.1 503"), "{head}");
-    assert!(head.contains("connection: close"), "{head}");
-    // A GET's error answer keeps the connection.
-    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+    assert!(!head.contains("connection: close"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut body)
         .await
         .unwrap();
     s.write_all(b"GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let head = answer_head(&mut s).await;
+    assert!(
+        head.starts_with("http/1.1 503"),
+        "the connection carried on: {head}"
+    );
+    // Of unknown length (chunked): not drained; the answer says the connection closes.
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'x'; 128 * 1024];
+    s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+        .await
+        .unwrap();
+    s.write_all(&chunk).await.unwrap();
+    s.write_all(b"\r\n").await.unwrap();
+    let head = answer_head(&mut s).await;
     assert!(head.starts_with("http/1.1 503"), "{head}");
-    assert!(!head.contains("connection: close"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
 }
