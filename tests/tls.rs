@@ -4,32 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use common::{Setup, TestEnv};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use common::{Setup, TestEnv, fixture};
 
 /// A TLS-terminating relay on 127.0.0.1 to `target`, with a certificate from the test CA.
 async fn tls_relay(target: std::net::SocketAddr) -> std::net::SocketAddr {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(fixture("test-only-server.pem"))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_file(fixture("test-only-server-key.pem")).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+    let config = common::test_server_tls(&[]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -4,19 +4,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Setup, TestEnv, json};
+use common::{Setup, TestEnv, fixture, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// Counts connections and requests.
 #[derive(Default)]
@@ -159,20 +152,7 @@ async fn a_request_the_upstream_took_is_never_sent_twice() {
 
 /// An HTTPS server offering only HTTP/2, with a certificate from the test CA.
 async fn h2_upstream(counts: Arc<Counts>) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(fixture("test-only-server.pem"))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-    let key = PrivateKeyDer::from_pem_file(fixture("test-only-server-key.pem")).unwrap();
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = common::test_server_tls(&[b"h2"]);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
