@@ -55,7 +55,7 @@ pub enum RequestBody {
         /// Bytes read while trying to keep the body.
         prefix: Option<Bytes>,
         /// The rest (taken by the drain when the body is dropped unread).
-        rest: Option<Incoming>,
+        rest: Option<ClientBody>,
         /// Bytes seen so far (prefix included).
         seen: u64,
         /// The limit.
@@ -69,7 +69,7 @@ impl RequestBody {
     /// Reads up to `keep` bytes; a body that ends within them can be replayed. Errors with
     /// `BodyTooLarge` as soon as more than `limit` bytes arrive.
     pub async fn read(
-        mut incoming: Incoming,
+        mut incoming: ClientBody,
         keep: usize,
         limit: u64,
         done: &BodyDone,
@@ -144,6 +144,10 @@ impl Drop for RequestBody {
         }
         // Counted as read: the drain reads it before the connection takes another request.
         done.set();
+        let ClientBody::Hyper(rest) = rest else {
+            // Read from the connection itself: its task drains the rest after the answer.
+            return;
+        };
         runtime.spawn(async move {
             let drain = async {
                 let mut rest = rest;
@@ -191,7 +195,7 @@ impl Body for RequestBody {
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => {
                         done.set();
                         Poll::Ready(None)
@@ -206,7 +210,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
             RequestBody::Stream { prefix, rest, .. } => {
-                prefix.is_none() && rest.as_ref().is_none_or(Incoming::is_end_stream)
+                prefix.is_none() && rest.as_ref().is_none_or(ClientBody::is_end_stream)
             }
         }
     }
@@ -218,7 +222,7 @@ impl Body for RequestBody {
                 let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
                 let r = rest
                     .as_ref()
-                    .map_or_else(SizeHint::new, Incoming::size_hint);
+                    .map_or_else(SizeHint::new, ClientBody::size_hint);
                 let mut hint = SizeHint::new();
                 hint.set_lower(r.lower() + p);
                 if let Some(u) = r.upper() {
@@ -226,6 +230,49 @@ impl Body for RequestBody {
                 }
                 hint
             }
+        }
+    }
+}
+
+/// A body from the client.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// None (no `Content-Length`, or 0, and not chunked).
+    Empty,
+    /// From hyper (HTTP/2).
+    Hyper(Incoming),
+    /// Read from the HTTP/1 connection by `front`.
+    H1(crate::front::H1Body),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H1(b) => b.size_hint(),
         }
     }
 }

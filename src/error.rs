@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The request line or path is not acceptable.
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
+    /// The request head (request line and headers) is over 64 KiB or 100 headers.
+    #[error("the request headers are too large")]
+    HeadersTooLarge,
     /// CONNECT and the like: the proxy is not a forward proxy.
     #[error("this method is not supported by the proxy")]
     MethodNotAllowed,
@@ -90,6 +93,10 @@ impl ProxyError {
             ProxyError::BadHost => (StatusCode::BAD_REQUEST, "BadHost"),
             ProxyError::BadOrigin => (StatusCode::FORBIDDEN, "BadOrigin"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            ProxyError::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HeadersTooLarge",
+            ),
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             ProxyError::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
             ProxyError::TenantNotAllowed => (StatusCode::FORBIDDEN, "TenantNotAllowed"),

@@ -15,6 +15,7 @@ pub mod egress;
 pub mod error;
 pub mod exchange;
 pub mod forward;
+pub mod front;
 pub mod login;
 pub mod proxy;
 pub mod ratelimit;
@@ -29,15 +30,12 @@ pub mod tls;
 pub mod token;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -322,14 +320,7 @@ async fn serve_proxy(
     stop: CancellationToken,
     hard: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(64 * 1024);
-    builder.http2().max_header_list_size(64 * 1024);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -344,32 +335,25 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         worker.state.metrics.count_connection(worker.index);
-        let worker = worker.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let worker = worker.clone();
-            async move { Ok::<_, Infallible>(catch_panic(worker, req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        connections.spawn(front::serve(
+            worker.clone(),
+            stream,
+            stop.clone(),
+            hard.clone(),
+        ));
     }
     drop(listener);
+    connections.close();
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = connections.wait() => {}
         _ = hard.cancelled() => {}
     }
 }
 
 /// Runs the request path, turning a panic into a 500 instead of a dropped connection.
-async fn catch_panic(
+pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
-    req: http::Request<hyper::body::Incoming>,
+    req: http::Request<body::ClientBody>,
 ) -> http::Response<body::ResponseBody> {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(proxy::handle(&worker.state, &worker.client, req))

@@ -5,11 +5,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::body::{BodyDone, BodyTooLarge, RequestBody, ResponseBody};
+use crate::body::{BodyDone, BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
 use crate::forward::{self, CLIENT_REQUEST_ID, HttpClient, INBOUND_KEY_HEADER};
@@ -38,7 +37,7 @@ struct Trace {
 pub async fn handle(
     state: &AppState,
     client: &HttpClient,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let rt = state.runtime.load_full();
     let started = Instant::now();
@@ -134,7 +133,7 @@ async fn proxy(
     state: &AppState,
     client: &HttpClient,
     rt: &Runtime,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     request_id: &HeaderValue,
     body_done: &BodyDone,
     trace: &mut Trace,
@@ -183,7 +182,7 @@ async fn proxy(
 async fn read_body(
     rt: &Runtime,
     headers: &HeaderMap,
-    incoming: Incoming,
+    incoming: ClientBody,
     done: &BodyDone,
 ) -> Result<RequestBody, ProxyError> {
     if content_length(headers).is_some_and(|n| n > rt.max_body_bytes) {
@@ -209,7 +208,7 @@ fn request_host(parts: &http::request::Parts) -> Option<&str> {
 }
 
 /// The checks that keep the proxy from being an open proxy or a DNS-rebinding target.
-fn check_request(rt: &Runtime, req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_request(rt: &Runtime, req: &Request<ClientBody>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }

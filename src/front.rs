@@ -1,0 +1,905 @@
+//! The client side of the proxy over HTTP/1.x: one task per connection parses each request
+//! head (httparse), frames the body, runs the request path and writes the answer, with no
+//! other task in between. HTTP/2 with prior knowledge is handed to hyper.
+//!
+//! Written here rather than taken from hyper for two reasons: a request that carries both
+//! `Content-Length` and `Transfer-Encoding` (a smuggling shape) must be refused with a 400,
+//! which hyper's server cannot do (it drops the `Content-Length` before the service sees the
+//! request), and the per-request cost of the proxy is dominated by HTTP machinery.
+//! Refusals of malformed requests are Defender-shaped like every other error.
+
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::Worker;
+use crate::body::{BoxError, ClientBody, ResponseBody};
+use crate::error::ProxyError;
+
+/// A request head (request line and headers) may take this many bytes...
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// ...and this many headers.
+pub const MAX_HEADERS: usize = 100;
+/// An idle connection, or one sending a head, is closed after this long without a whole head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body the proxy did not read (it answered first) is read and discarded before the
+/// next request when its remaining length is known and at most this...
+const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// ...within this time; otherwise the connection is closed.
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
+/// A chunk-size line (with extensions) or a trailer section may take this many bytes.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one accepted connection until it closes, `stop` asks to finish (after the request in
+/// progress) or `hard` to drop everything.
+pub async fn serve(
+    worker: Arc<Worker>,
+    stream: TcpStream,
+    stop: CancellationToken,
+    hard: CancellationToken,
+) {
+    tokio::select! {
+        _ = serve_connection(worker, stream, stop) => {}
+        _ = hard.cancelled() => {}
+    }
+}
+
+async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: CancellationToken) {
+    let stream = Arc::new(stream);
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut first = true;
+    loop {
+        let parsed = match read_head(&stream, &mut buf, &stop, first).await {
+            Ok(Head::Request(parsed)) => parsed,
+            Ok(Head::Http2) => {
+                if let Ok(stream) = Arc::try_unwrap(stream) {
+                    serve_h2(worker, stream, buf.freeze(), stop).await;
+                }
+                return;
+            }
+            Ok(Head::Closed) | Err(HeadError::Io) => return,
+            Err(HeadError::Refused(e)) => {
+                let resp = refusal(e);
+                if write_response(&stream, resp, &ResponseMode::close())
+                    .await
+                    .is_ok()
+                {
+                    linger(&stream).await;
+                }
+                return;
+            }
+        };
+        first = false;
+        let Parsed {
+            request,
+            keep_alive,
+            head_only,
+            http10,
+            reader,
+        } = parsed;
+        let mut resp = crate::catch_panic(worker.clone(), request).await;
+        let mut keep_alive = keep_alive && !stop.is_cancelled();
+        if resp
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| has_token(v.as_bytes(), b"close"))
+        {
+            keep_alive = false;
+        }
+        let mode = ResponseMode {
+            keep_alive,
+            head_only,
+            http10,
+        };
+        resp.headers_mut().remove(header::CONNECTION);
+        let keep_alive = match write_response(&stream, resp, &mode).await {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        let unread = reader.as_ref().is_some_and(|r| {
+            r.lock()
+                .map_or(true, |r| !matches!(r.framing, Framing::Done))
+        });
+        if !keep_alive {
+            if unread {
+                linger(&stream).await;
+            }
+            return;
+        }
+        buf = match reader {
+            None => buf,
+            Some(reader) => match take_back(reader).await {
+                Some(rest) => rest,
+                None => {
+                    linger(&stream).await;
+                    return;
+                }
+            },
+        };
+    }
+}
+
+/// The answer to a request the proxy could not parse, with a request ID of its own.
+fn refusal(e: ProxyError) -> Response<ResponseBody> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut resp = e.into_response(&id);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut()
+            .insert(crate::forward::CLIENT_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Before closing a connection whose client may still be sending: stop writing and read
+/// what comes for a moment, so that closing with unread input (which resets the connection)
+/// does not destroy the answer before the client has read it.
+async fn linger(stream: &TcpStream) {
+    let _ = socket_shutdown_write(stream);
+    let mut left: usize = 1024 * 1024;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while left > 0 {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}
+
+fn socket_shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
+}
+
+/// After the answer: the read side back from the request body, its unread rest (when small)
+/// read and discarded; `None` when the connection cannot take another request.
+async fn take_back(reader: Arc<Mutex<Reader>>) -> Option<BytesMut> {
+    let reader = Arc::try_unwrap(reader).ok()?.into_inner().ok()?;
+    if reader.failed {
+        return None;
+    }
+    match reader.framing {
+        Framing::Done => Some(reader.buf),
+        Framing::Length(n) if n <= DRAIN_MAX_BYTES => {
+            let shared = Arc::new(Mutex::new(reader));
+            let mut body = H1Body {
+                shared: shared.clone(),
+            };
+            let drained = tokio::time::timeout(DRAIN_MAX_TIME, async {
+                while let Some(frame) = body.frame().await {
+                    frame.ok()?;
+                }
+                Some(())
+            })
+            .await;
+            drop(body);
+            drained.ok().flatten()?;
+            let reader = Arc::try_unwrap(shared).ok()?.into_inner().ok()?;
+            Some(reader.buf)
+        }
+        _ => None,
+    }
+}
+
+/// HTTP/2 with prior knowledge (h2c), served by hyper; `read` holds what was read so far.
+async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: CancellationToken) {
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let worker = worker.clone();
+        async move {
+            let req = req.map(ClientBody::Hyper);
+            Ok::<_, std::convert::Infallible>(crate::catch_panic(worker, req).await)
+        }
+    });
+    let mut builder =
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.max_header_list_size(MAX_HEAD_BYTES as u32);
+    let io = hyper_util::rt::TokioIo::new(Rewind {
+        prefix: read,
+        inner: stream,
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// A stream whose first bytes were already read.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl tokio::io::AsyncRead for Rewind {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+enum Head {
+    Request(Parsed),
+    Http2,
+    Closed,
+}
+
+enum HeadError {
+    Io,
+    Refused(ProxyError),
+}
+
+struct Parsed {
+    request: Request<ClientBody>,
+    keep_alive: bool,
+    head_only: bool,
+    http10: bool,
+    reader: Option<Arc<Mutex<Reader>>>,
+}
+
+/// Reads until a whole head is buffered, then parses it.
+async fn read_head(
+    stream: &Arc<TcpStream>,
+    buf: &mut BytesMut,
+    stop: &CancellationToken,
+    first: bool,
+) -> Result<Head, HeadError> {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    loop {
+        if !buf.is_empty() {
+            if first {
+                let n = buf.len().min(H2_PREFACE.len());
+                if buf[..n] == H2_PREFACE[..n] {
+                    if n == H2_PREFACE.len() {
+                        return Ok(Head::Http2);
+                    }
+                    // Part of the preface so far: read on.
+                    if !read_more(stream, buf, stop, deadline, false).await? {
+                        return Ok(Head::Closed);
+                    }
+                    continue;
+                }
+            }
+            if let Some(parsed) = parse_head(stream, buf)? {
+                return Ok(Head::Request(parsed));
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(HeadError::Refused(ProxyError::HeadersTooLarge));
+            }
+        }
+        let idle = buf.is_empty();
+        if !read_more(stream, buf, stop, deadline, idle).await? {
+            return Ok(Head::Closed);
+        }
+    }
+}
+
+/// Reads more into `buf`; false when the connection closed cleanly between requests (or the
+/// proxy is stopping and the connection is idle).
+async fn read_more(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    stop: &CancellationToken,
+    deadline: tokio::time::Instant,
+    idle: bool,
+) -> Result<bool, HeadError> {
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8 * 1024);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) if idle => return Ok(false),
+            Ok(0) => return Err(HeadError::Io),
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(HeadError::Io),
+        }
+        tokio::select! {
+            r = stream.readable() => r.map_err(|_| HeadError::Io)?,
+            _ = tokio::time::sleep_until(deadline) => return Err(HeadError::Io),
+            _ = stop.cancelled(), if idle => return Ok(false),
+        }
+    }
+}
+
+/// Parses the head at the start of `buf`, if whole; takes it (and nothing more) out of `buf`.
+fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
+    let bad = |why| Err(HeadError::Refused(ProxyError::BadRequest(why)));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
+            return Err(HeadError::Refused(ProxyError::HeadersTooLarge));
+        }
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Refused(ProxyError::HeadersTooLarge));
+        }
+        Err(_) => return bad("the request line or a header is not valid HTTP/1.1"),
+    };
+    let base = buf.as_ptr() as usize;
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return bad("the request line is not valid HTTP/1.1");
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return bad("the method is not valid");
+    };
+    let http10 = version == 0;
+    let target = (offset(target.as_bytes()), target.len());
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = req.headers.len();
+    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
+        *span = (
+            offset(h.name.as_bytes()),
+            h.name.len(),
+            offset(h.value),
+            h.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = match Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) {
+        Ok(u) => u,
+        Err(_) => return bad("the request target is not a valid URI"),
+    };
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut keep_alive = !http10;
+    let mut close = false;
+    let mut expect_continue = false;
+    for &(n, nl, v, vl) in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else {
+            return bad("a header name is not valid");
+        };
+        // httparse has checked the value's bytes.
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v..v + vl)) else {
+            return bad("a header value is not valid");
+        };
+        if name == header::CONTENT_LENGTH {
+            let Some(n) = parse_length(value.as_bytes()) else {
+                return bad("the Content-Length is not a number");
+            };
+            if length.is_some_and(|l| l != n) {
+                return bad("the request has two different Content-Length headers");
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // Only the last coding counts: it must be chunked.
+            chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+        } else if name == header::CONNECTION {
+            if has_token(value.as_bytes(), b"close") {
+                close = true;
+            } else if has_token(value.as_bytes(), b"keep-alive") {
+                keep_alive = true;
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    let framing = match (chunked, length) {
+        (Some(_), Some(_)) => {
+            return bad("the request has both Content-Length and Transfer-Encoding");
+        }
+        (Some(_), None) if http10 => {
+            return bad("HTTP/1.0 has no Transfer-Encoding");
+        }
+        (Some(false), None) => return bad("the Transfer-Encoding is not chunked"),
+        (Some(true), None) => Framing::Chunked(Chunk::Size),
+        (None, Some(n)) if n > 0 => Framing::Length(n),
+        (None, _) => Framing::Done,
+    };
+    let (body, reader) = if matches!(framing, Framing::Done) {
+        (ClientBody::Empty, None)
+    } else {
+        let reader = Arc::new(Mutex::new(Reader {
+            stream: stream.clone(),
+            buf: std::mem::take(buf),
+            framing,
+            continue_pending: expect_continue && !http10,
+            failed: false,
+        }));
+        (
+            ClientBody::H1(H1Body {
+                shared: reader.clone(),
+            }),
+            Some(reader),
+        )
+    };
+    let head_only = method == Method::HEAD;
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *request.headers_mut() = headers;
+    Ok(Some(Parsed {
+        request,
+        keep_alive: keep_alive && !close,
+        head_only,
+        http10,
+        reader,
+    }))
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Does a comma-separated header value list `token`?
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+    value
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// How the client's body is delimited, and how much is left.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading the trailer section, this many bytes so far.
+    Trailers(usize),
+}
+
+/// The read side of a connection while a request body is being read.
+#[derive(Debug)]
+pub struct Reader {
+    stream: Arc<TcpStream>,
+    buf: BytesMut,
+    framing: Framing,
+    continue_pending: bool,
+    failed: bool,
+}
+
+/// A request body read straight from the client's connection.
+#[derive(Debug)]
+pub struct H1Body {
+    shared: Arc<Mutex<Reader>>,
+}
+
+/// The client's body was cut short or badly framed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is incomplete or badly framed")]
+pub struct BadBody;
+
+impl Reader {
+    /// The next piece of body out of `buf`: `Some(Some(data))`, `Some(None)` at the end, `None`
+    /// when more bytes are needed.
+    fn next(&mut self) -> Result<Option<Option<Bytes>>, BadBody> {
+        loop {
+            match self.framing {
+                Framing::Done => return Ok(Some(None)),
+                Framing::Length(n) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = (self.buf.len() as u64).min(n) as usize;
+                    let data = self.buf.split_to(take).freeze();
+                    self.framing = match n - take as u64 {
+                        0 => Framing::Done,
+                        left => Framing::Length(left),
+                    };
+                    return Ok(Some(Some(data)));
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(line) = take_line(&mut self.buf, MAX_CHUNK_LINE)? else {
+                        return Ok(None);
+                    };
+                    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+                    let size = parse_hex(digits.trim_ascii_end()).ok_or(BadBody)?;
+                    self.framing = Framing::Chunked(if size == 0 {
+                        Chunk::Trailers(0)
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Framing::Chunked(Chunk::Data(n)) => {
+                    if self.buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = (self.buf.len() as u64).min(n) as usize;
+                    let data = self.buf.split_to(take).freeze();
+                    self.framing = Framing::Chunked(match n - take as u64 {
+                        0 => Chunk::DataEnd,
+                        left => Chunk::Data(left),
+                    });
+                    return Ok(Some(Some(data)));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if self.buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(BadBody);
+                    }
+                    self.buf.advance(2);
+                    self.framing = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers(seen)) => {
+                    let Some(line) = take_line(&mut self.buf, MAX_CHUNK_LINE)? else {
+                        return Ok(None);
+                    };
+                    if line.is_empty() {
+                        self.framing = Framing::Done;
+                        return Ok(Some(None));
+                    }
+                    let seen = seen + line.len() + 2;
+                    if seen > MAX_TRAILERS {
+                        return Err(BadBody);
+                    }
+                    self.framing = Framing::Chunked(Chunk::Trailers(seen));
+                }
+            }
+        }
+    }
+}
+
+/// One CRLF-terminated line out of `buf` (without the CRLF); a bare LF or a line over `max`
+/// is an error.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, BadBody> {
+    match memchr::memchr(b'\n', buf) {
+        None if buf.len() > max => Err(BadBody),
+        None => Ok(None),
+        Some(i) if i == 0 || buf[i - 1] != b'\r' || i > max => Err(BadBody),
+        Some(i) => {
+            let line = buf.split_to(i + 1).freeze();
+            Ok(Some(line.slice(..i - 1)))
+        }
+    }
+}
+
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        let v = (*d as char).to_digit(16)?;
+        Some(n * 16 + v as u64)
+    })
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Ok(mut r) = self.shared.lock() else {
+            return Poll::Ready(Some(Err(Box::new(BadBody))));
+        };
+        let r = &mut *r;
+        if r.continue_pending {
+            r.continue_pending = false;
+            // The client waits for this before sending; an empty send buffer takes it whole.
+            const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if !matches!(r.stream.try_write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
+                r.failed = true;
+                return Poll::Ready(Some(Err(Box::new(BadBody))));
+            }
+        }
+        loop {
+            match r.next() {
+                Ok(Some(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Some(None)) => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    r.failed = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+            if let Err(e) = ready!(r.stream.poll_read_ready(cx)) {
+                r.failed = true;
+                return Poll::Ready(Some(Err(Box::new(e))));
+            }
+            if r.buf.capacity() - r.buf.len() < 4096 {
+                r.buf.reserve(32 * 1024);
+            }
+            match r.stream.try_read_buf(&mut r.buf) {
+                Ok(0) => {
+                    r.failed = true;
+                    return Poll::Ready(Some(Err(Box::new(BadBody))));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    r.failed = true;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.shared
+            .lock()
+            .map_or(true, |r| matches!(r.framing, Framing::Done))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.shared.lock().map(|r| r.framing) {
+            Ok(Framing::Length(n)) => SizeHint::with_exact(n),
+            Ok(Framing::Done) => SizeHint::with_exact(0),
+            _ => SizeHint::new(),
+        }
+    }
+}
+
+/// How an answer is written.
+struct ResponseMode {
+    keep_alive: bool,
+    head_only: bool,
+    http10: bool,
+}
+
+impl ResponseMode {
+    fn close() -> ResponseMode {
+        ResponseMode {
+            keep_alive: false,
+            head_only: false,
+            http10: false,
+        }
+    }
+}
+
+/// Writes the answer; returns whether the connection may take another request.
+async fn write_response(
+    stream: &TcpStream,
+    resp: Response<ResponseBody>,
+    mode: &ResponseMode,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    let no_body = mode.head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut keep_alive = mode.keep_alive;
+    // The framing: the body's exact length, or chunked, or (HTTP/1.0) until the close.
+    let exact = body.size_hint().exact();
+    let chunked = !no_body && exact.is_none() && !mode.http10;
+    if !no_body && exact.is_none() && mode.http10 {
+        keep_alive = false;
+    }
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || (name == header::CONTENT_LENGTH && !mode.head_only)
+        {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !no_body {
+        if let Some(n) = exact {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if mode.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if no_body {
+        write_all(stream, &out).await?;
+        return Ok(keep_alive);
+    }
+    let mut sent: u64 = 0;
+    let mut head = Some(out);
+    loop {
+        // The first piece of body goes out with the head when it is at hand.
+        let frame = match head.as_ref() {
+            Some(_) => match futures_util::FutureExt::now_or_never(body.frame()) {
+                Some(f) => f,
+                None => {
+                    if let Some(h) = head.take() {
+                        write_all(stream, &h).await?;
+                    }
+                    body.frame().await
+                }
+            },
+            None => body.frame().await,
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(_)) => return Err(io::Error::other("the upstream body failed")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if exact.is_some_and(|n| sent > n) {
+            return Err(io::Error::other("the body is longer than announced"));
+        }
+        let mut pieces: Vec<IoSlice<'_>> = Vec::with_capacity(4);
+        let size_line;
+        if let Some(h) = head.as_ref() {
+            pieces.push(IoSlice::new(h));
+        }
+        if chunked {
+            size_line = format!("{:x}\r\n", data.len());
+            pieces.push(IoSlice::new(size_line.as_bytes()));
+            pieces.push(IoSlice::new(&data));
+            pieces.push(IoSlice::new(b"\r\n"));
+        } else {
+            pieces.push(IoSlice::new(&data));
+        }
+        write_all_vectored(stream, &mut pieces).await?;
+        head = None;
+    }
+    if exact.is_some_and(|n| sent != n) {
+        return Err(io::Error::other("the body is shorter than announced"));
+    }
+    let mut last: Vec<u8> = head.unwrap_or_default();
+    if chunked {
+        last.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !last.is_empty() {
+        write_all(stream, &last).await?;
+    }
+    Ok(keep_alive)
+}
+
+async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn write_all_vectored(stream: &TcpStream, mut pieces: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !pieces.is_empty() {
+        match stream.try_write_vectored(pieces) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut pieces, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `Date` header's value, made once a second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let (at, value) = c.get();
+        if at == secs {
+            return value;
+        }
+        let mut value = [0u8; 29];
+        let s = httpdate::fmt_http_date(now);
+        if s.len() == 29 {
+            value.copy_from_slice(s.as_bytes());
+        }
+        c.set((secs, value));
+        value
+    })
+}
+
+#[cfg(test)]
+mod tests;

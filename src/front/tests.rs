@@ -1,0 +1,73 @@
+use super::*;
+
+fn reader(bytes: &[u8], framing: Framing) -> Result<(Vec<u8>, BytesMut), BadBody> {
+    // A reader without a live connection: only `next` is exercised.
+    let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std.local_addr().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async { TcpStream::connect(addr).await.unwrap() });
+    let mut r = Reader {
+        stream: Arc::new(stream),
+        buf: BytesMut::from(bytes),
+        framing,
+        continue_pending: false,
+        failed: false,
+    };
+    let mut body = Vec::new();
+    loop {
+        match r.next()? {
+            Some(Some(data)) => body.extend_from_slice(&data),
+            Some(None) => return Ok((body, r.buf)),
+            None => return Err(BadBody),
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_are_decoded_and_the_next_request_is_left() {
+    let (body, rest) = reader(
+        b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nGET /",
+        Framing::Chunked(Chunk::Size),
+    )
+    .unwrap();
+    assert_eq!(body, b"Wikipedia");
+    assert_eq!(&rest[..], b"GET /");
+}
+
+#[test]
+fn bad_chunk_framing_is_an_error() {
+    for bad in [
+        &b"4\nWiki\r\n0\r\n\r\n"[..],
+        b"4\r\nWikiX\r\n0\r\n\r\n",
+        b"zz\r\nWiki\r\n0\r\n\r\n",
+        b"\r\n",
+        b"fffffffffffffffff\r\n",
+    ] {
+        assert!(
+            reader(bad, Framing::Chunked(Chunk::Size)).is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn a_length_body_stops_at_its_length() {
+    let (body, rest) = reader(b"abcdGET", Framing::Length(4)).unwrap();
+    assert_eq!(body, b"abcd");
+    assert_eq!(&rest[..], b"GET");
+}
+
+#[test]
+fn header_tokens() {
+    assert!(has_token(b"keep-alive, Close", b"close"));
+    assert!(!has_token(b"closed", b"close"));
+    assert!(last_token_is(b"gzip, chunked", b"chunked"));
+    assert!(!last_token_is(b"chunked, gzip", b"chunked"));
+    assert_eq!(parse_length(b"12"), Some(12));
+    assert_eq!(parse_length(b"+12"), None);
+    assert_eq!(parse_length(b"1 2"), None);
+    assert_eq!(parse_length(b""), None);
+}
