@@ -278,6 +278,7 @@ impl tokio::io::AsyncWrite for Rewind {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // one per request, moved once; boxing would cost an allocation
 enum Head {
     Request(Parsed),
     Http2,

@@ -1,0 +1,168 @@
+//! The proxy's own HTTP/1 server side: keep-alive and pipelining, chunked and `Expect:
+//! 100-continue` uploads, HTTP/1.0 clients, HEAD, HTTP/2 with prior knowledge, and malformed
+//! requests refused with a Defender-shaped error before anything reaches the upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Setup, raw, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let env = start(Setup::default()).await;
+    let three = "GET /api/_test/echo/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+                 GET /api/_test/echo/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+                 GET /api/_test/echo/third HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let answer = raw(env.proxy.proxy_addr, three.as_bytes()).await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+    let (a, b, c) = (
+        answer.find("/first").unwrap(),
+        answer.find("/second").unwrap(),
+        answer.find("/third").unwrap(),
+    );
+    assert!(a < b && b < c, "{answer}");
+    assert_eq!(env.sandbox.api_requests(), 3);
+}
+
+#[tokio::test]
+async fn a_chunked_upload_is_forwarded_whole() {
+    let env = start(Setup::default()).await;
+    let req = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+               5\r\nhello\r\n6;ext=x\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+    let answer = raw(env.proxy.proxy_addr, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"bytes\":11}"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_badly_framed_chunked_body_is_refused_and_not_forwarded() {
+    let env = start(Setup::default()).await;
+    let req = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    let answer = raw(env.proxy.proxy_addr, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("x-defender-proxy-error: BadRequest"),
+        "{answer}"
+    );
+    assert_eq!(env.sandbox.api_requests(), 0);
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_a_continue_before_the_body_is_sent() {
+    let env = start(Setup::default()).await;
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(b"POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut got))
+        .await
+        .expect("a 100 Continue within 5 s")
+        .unwrap();
+    assert_eq!(&got[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.ends_with("{\"bytes\":5}"), "{rest}");
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_a_length_and_the_connection_closed() {
+    let env = start(Setup::default()).await;
+    let answer = raw(
+        env.proxy.proxy_addr,
+        b"GET /api/incidents HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("content-length: "), "{answer}");
+    assert!(lower.contains("connection: close"), "{answer}");
+    assert!(!lower.contains("transfer-encoding"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_head_request_keeps_the_length_and_the_connection() {
+    let env = start(Setup::default()).await;
+    let req = "HEAD /api/_test/download?bytes=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+               GET /api/_test/download?bytes=3 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let answer = raw(env.proxy.proxy_addr, req.as_bytes()).await;
+    let (head, get) = answer.split_at(answer.rfind("HTTP/1.1 200").unwrap());
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 1000"),
+        "{answer}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {answer:?}");
+    assert!(get.ends_with("\r\n\r\n\x00\x01\x02"), "{get:?}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_defender_shaped_400() {
+    let env = start(Setup::default()).await;
+    for req in [
+        "GARBAGE\r\n\r\n",
+        "GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: +5\r\n\r\nhello",
+        "GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n",
+        "POST /api/_test/upload HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let answer = raw(env.proxy.proxy_addr, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{req:?}: {answer}");
+        assert!(
+            answer.contains("x-defender-proxy-error: BadRequest"),
+            "{answer}"
+        );
+        assert!(answer.contains("\"code\":\"BadRequest\""), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    assert_eq!(env.sandbox.api_requests(), 0);
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_served() {
+    let env = start(Setup::default()).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(format!("{}/api/incidents", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
+    let env = start(Setup::default()).await;
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    let n = s.read(&mut got).await.unwrap();
+    assert!(got[..n].starts_with(b"HTTP/1.1 200"));
+    let shutdown = tokio::time::timeout(Duration::from_secs(5), env.proxy.shutdown()).await;
+    assert!(shutdown.is_ok(), "shutdown waits for no idle connection");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "the idle connection was closed"
+    );
+}
