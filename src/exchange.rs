@@ -84,7 +84,7 @@ impl Exchange<'_> {
             {
                 return Ok(Answer::Streamed(resp));
             }
-            let (answer, wait) = retry_time(resp).await;
+            let (answer, wait) = Box::pin(retry_time(resp)).await;
             let (Some(spec), Some(wait)) = (self.limit(), wait) else {
                 return Ok(answer);
             };
@@ -155,7 +155,7 @@ impl Exchange<'_> {
             tracing::debug!(route = %self.route.name, "stale upstream connection; resending on a new one");
             let req = forward::build_request(self.parts, &out, body)?;
             let left = self.rt.request_timeout.saturating_sub(started.elapsed());
-            sent = forward::send(self.client, req, left, true).await;
+            sent = Box::pin(forward::send(self.client, req, left, true)).await;
         }
         *latency = Some(started.elapsed());
         match sent? {

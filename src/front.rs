@@ -50,6 +50,9 @@ pub async fn serve(
     stop: CancellationToken,
     hard: CancellationToken,
 ) {
+    // A token of the connection's own: waiting on it between requests touches no lock that
+    // other connections (or workers) share.
+    let stop = stop.child_token();
     tokio::select! {
         _ = serve_connection(worker, stream, stop) => {}
         _ = hard.cancelled() => {}

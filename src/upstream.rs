@@ -115,8 +115,9 @@ impl Upstream {
                 Err(SendError::Unsent(back)) => req = *back,
             }
         }
-        let sender = self
-            .connect(&scheme, &authority)
+        // Boxed: connecting (TCP, TLS, handshake) is rare next to reuse, and its future is large;
+        // inline, every request's future would carry (and move) it.
+        let sender = Box::pin(self.connect(&scheme, &authority))
             .await
             .map_err(Failure::from)?;
         match self.send(sender, req, &scheme, &authority).await {

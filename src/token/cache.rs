@@ -138,7 +138,8 @@ impl TokenCache {
             return Ok(token);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        self.fetch_foreground(slot, source, key).await
+        // Boxed: the fetch is rare and its future large; every request's future would carry it.
+        Box::pin(self.fetch_foreground(slot, source, key)).await
     }
 
     /// Drops `rejected` (an upstream answered 401 to it) unless a newer token replaced it.
