@@ -5,6 +5,8 @@
 #   dp            defender-proxy (release build, warm token, access log off)
 #   dp-limit      the same with a generous rate limit on the route (the limiter's cost)
 #   dp-log        the same with the access log on (written to /dev/null)
+#   tokio-floor   examples/floor.rs: a tokio proxy that only forwards (no checks, no token
+#                 lookup, GET and Content-Length only), the ceiling for defender-proxy's design
 # Each is driven by wrk (-c64), interleaved over ROUNDS rounds; prints req/s, p50, p99 and
 # peak RSS side by side with ratios to nginx. Then memory with 10,000 tenants.
 #
@@ -28,9 +30,10 @@ if ! need wrk || ! need nginx; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
 fi
 ulimit -n 20000 2>/dev/null || true
-cargo build --release --quiet --bin defender-proxy --example loadgen
+cargo build --release --quiet --bin defender-proxy --example loadgen --example floor
 BIN=$PWD/target/release/defender-proxy
 LOADGEN=$PWD/target/release/examples/loadgen
+FLOOR=$PWD/target/release/examples/floor
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -41,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
+FL=18111; UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
 BURST=${BURST:-1000}
 BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024))' | head -c 1024)
 BODY=${BODY//\'/}
@@ -132,7 +135,9 @@ start() { # name, config
   eval "PID_$1=$!"
 }
 start dp "$WORK/dp.toml"; start dpl "$WORK/dpl.toml"; start dplog "$WORK/dplog.toml"; start dpt "$WORK/dpt.toml"
-for port in $UP $NGX $DP $DPL $DPLOG $DPT; do
+"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$( [ "$WORKERS" = 0 ] && nproc || echo "$WORKERS")" &
+PIDS+=($!); PID_floor=$!
+for port in $UP $NGX $DP $DPL $DPLOG $DPT $FL; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
 done
 
@@ -150,8 +155,8 @@ run_wrk() { # name, port
   P50[$1]="${P50[$1]:-} $(echo "$out" | awk '$1=="50%" {print $2}')"
   P99[$1]="${P99[$1]:-} $(echo "$out" | awk '$1=="99%" {print $2}')"
 }
-NAMES=(nginx-proxy dp dp-limit dp-log)
-declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG)
+NAMES=(nginx-proxy dp dp-limit dp-log tokio-floor)
+declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [tokio-floor]=$FL)
 for r in $(seq "$ROUNDS"); do
   for n in "${NAMES[@]}"; do run_wrk "$n" "${PORT[$n]}"; done
 done
@@ -175,6 +180,7 @@ for n in "${NAMES[@]}"; do
     dp) rss=$(rss_kib "$PID_dp") ;;
     dp-limit) rss=$(rss_kib "$PID_dpl") ;;
     dp-log) rss=$(rss_kib "$PID_dplog") ;;
+    tokio-floor) rss=$(rss_kib "$PID_floor") ;;
   esac
   printf '%-12s %12.0f %10.2f %10.2f %12.1f %10.2f %10.2f\n' "$n" "$rps" "$p50" "$p99" "$(echo "$rss/1024" | bc -l)" \
     "$(echo "$rps/$base_rps" | bc -l)" "$(echo "$p99/$base_p99" | bc -l)"
