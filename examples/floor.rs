@@ -25,7 +25,9 @@ fn main() {
     let upstream: &'static str = Box::leak(upstream.clone().into_boxed_str());
     let workers: usize = workers.parse().expect("WORKERS is a number");
     let listener = std::net::TcpListener::bind(listen).expect("LISTEN can be bound");
-    listener.set_nonblocking(true).expect("a non-blocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("a non-blocking listener");
     let threads: Vec<_> = (0..workers)
         .map(|_| {
             let listener = listener.try_clone().expect("a listener copy");
@@ -59,7 +61,11 @@ fn worker(listener: std::net::TcpListener, upstream: &'static str) {
     });
 }
 
-async fn connection(mut client: TcpStream, upstream: &'static str, pool: Pool) -> std::io::Result<()> {
+async fn connection(
+    mut client: TcpStream,
+    upstream: &'static str,
+    pool: Pool,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(8192);
     let mut out = Vec::with_capacity(2048);
     loop {

@@ -158,20 +158,32 @@ pub async fn serve(
     let _close_on_drop = hard.clone().drop_guard();
     let workers = worker_count(config.server.workers);
     let listener = listeners.proxy.into_std()?;
+    let (balance, mut inboxes) = Balance::new(workers);
     let mut others = Vec::with_capacity(workers - 1);
-    for i in 1..workers {
+    for (i, inbox) in inboxes.drain(1..).enumerate() {
         others.push(spawn_worker(
-            i,
+            i + 1,
             state.clone(),
             listener.try_clone()?,
+            Intake {
+                inbox,
+                balance: balance.clone(),
+            },
             stop.clone(),
             hard.clone(),
         )?);
     }
     let first = Arc::new(Worker::new(state.clone(), 0));
+    let intake = Intake {
+        inbox: inboxes
+            .pop()
+            .ok_or_else(|| RunError::Setup("no worker".into()))?,
+        balance,
+    };
     let proxy = tokio::spawn(serve_proxy(
         first,
         TcpListener::from_std(listener)?,
+        intake,
         stop.clone(),
         hard.clone(),
     ));
@@ -238,6 +250,7 @@ fn spawn_worker(
     i: usize,
     state: Arc<AppState>,
     listener: std::net::TcpListener,
+    intake: Intake,
     stop: CancellationToken,
     hard: CancellationToken,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
@@ -251,7 +264,10 @@ fn spawn_worker(
             match rt {
                 Ok(rt) => rt.block_on(async move {
                     match TcpListener::from_std(listener) {
-                        Ok(l) => serve_proxy(Arc::new(Worker::new(state, i)), l, stop, hard).await,
+                        Ok(l) => {
+                            let worker = Arc::new(Worker::new(state, i));
+                            serve_proxy(worker, l, intake, stop, hard).await
+                        }
                         Err(e) => tracing::error!(worker = i, error = %e, "worker cannot listen"),
                     }
                 }),
@@ -314,35 +330,133 @@ impl Handle {
     }
 }
 
+/// The client connections each worker serves, and each worker's inbox of connections that
+/// another worker accepted and handed over. Whichever worker wakes first accepts a
+/// connection; it keeps it unless another worker serves fewer, so that long-lived
+/// connections (a script's keep-alive pool, a load generator) spread evenly over the cores.
+#[derive(Clone)]
+struct Balance {
+    live: Arc<[std::sync::atomic::AtomicUsize]>,
+    inboxes: Arc<[tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>]>,
+}
+
+type Inbox = tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>;
+
+/// What a worker takes connections from besides the listener.
+struct Intake {
+    inbox: Inbox,
+    balance: Balance,
+}
+
+impl Balance {
+    fn new(workers: usize) -> (Balance, Vec<Inbox>) {
+        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let live = (0..workers)
+            .map(|_| std::sync::atomic::AtomicUsize::new(0))
+            .collect();
+        (
+            Balance {
+                live,
+                inboxes: senders.into(),
+            },
+            inboxes,
+        )
+    }
+
+    /// The worker that should serve a connection `me` accepted, counted as its own from now.
+    fn assign(&self, me: usize) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut best = me;
+        for (i, l) in self.live.iter().enumerate() {
+            if l.load(Relaxed) < self.live[best].load(Relaxed) {
+                best = i;
+            }
+        }
+        self.live[best].fetch_add(1, Relaxed);
+        best
+    }
+
+    fn ended(&self, worker: usize) {
+        self.live[worker].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn serve_proxy(
     worker: Arc<Worker>,
     listener: TcpListener,
+    mut intake: Intake,
     stop: CancellationToken,
     hard: CancellationToken,
 ) {
     let connections = tokio_util::task::TaskTracker::new();
+    let me = worker.index;
+    let serve = |stream: tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+        worker.state.metrics.count_connection(me);
+        let (worker, balance) = (worker.clone(), intake.balance.clone());
+        let (stop, hard) = (stop.clone(), hard.clone());
+        connections.spawn(async move {
+            front::serve(worker, stream, stop, hard).await;
+            balance.ended(me);
+        });
+    };
     loop {
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, _)) => {
+                    let to = intake.balance.assign(me);
+                    if to == me {
+                        stream
+                    } else {
+                        // Handed over; if that worker is gone, served here after all.
+                        let Ok(std) = stream.into_std() else {
+                            intake.balance.ended(to);
+                            continue;
+                        };
+                        match intake.balance.inboxes[to].send(std) {
+                            Ok(()) => continue,
+                            Err(back) => {
+                                intake.balance.ended(to);
+                                intake.balance.live[me].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                match tokio::net::TcpStream::from_std(back.0) {
+                                    Ok(s) => s,
+                                    Err(_) => {
+                                        intake.balance.ended(me);
+                                        continue;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
+            Some(handed) = intake.inbox.recv() => match tokio::net::TcpStream::from_std(handed) {
+                Ok(s) => s,
+                Err(_) => {
+                    intake.balance.ended(me);
+                    continue;
+                }
+            },
             _ = stop.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        worker.state.metrics.count_connection(worker.index);
-        connections.spawn(front::serve(
-            worker.clone(),
-            stream,
-            stop.clone(),
-            hard.clone(),
-        ));
+        serve(stream);
     }
     drop(listener);
+    // Connections handed over just before the stop are served (and drained) too.
+    intake.inbox.close();
+    while let Ok(handed) = intake.inbox.try_recv() {
+        match tokio::net::TcpStream::from_std(handed) {
+            Ok(s) => serve(s),
+            Err(_) => intake.balance.ended(me),
+        }
+    }
     connections.close();
     tokio::select! {
         _ = connections.wait() => {}

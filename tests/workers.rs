@@ -62,3 +62,30 @@ async fn an_absurd_worker_count_is_a_config_error() {
     let err = defender_proxy::config::Config::from_toml(&text, &|_: &str| None).unwrap_err();
     assert_eq!(err.path, "server.workers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lived_connections_spread_evenly_over_the_workers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = with_workers(2).await;
+    // Twenty keep-alive connections opened at once and kept: whichever worker accepts them,
+    // each worker ends up serving half (give or take one).
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        open.push(tokio::net::TcpStream::connect(env.proxy.proxy_addr));
+    }
+    let mut streams = Vec::new();
+    for connect in open {
+        streams.push(connect.await.unwrap());
+    }
+    for s in &mut streams {
+        s.write_all(b"GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    let counts = worker_connections(&env.metrics().await);
+    assert_eq!(counts.iter().sum::<u64>(), 20, "{counts:?}");
+    assert!(counts.iter().all(|c| (9..=11).contains(c)), "{counts:?}");
+}
