@@ -8,7 +8,8 @@
 #   tokio-floor   examples/floor.rs: a tokio proxy that only forwards (no checks, no token
 #                 lookup, GET and Content-Length only), the ceiling for defender-proxy's design
 # Each is driven by wrk (-c64), interleaved over ROUNDS rounds; prints req/s, p50, p99 and
-# peak RSS side by side with ratios to nginx. Then memory with 10,000 tenants.
+# peak RSS side by side with ratios to nginx, and the CPU time (user + system) each proxy spent
+# per request. Then memory with 10,000 tenants.
 #
 # Then, each on a fresh proxy: a cold burst of 1,000 concurrent requests (token requests made,
 # time to the last answer), a 1 GiB download and a 256 MiB upload (peak RSS), and the time from
@@ -148,17 +149,33 @@ nginx_rss_kib() { # the largest worker's peak
   echo "$max"
 }
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU_US REQS
+# CPU time (user + system, in clock ticks) of a proxy's processes: nginx's workers, or the one
+# process (all threads) otherwise.
+ticks() { # name
+  local pids
+  case $1 in
+    nginx-proxy) pids=$(pgrep -P "$(cat "$WORK/nginx.pid")") ;;
+    dp) pids=$PID_dp ;; dp-limit) pids=$PID_dpl ;; dp-log) pids=$PID_dplog ;; tokio-floor) pids=$PID_floor ;;
+  esac
+  for p in $pids; do cat /proc/"$p"/task/*/stat; done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t }'
+}
 run_wrk() { # name, port
+  local before; before=$(ticks "$1")
   local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$2/api/incidents")
+  CPU_US[$1]=$(( ${CPU_US[$1]:-0} + ($(ticks "$1") - before) * 1000000 / $(getconf CLK_TCK) ))
+  REQS[$1]=$(( ${REQS[$1]:-0} + $(echo "$out" | awk '/requests in/ {print $1}') ))
   RPS[$1]="${RPS[$1]:-} $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
   P50[$1]="${P50[$1]:-} $(echo "$out" | awk '$1=="50%" {print $2}')"
   P99[$1]="${P99[$1]:-} $(echo "$out" | awk '$1=="99%" {print $2}')"
 }
 NAMES=(nginx-proxy dp dp-limit dp-log tokio-floor)
 declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [tokio-floor]=$FL)
+# A pause before each run lets the previous run's connections close and its processes go
+# idle; without it the run right after nginx-proxy's showed a p99 several times higher,
+# whichever proxy it was.
 for r in $(seq "$ROUNDS"); do
-  for n in "${NAMES[@]}"; do run_wrk "$n" "${PORT[$n]}"; done
+  for n in "${NAMES[@]}"; do sleep "${PAUSE:-3}"; run_wrk "$n" "${PORT[$n]}"; done
 done
 
 to_ms() { # wrk latency like 1.23ms / 800.00us / 1.02s -> ms
@@ -168,7 +185,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[i
 
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds (median)"
-printf '%-12s %12s %10s %10s %12s %10s %10s\n' name req/s p50_ms p99_ms peak_RSS_MiB rps/nginx p99/nginx
+printf '%-12s %12s %10s %10s %12s %10s %10s %12s\n' name req/s p50_ms p99_ms peak_RSS_MiB rps/nginx p99/nginx cpu_us/req
 base_rps=$(echo "${RPS[nginx-proxy]}" | median)
 base_p99=$(for v in ${P99[nginx-proxy]}; do echo "$v" | to_ms; done | tr '\n' ' ' | median)
 for n in "${NAMES[@]}"; do
@@ -182,8 +199,8 @@ for n in "${NAMES[@]}"; do
     dp-log) rss=$(rss_kib "$PID_dplog") ;;
     tokio-floor) rss=$(rss_kib "$PID_floor") ;;
   esac
-  printf '%-12s %12.0f %10.2f %10.2f %12.1f %10.2f %10.2f\n' "$n" "$rps" "$p50" "$p99" "$(echo "$rss/1024" | bc -l)" \
-    "$(echo "$rps/$base_rps" | bc -l)" "$(echo "$p99/$base_p99" | bc -l)"
+  printf '%-12s %12.0f %10.2f %10.2f %12.1f %10.2f %10.2f %12.1f\n' "$n" "$rps" "$p50" "$p99" "$(echo "$rss/1024" | bc -l)" \
+    "$(echo "$rps/$base_rps" | bc -l)" "$(echo "$p99/$base_p99" | bc -l)" "$(echo "${CPU_US[$n]}/${REQS[$n]}" | bc -l)"
 done
 
 # Memory with many tenants: every request names another tenant GUID, so each gets its own
