@@ -283,11 +283,11 @@ pub enum ResponseBody {
     /// Made by the proxy.
     Full(Option<Bytes>),
     /// Streamed from the upstream.
-    Upstream(Incoming),
+    Upstream(crate::upstream::UpBody),
     /// Streamed from the upstream with its paging links rewritten.
     Rewritten {
         /// The upstream body.
-        body: Incoming,
+        body: crate::upstream::UpBody,
         /// The rewriter and what it holds back.
         state: Box<RewriteState>,
         /// The upstream body has ended.
@@ -346,7 +346,7 @@ impl Body for ResponseBody {
 /// Polls the upstream until the rewriter has something to send. Trailers are dropped: a
 /// rewritten body is JSON, which has none.
 fn poll_rewritten(
-    body: &mut Incoming,
+    body: &mut crate::upstream::UpBody,
     state: &mut RewriteState,
     done: &mut bool,
     cx: &mut Context<'_>,
@@ -354,7 +354,7 @@ fn poll_rewritten(
     while !*done {
         match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let out = state.push(data);

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::upstream::UpBody;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::AppState;
@@ -30,7 +30,7 @@ const THROTTLE_BODY_BYTES: usize = 16 * 1024;
 /// What the upstream answered.
 pub enum Answer {
     /// Head received, body still streaming.
-    Streamed(Response<Incoming>),
+    Streamed(Response<UpBody>),
     /// A throttling answer whose body was read to learn when to retry.
     Read(Response<Bytes>),
 }
@@ -133,7 +133,7 @@ impl Exchange<'_> {
         token: &Token,
         body: RequestBody,
         latency: &mut Option<Duration>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpBody>, ProxyError> {
         let out = Outbound {
             route: self.route,
             tenant_header: &self.rt.tenant_header,
@@ -166,7 +166,7 @@ impl Exchange<'_> {
 }
 
 /// When a throttling answer says to come back: its `Retry-After`, or else its (small) body.
-async fn retry_time(resp: Response<Incoming>) -> (Answer, Option<Duration>) {
+async fn retry_time(resp: Response<UpBody>) -> (Answer, Option<Duration>) {
     if let Some(wait) = retry_after_from(resp.headers(), None) {
         return (Answer::Streamed(resp), Some(wait));
     }

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::upstream::UpBody;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
@@ -117,7 +117,7 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 /// What became of a sent request.
 pub enum Sent {
     /// The answer's head.
-    Answer(Response<Incoming>),
+    Answer(Response<UpBody>),
     /// A reused connection was closed under the request before any answer; an idempotent
     /// request may be built again and sent on a fresh connection.
     Stale,
@@ -166,7 +166,7 @@ const REWRITE_WHOLE_BYTES: u64 = 256 * 1024;
 /// links and `Location` rewritten when `rewrite` gives the route and the client's Host. The
 /// rewriter is only built when there is something to rewrite.
 pub async fn into_client_response(
-    resp: Response<Incoming>,
+    resp: Response<UpBody>,
     rewrite: Option<(&Route, &str)>,
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {

@@ -491,7 +491,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
     }))
 }
 
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -499,29 +499,35 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// Does a comma-separated header value list `token`?
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn last_token_is(value: &[u8], token: &[u8]) -> bool {
     value
         .rsplit(|b| *b == b',')
         .next()
         .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-/// How the client's body is delimited, and how much is left.
+/// How a body is delimited, and how much is left.
 #[derive(Debug, Clone, Copy)]
-enum Framing {
+pub(crate) enum Framing {
+    /// This many bytes left.
     Length(u64),
+    /// Chunked, at this point.
     Chunked(Chunk),
+    /// Until the connection closes (answers only).
+    UntilClose,
+    /// Read to its end.
     Done,
 }
 
+/// Where a chunked body's reading stands.
 #[derive(Debug, Clone, Copy)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data.
@@ -554,72 +560,85 @@ pub struct H1Body {
 pub struct BadBody;
 
 impl Reader {
-    /// The next piece of body out of `buf`: `Some(Some(data))`, `Some(None)` at the end, `None`
-    /// when more bytes are needed.
     fn next(&mut self) -> Result<Option<Option<Bytes>>, BadBody> {
-        loop {
-            match self.framing {
-                Framing::Done => return Ok(Some(None)),
-                Framing::Length(n) => {
-                    if self.buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let take = (self.buf.len() as u64).min(n) as usize;
-                    let data = self.buf.split_to(take).freeze();
-                    self.framing = match n - take as u64 {
-                        0 => Framing::Done,
-                        left => Framing::Length(left),
-                    };
-                    return Ok(Some(Some(data)));
+        decode(&mut self.framing, &mut self.buf)
+    }
+}
+
+/// The next piece of a body out of `buf`: `Some(Some(data))`, `Some(None)` at the end, `None`
+/// when more bytes are needed (at the end of the stream for `UntilClose`).
+pub(crate) fn decode(
+    framing: &mut Framing,
+    buf: &mut BytesMut,
+) -> Result<Option<Option<Bytes>>, BadBody> {
+    loop {
+        match *framing {
+            Framing::Done => return Ok(Some(None)),
+            Framing::UntilClose => {
+                if buf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(line) = take_line(&mut self.buf, MAX_CHUNK_LINE)? else {
-                        return Ok(None);
-                    };
-                    let digits = line.split(|b| *b == b';').next().unwrap_or_default();
-                    let size = parse_hex(digits.trim_ascii_end()).ok_or(BadBody)?;
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers(0)
-                    } else {
-                        Chunk::Data(size)
-                    });
+                return Ok(Some(Some(buf.split().freeze())));
+            }
+            Framing::Length(n) => {
+                if buf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::Data(n)) => {
-                    if self.buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let take = (self.buf.len() as u64).min(n) as usize;
-                    let data = self.buf.split_to(take).freeze();
-                    self.framing = Framing::Chunked(match n - take as u64 {
-                        0 => Chunk::DataEnd,
-                        left => Chunk::Data(left),
-                    });
-                    return Ok(Some(Some(data)));
+                let take = (buf.len() as u64).min(n) as usize;
+                let data = buf.split_to(take).freeze();
+                *framing = match n - take as u64 {
+                    0 => Framing::Done,
+                    left => Framing::Length(left),
+                };
+                return Ok(Some(Some(data)));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
+                    return Ok(None);
+                };
+                let digits = line.split(|b| *b == b';').next().unwrap_or_default();
+                let size = parse_hex(digits.trim_ascii_end()).ok_or(BadBody)?;
+                *framing = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Framing::Chunked(Chunk::Data(n)) => {
+                if buf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if self.buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &self.buf[..2] != b"\r\n" {
-                        return Err(BadBody);
-                    }
-                    self.buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
+                let take = (buf.len() as u64).min(n) as usize;
+                let data = buf.split_to(take).freeze();
+                *framing = Framing::Chunked(match n - take as u64 {
+                    0 => Chunk::DataEnd,
+                    left => Chunk::Data(left),
+                });
+                return Ok(Some(Some(data)));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::Trailers(seen)) => {
-                    let Some(line) = take_line(&mut self.buf, MAX_CHUNK_LINE)? else {
-                        return Ok(None);
-                    };
-                    if line.is_empty() {
-                        self.framing = Framing::Done;
-                        return Ok(Some(None));
-                    }
-                    let seen = seen + line.len() + 2;
-                    if seen > MAX_TRAILERS {
-                        return Err(BadBody);
-                    }
-                    self.framing = Framing::Chunked(Chunk::Trailers(seen));
+                if &buf[..2] != b"\r\n" {
+                    return Err(BadBody);
                 }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers(seen)) => {
+                let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
+                    return Ok(None);
+                };
+                if line.is_empty() {
+                    *framing = Framing::Done;
+                    return Ok(Some(None));
+                }
+                let seen = seen + line.len() + 2;
+                if seen > MAX_TRAILERS {
+                    return Err(BadBody);
+                }
+                *framing = Framing::Chunked(Chunk::Trailers(seen));
             }
         }
     }

@@ -4,13 +4,12 @@
 //! request that a reused keep-alive connection never took — so a request costs a lock-free
 //! (per worker) lookup in a short list instead of a general-purpose pool.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, header};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use http::{Request, Response, Uri};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -20,6 +19,10 @@ use tower_service::Service;
 use crate::body::{BoxError, RequestBody};
 use crate::egress::EgressConnector;
 
+mod h1;
+
+pub use h1::{RawBody, UpBody};
+
 /// Idle connections kept per upstream at most.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// An idle connection older than this is closed rather than reused.
@@ -27,29 +30,23 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a connection sends requests.
 enum Sender {
-    H1(http1::SendRequest<RequestBody>),
+    /// HTTP/1.1, driven by the request's own task (`h1`).
+    H1(Box<h1::RawConn>),
     H2(http2::SendRequest<RequestBody>),
-}
-
-impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
-        }
-    }
-
-    fn is_ready(&self) -> bool {
-        match self {
-            Sender::H1(s) => s.is_ready(),
-            Sender::H2(s) => s.is_ready(),
-        }
-    }
 }
 
 struct Pooled {
     sender: Sender,
     since: Instant,
+}
+
+impl Pooled {
+    fn new(sender: Sender) -> Pooled {
+        Pooled {
+            sender,
+            since: Instant::now(),
+        }
+    }
 }
 
 /// The connections to one origin.
@@ -62,7 +59,7 @@ struct Origin {
 /// One worker's upstream connections.
 pub struct Upstream {
     connector: HttpsConnector<EgressConnector>,
-    origins: Mutex<Vec<Origin>>,
+    origins: Arc<Mutex<Vec<Origin>>>,
 }
 
 impl Upstream {
@@ -80,7 +77,7 @@ impl Upstream {
             .wrap_connector(EgressConnector::from_env(http));
         Upstream {
             connector,
-            origins: Mutex::new(Vec::new()),
+            origins: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -90,7 +87,7 @@ impl Upstream {
         &self,
         req: Request<RequestBody>,
         fresh: bool,
-    ) -> Result<Response<Incoming>, Failure> {
+    ) -> Result<Response<UpBody>, Failure> {
         let (scheme, authority) = match (req.uri().scheme(), req.uri().authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
             _ => return Err(Failure::other("the upstream URI is not absolute")),
@@ -102,7 +99,7 @@ impl Upstream {
             self.checkout(&scheme, &authority)
         };
         if let Some(sender) = pooled {
-            match self.send(sender, req, &scheme, &authority).await {
+            match self.send(sender, req, &scheme, &authority, true).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Failed(e)) => {
                     return Err(Failure {
@@ -110,6 +107,7 @@ impl Upstream {
                         error: e,
                     });
                 }
+                Err(SendError::Raw(f)) => return Err(f),
                 // A reused keep-alive connection closed before it took the request: resend it
                 // once on a new connection. A request it took is never sent twice here.
                 Err(SendError::Unsent(back)) => req = *back,
@@ -120,9 +118,10 @@ impl Upstream {
         let sender = Box::pin(self.connect(&scheme, &authority))
             .await
             .map_err(Failure::from)?;
-        match self.send(sender, req, &scheme, &authority).await {
+        match self.send(sender, req, &scheme, &authority, false).await {
             Ok(resp) => Ok(resp),
             Err(SendError::Failed(e)) => Err(Failure::from(e)),
+            Err(SendError::Raw(f)) => Err(f),
             Err(SendError::Unsent(_)) => {
                 Err(Failure::other("the new upstream connection closed at once"))
             }
@@ -136,43 +135,35 @@ impl Upstream {
             .iter_mut()
             .find(|o| o.authority == *authority && o.scheme == *scheme)?;
         let now = Instant::now();
-        let stale = |c: &Pooled| {
-            c.sender.is_closed()
-                || (c.sender.is_ready() && now.duration_since(c.since) > IDLE_TIMEOUT)
-        };
-        origin.conns.retain(|c| !stale(c));
-        let i = origin.conns.iter().position(|c| c.sender.is_ready())?;
-        match &origin.conns[i].sender {
-            Sender::H2(s) => Some(Sender::H2(s.clone())),
-            Sender::H1(_) => Some(origin.conns.swap_remove(i).sender),
+        origin.conns.retain(|c| match &c.sender {
+            Sender::H2(s) => !s.is_closed(),
+            Sender::H1(_) => now.duration_since(c.since) <= IDLE_TIMEOUT,
+        });
+        let h2 = origin.conns.iter().find_map(|c| match &c.sender {
+            Sender::H2(s) if s.is_ready() => Some(s.clone()),
+            _ => None,
+        });
+        if let Some(s) = h2 {
+            return Some(Sender::H2(s));
         }
+        // The most recently used first; one the upstream has closed meanwhile is dropped.
+        while let Some(i) = origin
+            .conns
+            .iter()
+            .rposition(|c| matches!(c.sender, Sender::H1(_)))
+        {
+            if let Sender::H1(mut conn) = origin.conns.remove(i).sender {
+                if conn.idle_usable() {
+                    return Some(Sender::H1(conn));
+                }
+            }
+        }
+        None
     }
 
-    /// Puts a connection (back) in the pool; an HTTP/1.1 one becomes ready again when the
-    /// answer it carries has been read.
+    /// Puts a connection in the pool.
     fn checkin(&self, scheme: &Scheme, authority: &Authority, sender: Sender) {
-        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
-        let i = match origins
-            .iter()
-            .position(|o| o.authority == *authority && o.scheme == *scheme)
-        {
-            Some(i) => i,
-            None => {
-                origins.push(Origin {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                    conns: Vec::new(),
-                });
-                origins.len() - 1
-            }
-        };
-        let conns = &mut origins[i].conns;
-        if conns.len() < MAX_IDLE_PER_ORIGIN {
-            conns.push(Pooled {
-                sender,
-                since: Instant::now(),
-            });
-        }
+        checkin_into(&self.origins, scheme, authority, Pooled::new(sender));
     }
 
     async fn connect(&self, scheme: &Scheme, authority: &Authority) -> Result<Sender, BoxError> {
@@ -197,66 +188,73 @@ impl Upstream {
             self.checkin(scheme, authority, Sender::H2(sender.clone()));
             Sender::H2(sender)
         } else {
-            let (sender, conn) = http1::Builder::new().handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Sender::H1(sender)
+            Sender::H1(Box::new(h1::RawConn::new(io)))
         };
         Ok(sender)
     }
 
-    /// Sends on `sender`, giving back a request the connection never took.
+    /// Sends on `sender`, giving back a request the connection never took. `reused`: the
+    /// connection came from the pool.
     async fn send(
         &self,
         sender: Sender,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
         scheme: &Scheme,
         authority: &Authority,
-    ) -> Result<Response<Incoming>, SendError> {
+        reused: bool,
+    ) -> Result<Response<UpBody>, SendError> {
         match sender {
             Sender::H2(mut s) => {
                 let _ = std::future::poll_fn(|cx| s.poll_ready(cx)).await;
                 match s.try_send_request(req).await {
-                    Ok(resp) => Ok(resp),
+                    Ok(resp) => Ok(resp.map(UpBody::H2)),
                     Err(mut e) => match e.take_message() {
                         Some(req) => Err(SendError::Unsent(Box::new(req))),
                         None => Err(SendError::Failed(e.into_error().into())),
                     },
                 }
             }
-            Sender::H1(mut s) => {
-                // HTTP/1.1 wants the origin form and a Host header.
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                *req.uri_mut() = Uri::from(pq);
-                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                    req.headers_mut().insert(header::HOST, host);
-                }
-                if std::future::poll_fn(|cx| s.poll_ready(cx)).await.is_err() {
-                    return Err(SendError::Unsent(Box::new(restore_uri(
-                        req, scheme, authority,
-                    ))));
-                }
-                match s.try_send_request(req).await {
-                    Ok(resp) => {
-                        self.checkin(scheme, authority, Sender::H1(s));
-                        Ok(resp)
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(req) => Err(SendError::Unsent(Box::new(restore_uri(
-                            req, scheme, authority,
-                        )))),
-                        None => Err(SendError::Failed(e.into_error().into())),
-                    },
+            Sender::H1(conn) => {
+                let home = h1::Home {
+                    origins: self.origins.clone(),
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                };
+                match h1::send(conn, req, home, reused).await {
+                    h1::Outcome::Answer(resp) => Ok(resp),
+                    h1::Outcome::Unsent(req) => Err(SendError::Unsent(Box::new(req))),
+                    h1::Outcome::Failed(f) => Err(SendError::Raw(f)),
                 }
             }
         }
+    }
+}
+
+/// Puts a connection in `origins`' pool (unless the pool is full).
+fn checkin_into(
+    origins: &Mutex<Vec<Origin>>,
+    scheme: &Scheme,
+    authority: &Authority,
+    pooled: Pooled,
+) {
+    let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
+    let i = match origins
+        .iter()
+        .position(|o| o.authority == *authority && o.scheme == *scheme)
+    {
+        Some(i) => i,
+        None => {
+            origins.push(Origin {
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+                conns: Vec::new(),
+            });
+            origins.len() - 1
+        }
+    };
+    let conns = &mut origins[i].conns;
+    if conns.len() < MAX_IDLE_PER_ORIGIN {
+        conns.push(pooled);
     }
 }
 
@@ -313,23 +311,6 @@ enum SendError {
     Unsent(Box<Request<RequestBody>>),
     /// The request was (maybe partly) sent and failed.
     Failed(BoxError),
-}
-
-fn restore_uri(
-    mut req: Request<RequestBody>,
-    scheme: &Scheme,
-    authority: &Authority,
-) -> Request<RequestBody> {
-    if let Some(pq) = req.uri().path_and_query().cloned() {
-        if let Ok(uri) = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
-            .path_and_query(pq)
-            .build()
-        {
-            *req.uri_mut() = uri;
-        }
-    }
-    req.headers_mut().remove(header::HOST);
-    req
+    /// The same, on an HTTP/1.1 connection, which knows whether it was stale.
+    Raw(Failure),
 }

@@ -1,0 +1,525 @@
+//! HTTP/1.1 to the upstream, driven by the request's own task: the request is written and the
+//! answer read on the connection directly, with no connection task and no channel in between,
+//! and the connection goes back to the pool when its answer's body has been read to the end.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Failure, Origin, Pooled, Sender};
+use crate::body::{BoxError, RequestBody};
+use crate::front::{Framing, decode, has_token, last_token_is, parse_length};
+
+/// An answer's head may take this many bytes, and this many headers.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+
+/// An HTTP/1.1 connection to the upstream and what has been read from it.
+pub struct RawConn {
+    io: TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    pub(super) fn new(io: MaybeHttpsStream<TokioIo<TcpStream>>) -> RawConn {
+        RawConn {
+            io: TokioIo::new(io),
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
+    }
+
+    /// An idle connection is usable when nothing arrived on it: the upstream closing it (or
+    /// sending anything unasked) shows up as readable, which costs no system call to see.
+    pub(super) fn idle_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+
+    /// Reads more into `buf`; 0 at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Where a connection goes back to when its answer has been read.
+#[derive(Clone)]
+pub(super) struct Home {
+    pub(super) origins: Arc<Mutex<Vec<Origin>>>,
+    pub(super) scheme: Scheme,
+    pub(super) authority: Authority,
+}
+
+impl Home {
+    fn checkin(&self, conn: Box<RawConn>) {
+        super::checkin_into(
+            &self.origins,
+            &self.scheme,
+            &self.authority,
+            Pooled::new(Sender::H1(conn)),
+        );
+    }
+}
+
+/// What became of a request on an HTTP/1.1 connection.
+pub(super) enum Outcome {
+    Answer(Response<UpBody>),
+    /// The (reused) connection failed before it took the request; here it is back.
+    Unsent(Request<RequestBody>),
+    Failed(Failure),
+}
+
+/// Sends `req` on `conn` and reads the answer's head. `reused`: the connection served a
+/// request before, so a failure before any answer may mean it was closed while idle.
+pub(super) async fn send(
+    mut conn: Box<RawConn>,
+    req: Request<RequestBody>,
+    home: Home,
+    reused: bool,
+) -> Outcome {
+    let head_only = req.method() == Method::HEAD;
+    let (head, rest) = request_head(&req, &home.authority);
+    if let Err(e) = write_head(&mut conn, &head).await {
+        return if reused {
+            Outcome::Unsent(req)
+        } else {
+            Outcome::Failed(Failure::from(BoxError::from(e)))
+        };
+    }
+    if rest {
+        // A body too large to have been kept: streamed, chunked unless its length is known.
+        let chunked = req.body().size_hint().exact().is_none();
+        let mut body = req.into_body();
+        if let Err(e) = write_body(&mut conn, &mut body, chunked).await {
+            return Outcome::Failed(Failure::from(e));
+        }
+    }
+    match read_head(&mut conn).await {
+        Ok(parsed) => Outcome::Answer(answer(conn, parsed, head_only, home)),
+        Err(ReadError::Closed) => Outcome::Failed(Failure {
+            error: BoxError::from("the upstream closed the connection before answering"),
+            stale: reused,
+        }),
+        Err(ReadError::Io(e)) => {
+            let stale = reused
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                );
+            Outcome::Failed(Failure {
+                error: BoxError::from(e),
+                stale,
+            })
+        }
+        Err(ReadError::Bad(why)) => Outcome::Failed(Failure::from(BoxError::from(why))),
+    }
+}
+
+/// The request head, with a body kept whole appended; `true` when a streamed body follows.
+fn request_head(req: &Request<RequestBody>, authority: &Authority) -> (Vec<u8>, bool) {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(authority.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut sent_length = false;
+    for (name, value) in req.headers() {
+        if name == header::HOST || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            sent_length = true;
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = req.body();
+    let (whole, rest) = match body {
+        RequestBody::Full(b) => (b.clone().unwrap_or_default(), false),
+        RequestBody::Stream { .. } => (Bytes::new(), true),
+    };
+    let with_length = |out: &mut Vec<u8>, n: u64| {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    };
+    if rest {
+        match body.size_hint().exact() {
+            Some(n) => with_length(&mut out, n),
+            None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    } else if !whole.is_empty() || sent_length || method_has_body(req.method()) {
+        with_length(&mut out, whole.len() as u64);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&whole);
+    (out, rest)
+}
+
+fn method_has_body(m: &Method) -> bool {
+    *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
+}
+
+async fn write_head(conn: &mut RawConn, head: &[u8]) -> std::io::Result<()> {
+    conn.io.write_all(head).await?;
+    conn.io.flush().await
+}
+
+async fn write_body(
+    conn: &mut RawConn,
+    body: &mut RequestBody,
+    chunked: bool,
+) -> Result<(), BoxError> {
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            conn.io
+                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            conn.io.write_all(&data).await?;
+            conn.io.write_all(b"\r\n").await?;
+        } else {
+            conn.io.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        conn.io.write_all(b"0\r\n\r\n").await?;
+    }
+    conn.io.flush().await?;
+    Ok(())
+}
+
+enum ReadError {
+    /// The connection ended before any byte of an answer.
+    Closed,
+    Io(std::io::Error),
+    Bad(&'static str),
+}
+
+struct ParsedHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Reads the answer's head (skipping 1xx answers) off `conn`.
+async fn read_head(conn: &mut RawConn) -> Result<ParsedHead, ReadError> {
+    let mut seen_any = false;
+    loop {
+        if !conn.buf.is_empty() {
+            seen_any = true;
+            match parse_head(&mut conn.buf)? {
+                Some(head) if head.status.is_informational() => {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(ReadError::Bad("the upstream switched protocols"));
+                    }
+                    continue;
+                }
+                Some(head) => return Ok(head),
+                None if conn.buf.len() > MAX_HEAD_BYTES => {
+                    return Err(ReadError::Bad("the upstream's answer head is too large"));
+                }
+                None => {}
+            }
+        }
+        match conn.fill().await {
+            Ok(0) if seen_any => return Err(ReadError::Bad("the upstream's answer was cut short")),
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(_) => {}
+            Err(e) if seen_any => return Err(ReadError::Io(e)),
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
+fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
+    let bad = |why| Err(ReadError::Bad(why));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return bad("the upstream's answer is not valid HTTP/1.1"),
+    };
+    let (Some(code), Some(version)) = (resp.code, resp.version) else {
+        return bad("the upstream's status line is not valid");
+    };
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return bad("the upstream's status is not valid");
+    };
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        *span = (
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let (mut length, mut chunked, mut close) = (None, None, version == 0);
+    for &(n, nl, v, vl) in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else {
+            return bad("a header name of the upstream's answer is not valid");
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v..v + vl)) else {
+            return bad("a header value of the upstream's answer is not valid");
+        };
+        if name == header::CONTENT_LENGTH {
+            let Some(n) = parse_length(value.as_bytes()) else {
+                return bad("the upstream's Content-Length is not a number");
+            };
+            if length.is_some_and(|l| l != n) {
+                return bad("the upstream sent two different Content-Lengths");
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+        } else if name == header::CONNECTION {
+            if has_token(value.as_bytes(), b"close") {
+                close = true;
+            } else if version == 0 && has_token(value.as_bytes(), b"keep-alive") {
+                close = false;
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = match (chunked, length) {
+        (Some(true), _) => Framing::Chunked(crate::front::Chunk::Size),
+        (Some(false), _) => {
+            close = true;
+            Framing::UntilClose
+        }
+        (None, Some(0)) => Framing::Done,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::UntilClose,
+    };
+    if chunked.is_some() {
+        // Framed by the coding: a Content-Length next to it means nothing (RFC 9112 §6.3).
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok(Some(ParsedHead {
+        status,
+        version: if version == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        },
+        headers,
+        framing,
+        keep_alive: !close,
+    }))
+}
+
+fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> Response<UpBody> {
+    let ParsedHead {
+        status,
+        version,
+        headers,
+        mut framing,
+        mut keep_alive,
+    } = head;
+    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        framing = Framing::Done;
+    }
+    if matches!(framing, Framing::UntilClose) {
+        keep_alive = false;
+    }
+    let mut body = RawBody {
+        conn: Some(conn),
+        framing,
+        keep_alive,
+        home: Some(home),
+    };
+    if matches!(body.framing, Framing::Done) {
+        body.finish();
+    }
+    let mut resp = Response::new(UpBody::H1(body));
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// An answer's body read off its HTTP/1.1 connection.
+pub struct RawBody {
+    conn: Option<Box<RawConn>>,
+    framing: Framing,
+    keep_alive: bool,
+    home: Option<Home>,
+}
+
+impl std::fmt::Debug for RawBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBody")
+            .field("framing", &self.framing)
+            .finish()
+    }
+}
+
+/// The upstream's answer body was cut short or badly framed.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's answer body is incomplete or badly framed")]
+pub struct BadAnswerBody;
+
+impl RawBody {
+    /// The body has been read: the connection goes back to the pool when it can carry more.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        let (Some(conn), Some(home)) = (self.conn.take(), self.home.take()) else {
+            return;
+        };
+        if self.keep_alive && conn.buf.is_empty() {
+            home.checkin(conn);
+        }
+    }
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            if matches!(this.framing, Framing::Done) {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(Some(Err(Box::new(BadAnswerBody))));
+            };
+            match decode(&mut this.framing, &mut conn.buf) {
+                Ok(Some(Some(data))) => {
+                    if matches!(this.framing, Framing::Done) {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Some(None)) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(BadAnswerBody))));
+                }
+            }
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if matches!(this.framing, Framing::UntilClose) => {
+                    this.conn = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(BadAnswerBody))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::new(),
+        }
+    }
+}
+
+/// The body of an upstream answer.
+#[derive(Debug)]
+pub enum UpBody {
+    /// Over HTTP/2, from hyper.
+    H2(Incoming),
+    /// Over HTTP/1.1, read here.
+    H1(RawBody),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::H2(b) => b.is_end_stream(),
+            UpBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::H2(b) => b.size_hint(),
+            UpBody::H1(b) => b.size_hint(),
+        }
+    }
+}
