@@ -280,3 +280,84 @@ async fn an_idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
         "no new connection for it"
     );
 }
+
+/// An upstream that answers 413 as soon as it has a request head and closes without reading
+/// the body; and one that answers in chunks with a Content-Length it must not trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_an_upload_is_passed_on() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let body = "{\"error\":{\"code\":\"TooLarge\"}}";
+                let answer = format!(
+                    "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                // Closed with the body unread: the proxy's writes fail (reset).
+            });
+        }
+    });
+    let env = proxy_to(&url, "").await;
+    let big = vec![b'x'; 8 * 1024 * 1024];
+    let resp = env
+        .http
+        .post(format!("{}/api/upload", env.base))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(resp.text().await.unwrap().contains("TooLarge"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_is_passed_on_whole_and_its_connection_reused() {
+    let counts = Arc::new(Counts::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            c.connections.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        c.requests.fetch_add(1, Ordering::SeqCst);
+                        // A Content-Length beside the chunked coding must be ignored.
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\n\r\n";
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let env = proxy_to(&url, "").await;
+    for _ in 0..3 {
+        let resp = env.get("/api/anything").await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "hello, world");
+    }
+    assert_eq!(counts.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
+}

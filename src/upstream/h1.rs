@@ -25,6 +25,8 @@ use crate::front::{Framing, decode, has_token, last_token_is, parse_length};
 /// An answer's head may take this many bytes, and this many headers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
+/// After a failed upload, how long an answer the upstream sent early may take to be read.
+const EARLY_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An HTTP/1.1 connection to the upstream and what has been read from it.
 pub struct RawConn {
@@ -117,7 +119,16 @@ pub(super) async fn send(
         let chunked = req.body().size_hint().exact().is_none();
         let mut body = req.into_body();
         if let Err(e) = write_body(&mut conn, &mut body, chunked).await {
-            return Outcome::Failed(Failure::from(e));
+            // The upstream may have answered early (a 413, say) and stopped reading: its
+            // answer, when it came, is passed on rather than the failed write.
+            let early = tokio::time::timeout(EARLY_ANSWER_WAIT, read_head(&mut conn)).await;
+            return match early {
+                Ok(Ok(mut parsed)) => {
+                    parsed.keep_alive = false;
+                    Outcome::Answer(answer(conn, parsed, head_only, home))
+                }
+                _ => Outcome::Failed(Failure::from(e)),
+            };
         }
     }
     match read_head(&mut conn).await {
