@@ -393,56 +393,24 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
     let http10 = version == 0;
     let target = (offset(target.as_bytes()), target.len());
     let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = req.headers.len();
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = (
-            offset(h.name.as_bytes()),
-            h.name.len(),
-            offset(h.value),
-            h.value.len(),
-        );
-    }
+    let count = header_spans(base, req.headers, &mut spans);
     let head = buf.split_to(len).freeze();
     let uri = match Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) {
         Ok(u) => u,
         Err(_) => return bad("the request target is not a valid URI"),
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    let mut length: Option<u64> = None;
-    let mut chunked = None;
-    let mut keep_alive = !http10;
-    let mut close = false;
-    let mut expect_continue = false;
-    for &(n, nl, v, vl) in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else {
-            return bad("a header name is not valid");
-        };
-        // httparse has checked the value's bytes.
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v..v + vl)) else {
-            return bad("a header value is not valid");
-        };
-        if name == header::CONTENT_LENGTH {
-            let Some(n) = parse_length(value.as_bytes()) else {
-                return bad("the Content-Length is not a number");
-            };
-            if length.is_some_and(|l| l != n) {
-                return bad("the request has two different Content-Length headers");
-            }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding counts: it must be chunked.
-            chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
-        } else if name == header::CONNECTION {
-            if has_token(value.as_bytes(), b"close") {
-                close = true;
-            } else if has_token(value.as_bytes(), b"keep-alive") {
-                keep_alive = true;
-            }
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
-        headers.append(name, value);
-    }
+    let Fields {
+        headers,
+        length,
+        chunked,
+        close,
+        keep_alive,
+        expect_continue,
+    } = match header_fields(&head, &spans[..count]) {
+        Ok(f) => f,
+        Err(why) => return bad(why),
+    };
+    let keep_alive = (keep_alive || !http10) && !close;
     let framing = match (chunked, length) {
         (Some(_), Some(_)) => {
             return bad("the request has both Content-Length and Transfer-Encoding");
@@ -484,11 +452,82 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
     *request.headers_mut() = headers;
     Ok(Some(Parsed {
         request,
-        keep_alive: keep_alive && !close,
+        keep_alive,
         head_only,
         http10,
         reader,
     }))
+}
+
+/// Where one header's name and value lie in a head: (name at, name length, value at, value
+/// length).
+pub(crate) type Span = (usize, usize, usize, usize);
+
+/// The spans of httparse's `parsed` headers in the buffer starting at `base`; how many.
+pub(crate) fn header_spans(
+    base: usize,
+    parsed: &[httparse::Header<'_>],
+    out: &mut [Span],
+) -> usize {
+    for (span, h) in out.iter_mut().zip(parsed) {
+        *span = (
+            h.name.as_ptr() as usize - base,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        );
+    }
+    parsed.len().min(out.len())
+}
+
+/// A head's headers, and what they say about the body's framing and the connection.
+pub(crate) struct Fields {
+    pub(crate) headers: HeaderMap,
+    pub(crate) length: Option<u64>,
+    /// `Transfer-Encoding` present; whether its last coding is chunked.
+    pub(crate) chunked: Option<bool>,
+    /// `Connection: close`.
+    pub(crate) close: bool,
+    /// `Connection: keep-alive` (what HTTP/1.0 needs to keep the connection).
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+}
+
+/// The headers at `spans` of `head`, as shared slices of it; differing `Content-Length`s and
+/// one that is not a plain number are errors.
+pub(crate) fn header_fields(head: &Bytes, spans: &[Span]) -> Result<Fields, &'static str> {
+    let mut f = Fields {
+        headers: HeaderMap::with_capacity(spans.len()),
+        length: None,
+        chunked: None,
+        close: false,
+        keep_alive: false,
+        expect_continue: false,
+    };
+    for &(n, nl, v, vl) in spans {
+        let name =
+            HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "a header name is not valid")?;
+        // httparse has checked the value's bytes; this checks them again.
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            .map_err(|_| "a header value is not valid")?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(value.as_bytes()).ok_or("the Content-Length is not a number")?;
+            if f.length.is_some_and(|l| l != n) {
+                return Err("two different Content-Length headers");
+            }
+            f.length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // Only the last coding counts.
+            f.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+        } else if name == header::CONNECTION {
+            f.close |= has_token(value.as_bytes(), b"close");
+            f.keep_alive |= has_token(value.as_bytes(), b"keep-alive");
+        } else if name == header::EXPECT {
+            f.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        f.headers.append(name, value);
+    }
+    Ok(f)
 }
 
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::{Failure, Origin, Pooled, Sender};
 use crate::body::{BoxError, RequestBody};
-use crate::front::{Framing, decode, has_token, last_token_is, parse_length};
+use crate::front::{Fields, Framing, decode, header_fields, header_spans};
 
 /// An answer's head may take this many bytes, and this many headers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -300,46 +300,21 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     let Ok(status) = StatusCode::from_u16(code) else {
         return bad("the upstream's status is not valid");
     };
-    let base = buf.as_ptr() as usize;
     let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        *span = (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        );
-    }
+    let count = header_spans(buf.as_ptr() as usize, resp.headers, &mut spans);
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    let (mut length, mut chunked, mut close) = (None, None, version == 0);
-    for &(n, nl, v, vl) in &spans[..count] {
-        let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else {
-            return bad("a header name of the upstream's answer is not valid");
-        };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v..v + vl)) else {
-            return bad("a header value of the upstream's answer is not valid");
-        };
-        if name == header::CONTENT_LENGTH {
-            let Some(n) = parse_length(value.as_bytes()) else {
-                return bad("the upstream's Content-Length is not a number");
-            };
-            if length.is_some_and(|l| l != n) {
-                return bad("the upstream sent two different Content-Lengths");
-            }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
-        } else if name == header::CONNECTION {
-            if has_token(value.as_bytes(), b"close") {
-                close = true;
-            } else if version == 0 && has_token(value.as_bytes(), b"keep-alive") {
-                close = false;
-            }
-        }
-        headers.append(name, value);
-    }
+    let Fields {
+        mut headers,
+        length,
+        chunked,
+        close,
+        keep_alive,
+        ..
+    } = match header_fields(&head, &spans[..count]) {
+        Ok(f) => f,
+        Err(why) => return bad(why),
+    };
+    let mut close = close || (version == 0 && !keep_alive);
     let framing = match (chunked, length) {
         (Some(true), _) => Framing::Chunked(crate::front::Chunk::Size),
         (Some(false), _) => {
