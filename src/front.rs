@@ -136,12 +136,10 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
 
 /// The answer to a request the proxy could not parse, with a request ID of its own.
 fn refusal(e: ProxyError) -> Response<ResponseBody> {
-    let id = uuid::Uuid::new_v4().to_string();
-    let mut resp = e.into_response(&id);
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut()
-            .insert(crate::forward::CLIENT_REQUEST_ID, v);
-    }
+    let id = crate::proxy::request_id(&HeaderMap::new());
+    let mut resp = e.into_response(id.to_str().unwrap_or("-"));
+    resp.headers_mut()
+        .insert(crate::forward::CLIENT_REQUEST_ID, id);
     resp
 }
 
@@ -838,9 +836,7 @@ async fn write_response(
     }
     if !no_body {
         if let Some(n) = exact {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            push_content_length(&mut out, n);
         } else if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -886,19 +882,19 @@ async fn write_response(
         if exact.is_some_and(|n| sent > n) {
             return Err(io::Error::other("the body is longer than announced"));
         }
-        let mut pieces: Vec<IoSlice<'_>> = Vec::with_capacity(4);
-        let size_line;
-        if let Some(h) = head.as_ref() {
-            pieces.push(IoSlice::new(h));
-        }
-        if chunked {
-            size_line = format!("{:x}\r\n", data.len());
-            pieces.push(IoSlice::new(size_line.as_bytes()));
-            pieces.push(IoSlice::new(&data));
-            pieces.push(IoSlice::new(b"\r\n"));
+        let mut size_line = [0u8; 20];
+        let size_len = if chunked {
+            write_hex_line(&mut size_line, data.len())
         } else {
-            pieces.push(IoSlice::new(&data));
-        }
+            0
+        };
+        let crlf: &[u8] = if chunked { b"\r\n" } else { b"" };
+        let mut pieces = [
+            IoSlice::new(head.as_deref().unwrap_or_default()),
+            IoSlice::new(&size_line[..size_len]),
+            IoSlice::new(&data),
+            IoSlice::new(crlf),
+        ];
         write_all_vectored(stream, &mut pieces).await?;
         head = None;
     }
@@ -913,6 +909,20 @@ async fn write_response(
         write_all(stream, &last).await?;
     }
     Ok(keep_alive)
+}
+
+/// `content-length: N\r\n`, formatted into `out` (no intermediate string).
+pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write;
+    let _ = write!(out, "content-length: {n}\r\n");
+}
+
+/// A chunk-size line (`HEX\r\n`) for `len` in `buf`; its length.
+pub(crate) fn write_hex_line(buf: &mut [u8; 20], len: usize) -> usize {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{len:x}\r\n");
+    cursor.position() as usize
 }
 
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {

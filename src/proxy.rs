@@ -290,7 +290,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The client's `client-request-id` when it is sane, else a new UUID.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(CLIENT_REQUEST_ID) {
         let ok = (1..=128).contains(&v.len())
             && v.as_bytes()

@@ -290,13 +290,8 @@ async fn an_early_answer_to_an_upload_is_passed_on() {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if !read_head(&mut tcp).await {
+                    return;
                 }
                 let body = "{\"error\":{\"code\":\"TooLarge\"}}";
                 let answer = format!(
@@ -332,21 +327,12 @@ async fn a_chunked_answer_is_passed_on_whole_and_its_connection_reused() {
             c.connections.fetch_add(1, Ordering::SeqCst);
             let c = c.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        c.requests.fetch_add(1, Ordering::SeqCst);
-                        // A Content-Length beside the chunked coding must be ignored.
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\n\r\n";
-                        if tcp.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                while read_head(&mut tcp).await {
+                    c.requests.fetch_add(1, Ordering::SeqCst);
+                    // A Content-Length beside the chunked coding must be ignored.
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7;x=y\r\n, world\r\n0\r\n\r\n";
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        return;
                     }
                 }
             });

@@ -71,3 +71,15 @@ fn header_tokens() {
     assert_eq!(parse_length(b"1 2"), None);
     assert_eq!(parse_length(b""), None);
 }
+
+#[test]
+fn lengths_and_chunk_sizes_are_formatted_in_place() {
+    let mut out = b"x".to_vec();
+    push_content_length(&mut out, 1024);
+    assert_eq!(out, b"xcontent-length: 1024\r\n");
+    let mut line = [0u8; 20];
+    let n = write_hex_line(&mut line, 0x1f40);
+    assert_eq!(&line[..n], b"1f40\r\n");
+    let n = write_hex_line(&mut line, usize::MAX);
+    assert_eq!(&line[..n], format!("{:x}\r\n", usize::MAX).as_bytes());
+}

@@ -20,7 +20,9 @@ use tokio::net::TcpStream;
 
 use super::{Failure, Origin, Pooled, Sender};
 use crate::body::{BoxError, RequestBody};
-use crate::front::{Fields, Framing, decode, header_fields, header_spans};
+use crate::front::{
+    Fields, Framing, decode, header_fields, header_spans, push_content_length, write_hex_line,
+};
 
 /// An answer's head may take this many bytes, and this many headers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -184,18 +186,13 @@ fn request_head(req: &Request<RequestBody>, authority: &Authority) -> (Vec<u8>, 
         RequestBody::Full(b) => (b.clone().unwrap_or_default(), false),
         RequestBody::Stream { .. } => (Bytes::new(), true),
     };
-    let with_length = |out: &mut Vec<u8>, n: u64| {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-    };
     if rest {
         match body.size_hint().exact() {
-            Some(n) => with_length(&mut out, n),
+            Some(n) => push_content_length(&mut out, n),
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
     } else if !whole.is_empty() || sent_length || method_has_body(req.method()) {
-        with_length(&mut out, whole.len() as u64);
+        push_content_length(&mut out, whole.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&whole);
@@ -224,9 +221,9 @@ async fn write_body(
             continue;
         }
         if chunked {
-            conn.io
-                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                .await?;
+            let mut size_line = [0u8; 20];
+            let n = write_hex_line(&mut size_line, data.len());
+            conn.io.write_all(&size_line[..n]).await?;
             conn.io.write_all(&data).await?;
             conn.io.write_all(b"\r\n").await?;
         } else {
