@@ -115,11 +115,13 @@ fn render_tokens(state: &AppState, out: &mut String) {
         "counter",
         "Token cache lookups by result.",
     );
-    for (result, n) in [("hit", &stats.hits), ("miss", &stats.misses)] {
+    for (result, n) in [
+        ("hit", stats.hits.sum()),
+        ("miss", stats.misses.load(Ordering::Relaxed)),
+    ] {
         let _ = writeln!(
             out,
-            "defender_proxy_token_cache_requests_total{{result=\"{result}\"}} {}",
-            n.load(Ordering::Relaxed)
+            "defender_proxy_token_cache_requests_total{{result=\"{result}\"}} {n}"
         );
     }
     family(

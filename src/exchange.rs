@@ -51,8 +51,10 @@ pub struct Exchange<'a> {
     pub request_id: &'a HeaderValue,
     /// The route's credential.
     pub source: &'a Arc<CredentialSource>,
-    /// The token's cache key (credential, tenant, scope).
-    pub key: TokenKey,
+    /// The tenant's ID (the token is for it, with the route's scope and credential).
+    pub tenant: &'a Arc<str>,
+    /// The worker serving the request.
+    pub worker: usize,
 }
 
 impl Exchange<'_> {
@@ -76,7 +78,7 @@ impl Exchange<'_> {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !replayed && replay.is_some() {
                 tracing::info!(route = %self.route.name, "upstream answered 401; fetching a new token and replaying once");
-                self.state.tokens.invalidate(&self.key, &token);
+                self.state.tokens.invalidate(&self.key(), &token);
                 (replayed, next) = (true, replay);
                 continue;
             }
@@ -90,7 +92,7 @@ impl Exchange<'_> {
             };
             self.state
                 .limiter
-                .pause(spec, &self.key.tenant, Instant::now() + wait);
+                .pause(spec, self.tenant, Instant::now() + wait);
             let absorb =
                 self.route.retry_throttled && absorbed < MAX_ABSORBED && wait <= spec.max_wait;
             if !absorb || replay.is_none() {
@@ -111,7 +113,7 @@ impl Exchange<'_> {
         let Some(spec) = self.limit() else {
             return Ok(());
         };
-        match self.state.limiter.acquire(spec, &self.key.tenant).await {
+        match self.state.limiter.acquire(spec, self.tenant).await {
             Ok(_) => Ok(()),
             Err(refused) => Err(ProxyError::RateLimited {
                 limit: spec.name.to_string(),
@@ -120,10 +122,19 @@ impl Exchange<'_> {
         }
     }
 
-    async fn token(&self) -> Result<Token, ProxyError> {
+    /// The token's cache key: (credential, tenant, scope).
+    fn key(&self) -> TokenKey {
+        TokenKey {
+            credential: self.source.id,
+            tenant: self.tenant.clone(),
+            scope: self.route.scope.clone(),
+        }
+    }
+
+    async fn token(&self) -> Result<Arc<Token>, ProxyError> {
         self.state
             .tokens
-            .get(self.source, &self.key)
+            .get_on(self.worker, self.source, self.tenant, &self.route.scope)
             .await
             .map_err(|e| e.to_proxy_error(&self.source.name))
     }

@@ -107,14 +107,15 @@ impl AppState {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = tls::client_config(config.tls.extra_ca_file.as_deref())
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e))?;
-        let metrics = Metrics::with_workers(worker_count(config.server.workers));
+        let workers = worker_count(config.server.workers);
+        let metrics = Metrics::with_workers(workers);
         let limiter = ratelimit::Limiter::new(RATE_LIMIT_BUCKETS);
         let runtime = Runtime::build(config, &metrics, &limiter)?;
         let entra = EntraClient::new(tls.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
         let cancel = CancellationToken::new();
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
-            tokens: TokenCache::new(entra, TOKEN_CACHE_CAPACITY, cancel.clone()),
+            tokens: TokenCache::new(entra, TOKEN_CACHE_CAPACITY, workers, cancel.clone()),
             upstream_tls: tls,
             metrics,
             cancel,
@@ -231,16 +232,43 @@ pub struct Worker {
     pub client: forward::HttpClient,
     /// Its number, from 0.
     pub index: usize,
+    /// This worker's handle on the current config (see `runtime`).
+    runtime: std::sync::Mutex<Arc<WorkerRuntime>>,
+}
+
+/// A worker's own reference to a config: a request holds one of these, so that taking and
+/// dropping it counts in memory only this worker writes. (Every request cloning the shared
+/// `Arc<Runtime>` made both cores write its count, which cost more than the rest of the
+/// lookup.)
+pub struct WorkerRuntime(Arc<Runtime>);
+
+impl std::ops::Deref for WorkerRuntime {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.0
+    }
 }
 
 impl Worker {
     fn new(state: Arc<AppState>, index: usize) -> Worker {
         let client = upstream::Upstream::new(state.upstream_tls.clone());
+        let runtime = std::sync::Mutex::new(Arc::new(WorkerRuntime(state.runtime.load_full())));
         Worker {
             state,
             client,
             index,
+            runtime,
         }
+    }
+
+    /// The current config, as this worker's own reference (renewed after a reload).
+    pub fn runtime(&self) -> Arc<WorkerRuntime> {
+        let current = self.state.runtime.load();
+        let mut mine = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(&mine.0, &current) {
+            *mine = Arc::new(WorkerRuntime(arc_swap::Guard::into_inner(current)));
+        }
+        mine.clone()
     }
 }
 
@@ -470,7 +498,7 @@ pub(crate) async fn catch_panic(
     req: http::Request<body::ClientBody>,
 ) -> http::Response<body::ResponseBody> {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(proxy::handle(&worker.state, &worker.client, req))
+    match std::panic::AssertUnwindSafe(proxy::handle(&worker, req))
         .catch_unwind()
         .await
     {

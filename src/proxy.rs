@@ -1,20 +1,19 @@
 //! The request path: checks → route → tenant → token → forward → response, with every error
 //! turned into a response in one place (`handle`), and one access-log line per request.
 
-use std::sync::atomic::Ordering;
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tokio::time::Instant;
 
-use crate::AppState;
 use crate::body::{BodyDone, BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
 use crate::forward::{self, CLIENT_REQUEST_ID, HttpClient, INBOUND_KEY_HEADER};
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
-use crate::token::TokenKey;
+use crate::{AppState, Worker};
 
 /// The upstream's own request ID, logged.
 const UPSTREAM_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("request-id");
@@ -26,29 +25,36 @@ pub const REPLAY_KEEP_BYTES: usize = 64 * 1024;
 
 /// What the access log and metrics learn about a request on its way.
 #[derive(Default)]
-struct Trace {
+struct Trace<'a> {
     route: Option<usize>,
-    tenant: Option<Tenant>,
+    tenant: Option<Cow<'a, Tenant>>,
     upstream_latency: Option<Duration>,
     upstream_request_id: Option<HeaderValue>,
 }
 
 /// Serves one request; never fails and never panics outward.
-pub async fn handle(
-    state: &AppState,
-    client: &HttpClient,
-    req: Request<ClientBody>,
-) -> Response<ResponseBody> {
-    let rt = state.runtime.load_full();
+pub async fn handle(worker: &Worker, req: Request<ClientBody>) -> Response<ResponseBody> {
+    let (state, client) = (&*worker.state, &worker.client);
+    let rt = worker.runtime();
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().clone();
     let path_for_log = rt.access_log.then(|| req.uri().path().to_string());
-    state.metrics.inflight.fetch_add(1, Ordering::Relaxed);
+    state.metrics.add_inflight(worker.index, 1);
     let mut trace = Trace::default();
     let body_done = BodyDone::new(http_body::Body::is_end_stream(req.body()));
-    let result = proxy(state, client, &rt, req, &request_id, &body_done, &mut trace).await;
-    state.metrics.inflight.fetch_sub(1, Ordering::Relaxed);
+    let result = proxy(
+        state,
+        worker.index,
+        client,
+        &rt,
+        req,
+        &request_id,
+        &body_done,
+        &mut trace,
+    )
+    .await;
+    state.metrics.add_inflight(worker.index, -1);
     let rid = request_id.to_str().unwrap_or("-");
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
@@ -63,9 +69,9 @@ pub async fn handle(
     match trace.route {
         Some(i) => {
             let m = &rt.route_metrics[i];
-            m.count_status(resp.status().as_u16());
+            m.count_status(worker.index, resp.status().as_u16());
             if let Some(l) = trace.upstream_latency {
-                m.upstream_latency.observe(l);
+                m.observe_latency(worker.index, l);
             }
         }
         None => state.metrics.count_rejected(error.unwrap_or("Other")),
@@ -98,7 +104,7 @@ pub async fn handle(
 #[allow(clippy::too_many_arguments)]
 fn log_access(
     rt: &Runtime,
-    trace: &Trace,
+    trace: &Trace<'_>,
     method: &Method,
     path: &str,
     resp: &Response<ResponseBody>,
@@ -129,39 +135,36 @@ fn log_access(
     );
 }
 
-async fn proxy(
+#[allow(clippy::too_many_arguments)]
+async fn proxy<'a>(
     state: &AppState,
+    worker: usize,
     client: &HttpClient,
-    rt: &Runtime,
+    rt: &'a Runtime,
     req: Request<ClientBody>,
     request_id: &HeaderValue,
     body_done: &BodyDone,
-    trace: &mut Trace,
+    trace: &mut Trace<'a>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_request(rt, &req)?;
     let (parts, incoming) = req.into_parts();
     let (index, route) = rt.router.route(parts.uri.path())?;
     trace.route = Some(index);
-    let tenant = rt
-        .router
-        .tenant(route, parts.headers.get(&rt.tenant_header))?;
-    trace.tenant = Some(tenant.clone());
+    let tenant = &**trace.tenant.insert(
+        rt.router
+            .tenant(route, parts.headers.get(&rt.tenant_header))?,
+    );
     let body = read_body(rt, &parts.headers, incoming, body_done).await?;
-    let source = &rt.credentials[route.credential];
-    let key = TokenKey {
-        credential: source.id,
-        tenant: tenant.id.clone(),
-        scope: route.scope.clone(),
-    };
     let exchange = Exchange {
         state,
+        worker,
         client,
         rt,
         route,
         parts: &parts,
         request_id,
-        source,
-        key,
+        source: &rt.credentials[route.credential],
+        tenant: &tenant.id,
     };
     let answer = exchange.run(body, &mut trace.upstream_latency).await?;
     match answer {

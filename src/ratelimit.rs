@@ -424,7 +424,8 @@ impl Limiter {
             "Time requests spent queued.",
         );
         for name in &names {
-            stats[name].wait.render(
+            Histogram::render(
+                &[&stats[name].wait],
                 out,
                 "defender_proxy_ratelimit_wait_seconds",
                 &format!("limit=\"{}\"", esc(name)),

@@ -1,6 +1,7 @@
 //! Request → route (longest path prefix) and tenant (pinned by the route, else the tenant
 //! header as a GUID or alias, else the credential's home tenant).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -68,7 +69,7 @@ impl TenantPolicy {
     }
 
     /// Resolves a tenant named by a route pin or a header value.
-    pub fn resolve(&self, name: &str) -> Result<Tenant, ProxyError> {
+    pub fn resolve(&self, name: &str) -> Result<Cow<'_, Tenant>, ProxyError> {
         let name = name.trim_matches([' ', '\t']);
         if !is_tenant_name(name) {
             return Err(ProxyError::BadTenant);
@@ -79,13 +80,13 @@ impl TenantPolicy {
             .get(&lower)
             .or_else(|| self.by_guid.get(&lower))
         {
-            return Ok(t.clone());
+            return Ok(Cow::Borrowed(t));
         }
         if self.any_guid && is_guid(&lower) {
-            return Ok(Tenant {
+            return Ok(Cow::Owned(Tenant {
                 id: lower.into(),
                 label: "*".into(),
-            });
+            }));
         }
         Err(ProxyError::TenantNotAllowed)
     }
@@ -227,18 +228,23 @@ impl Router {
     }
 
     /// The tenant for a request on `route` carrying `header` (the tenant header, if any).
-    pub fn tenant(
-        &self,
-        route: &Route,
+    pub fn tenant<'a>(
+        &'a self,
+        route: &'a Route,
         header: Option<&HeaderValue>,
-    ) -> Result<Tenant, ProxyError> {
+    ) -> Result<Cow<'a, Tenant>, ProxyError> {
+        // Borrowed where the config names the tenant: a request then takes no reference
+        // count that every worker writes.
         if let Some(t) = &route.pinned {
-            return Ok(t.clone());
+            return Ok(Cow::Borrowed(t));
         }
         let policy = &self.policies[route.credential];
         match header {
             Some(v) => policy.resolve(v.to_str().map_err(|_| ProxyError::BadTenant)?),
-            None => policy.home().cloned().ok_or(ProxyError::BadTenant),
+            None => policy
+                .home()
+                .map(Cow::Borrowed)
+                .ok_or(ProxyError::BadTenant),
         }
     }
 
@@ -291,7 +297,8 @@ fn compile_route(
     let pinned = r
         .tenant
         .as_deref()
-        .and_then(|t| policies[credential].resolve(t).ok());
+        .and_then(|t| policies[credential].resolve(t).ok())
+        .map(Cow::into_owned);
     Some(Route {
         name: r.name.as_str().into(),
         prefix: r.prefix.trim_end_matches('/').to_string(),

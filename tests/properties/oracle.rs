@@ -313,7 +313,7 @@ pub fn check_tenant_header(config: &Config, router: &Router, bytes: &[u8]) {
         if let Ok(v) = HeaderValue::from_bytes(bytes) {
             let t = router.tenant(route, Some(&v));
             match &route.pinned {
-                Some(p) => assert_eq!(t.as_ref().ok(), Some(p), "a pin wins over the header"),
+                Some(p) => assert_eq!(t.as_deref().ok(), Some(p), "a pin wins over the header"),
                 None if v.to_str().is_err() => {
                     assert!(matches!(t, Err(ProxyError::BadTenant)), "non-ASCII {v:?}")
                 }
@@ -360,7 +360,7 @@ fn check_pin(
         );
     }
     let expected = route.pinned.as_ref().or(policy.home());
-    assert_eq!(router.tenant(route, None).ok().as_ref(), expected);
+    assert_eq!(router.tenant(route, None).as_deref().ok(), expected);
 }
 
 /// The tenants `name` can mean to a credential: an alias's GUID, a listed GUID itself, the

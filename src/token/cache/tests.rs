@@ -32,11 +32,19 @@ impl Fake {
 }
 
 fn setup(lifetime_secs: u64) -> (TokenCache, Arc<CredentialSource>, TokenKey) {
+    setup_workers(lifetime_secs, 1)
+}
+
+fn setup_workers(
+    lifetime_secs: u64,
+    workers: usize,
+) -> (TokenCache, Arc<CredentialSource>, TokenKey) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = crate::tls::client_config(None).unwrap();
     let cache = TokenCache::new(
         EntraClient::new(tls).unwrap(),
         1000,
+        workers,
         CancellationToken::new(),
     );
     let fake = Fake {
@@ -211,4 +219,73 @@ async fn a_cancelled_waiter_does_not_cause_a_second_fetch() {
     let second = cache.get(&source, &key).await.unwrap();
     assert_eq!(second.header(), "Bearer tok-t1-1");
     assert_eq!(calls(&source), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_dropped_after_a_401_leaves_every_workers_table() {
+    let (cache, source, key) = setup_workers(3600, 2);
+    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope);
+    let first = on(0).await.unwrap();
+    assert_eq!(on(1).await.unwrap().header(), first.header());
+    assert_eq!(on(1).await.unwrap().header(), first.header());
+    assert_eq!(calls(&source), 1, "one fetch serves both workers");
+    assert_eq!(cache.stats.hits.sum(), 2);
+    // Worker 0's request got a 401 with it: no worker may inject it again.
+    cache.invalidate(&key, &first);
+    assert_eq!(on(1).await.unwrap().header(), "Bearer tok-t1-2");
+    assert_eq!(on(0).await.unwrap().header(), "Bearer tok-t1-2");
+    assert_eq!(calls(&source), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_workers_table_hands_out_no_token_due_for_refresh() {
+    let (cache, source, key) = setup_workers(60, 2);
+    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope);
+    let first = on(0).await.unwrap();
+    // The fetch bumped the epoch; this lookup puts the token in worker 0's table.
+    assert_eq!(on(0).await.unwrap().header(), first.header());
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // Still served (it is usable), but through the shared cache, which starts the refresh.
+    assert_eq!(on(0).await.unwrap().header(), first.header());
+    assert_eq!(cache.stats.refreshes.load(Ordering::Relaxed), 1);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(on(0).await.unwrap().header(), "Bearer tok-t1-2");
+    // Past the usable time of a short token, a new one is fetched first.
+    let (cache, source, key) = setup_workers(6, 1);
+    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope);
+    let first = on(0).await.unwrap();
+    assert_eq!(on(0).await.unwrap().header(), first.header());
+    tokio::time::advance(Duration::from_millis(5_100)).await;
+    let second = on(0).await.unwrap();
+    assert_ne!(first.header(), second.header());
+    assert!(second.is_usable(Instant::now()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn tenants_sharing_a_table_entry_get_their_own_tokens() {
+    let (cache, source, key) = setup_workers(3600, 1);
+    // More tenants than entries, so that some share one; twice, the second time from tables.
+    for round in 0..2 {
+        for i in 0..200 {
+            let tenant: Arc<str> = format!("tenant-{i}").into();
+            let token = cache.get_on(0, &source, &tenant, &key.scope).await.unwrap();
+            let value = token.header().to_str().unwrap();
+            assert!(
+                value.starts_with(&format!("Bearer tok-{tenant}-")),
+                "round {round}: {tenant} got {value}"
+            );
+        }
+        let other: Arc<str> = "other/.default".into();
+        let token = cache.get_on(0, &source, &key.tenant, &other).await.unwrap();
+        assert!(
+            token
+                .header()
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer tok-t1-")
+        );
+    }
+    assert_eq!(calls(&source), 201, "one fetch per tenant and scope");
 }
