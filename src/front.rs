@@ -9,6 +9,7 @@
 //! Refusals of malformed requests are Defender-shaped like every other error.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -63,8 +64,9 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
     let stream = Arc::new(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut first = true;
+    let mut waits = Waits::new(&stop);
     loop {
-        let parsed = match read_head(&stream, &mut buf, &stop, first).await {
+        let parsed = match read_head(&stream, &mut buf, &mut waits, first).await {
             Ok(Head::Request(parsed)) => parsed,
             Ok(Head::Http2) => {
                 if let Ok(stream) = Arc::try_unwrap(stream) {
@@ -299,14 +301,36 @@ struct Parsed {
     reader: Option<Arc<Mutex<Reader>>>,
 }
 
+/// What a connection waits on besides its socket, made once for the connection: waiting
+/// for the next head arms no new timer and registers no new waiter (which cost more than
+/// parsing the head).
+struct Waits {
+    /// When the head being read must be whole.
+    deadline: tokio::time::Instant,
+    /// Fires at or before `deadline`; moved on only when it fires early.
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl Waits {
+    fn new(stop: &CancellationToken) -> Waits {
+        let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+        Waits {
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            stopped: Box::pin(stop.clone().cancelled_owned()),
+        }
+    }
+}
+
 /// Reads until a whole head is buffered, then parses it.
 async fn read_head(
     stream: &Arc<TcpStream>,
     buf: &mut BytesMut,
-    stop: &CancellationToken,
+    waits: &mut Waits,
     first: bool,
 ) -> Result<Head, HeadError> {
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    waits.deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
         if !buf.is_empty() {
             if first {
@@ -316,7 +340,7 @@ async fn read_head(
                         return Ok(Head::Http2);
                     }
                     // Part of the preface so far: read on.
-                    if !read_more(stream, buf, stop, deadline, false).await? {
+                    if !read_more(stream, buf, waits, false).await? {
                         return Ok(Head::Closed);
                     }
                     continue;
@@ -330,7 +354,7 @@ async fn read_head(
             }
         }
         let idle = buf.is_empty();
-        if !read_more(stream, buf, stop, deadline, idle).await? {
+        if !read_more(stream, buf, waits, idle).await? {
             return Ok(Head::Closed);
         }
     }
@@ -341,8 +365,7 @@ async fn read_head(
 async fn read_more(
     stream: &TcpStream,
     buf: &mut BytesMut,
-    stop: &CancellationToken,
-    deadline: tokio::time::Instant,
+    waits: &mut Waits,
     idle: bool,
 ) -> Result<bool, HeadError> {
     loop {
@@ -358,8 +381,14 @@ async fn read_more(
         }
         tokio::select! {
             r = stream.readable() => r.map_err(|_| HeadError::Io)?,
-            _ = tokio::time::sleep_until(deadline) => return Err(HeadError::Io),
-            _ = stop.cancelled(), if idle => return Ok(false),
+            _ = &mut waits.sleep => {
+                if tokio::time::Instant::now() >= waits.deadline {
+                    return Err(HeadError::Io);
+                }
+                let deadline = waits.deadline;
+                waits.sleep.as_mut().reset(deadline);
+            }
+            _ = &mut waits.stopped, if idle => return Ok(false),
         }
     }
 }
@@ -367,9 +396,10 @@ async fn read_more(
 /// Parses the head at the start of `buf`, if whole; takes it (and nothing more) out of `buf`.
 fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
     let bad = |why| Err(HeadError::Refused(ProxyError::BadRequest(why)));
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    // Uninitialised: httparse writes only the headers it finds.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
             return Err(HeadError::Refused(ProxyError::HeadersTooLarge));
         }
@@ -390,8 +420,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
     };
     let http10 = version == 0;
     let target = (offset(target.as_bytes()), target.len());
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = header_spans(base, req.headers, &mut spans);
+    let spans = header_spans(base, req.headers);
     let head = buf.split_to(len).freeze();
     let uri = match Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) {
         Ok(u) => u,
@@ -404,7 +433,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
         close,
         keep_alive,
         expect_continue,
-    } = match header_fields(&head, &spans[..count]) {
+    } = match header_fields(&head, &spans) {
         Ok(f) => f,
         Err(why) => return bad(why),
     };
@@ -461,21 +490,46 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
 /// length).
 pub(crate) type Span = (usize, usize, usize, usize);
 
-/// The spans of httparse's `parsed` headers in the buffer starting at `base`; how many.
-pub(crate) fn header_spans(
-    base: usize,
-    parsed: &[httparse::Header<'_>],
-    out: &mut [Span],
-) -> usize {
-    for (span, h) in out.iter_mut().zip(parsed) {
-        *span = (
+/// Spans kept on the stack for this many headers (most heads have fewer), else on the heap:
+/// zeroing room for the most headers allowed cost more than the parsing.
+const FEW_HEADERS: usize = 16;
+
+/// The spans of a head's headers.
+#[allow(clippy::large_enum_variant)] // on the stack on purpose, see FEW_HEADERS
+pub(crate) enum Spans {
+    Few([Span; FEW_HEADERS], usize),
+    Many(Vec<Span>),
+}
+
+impl std::ops::Deref for Spans {
+    type Target = [Span];
+    fn deref(&self) -> &[Span] {
+        match self {
+            Spans::Few(a, n) => &a[..*n],
+            Spans::Many(v) => v,
+        }
+    }
+}
+
+/// The spans of httparse's `parsed` headers in the buffer starting at `base`.
+pub(crate) fn header_spans(base: usize, parsed: &[httparse::Header<'_>]) -> Spans {
+    let span = |h: &httparse::Header<'_>| {
+        (
             h.name.as_ptr() as usize - base,
             h.name.len(),
             h.value.as_ptr() as usize - base,
             h.value.len(),
-        );
+        )
+    };
+    if parsed.len() <= FEW_HEADERS {
+        let mut few = [(0, 0, 0, 0); FEW_HEADERS];
+        for (s, h) in few.iter_mut().zip(parsed) {
+            *s = span(h);
+        }
+        Spans::Few(few, parsed.len())
+    } else {
+        Spans::Many(parsed.iter().map(span).collect())
     }
-    parsed.len().min(out.len())
 }
 
 /// A head's headers, and what they say about the body's framing and the connection.
@@ -911,18 +965,33 @@ async fn write_response(
     Ok(keep_alive)
 }
 
-/// `content-length: N\r\n`, formatted into `out` (no intermediate string).
+/// `content-length: N\r\n`, appended to `out` (the formatting machinery cost more than the
+/// rest of the head).
 pub(crate) fn push_content_length(out: &mut Vec<u8>, n: u64) {
-    use std::io::Write;
-    let _ = write!(out, "content-length: {n}\r\n");
+    out.extend_from_slice(b"content-length: ");
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A chunk-size line (`HEX\r\n`) for `len` in `buf`; its length.
 pub(crate) fn write_hex_line(buf: &mut [u8; 20], len: usize) -> usize {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{len:x}\r\n");
-    cursor.position() as usize
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, d) in buf[..digits].iter_mut().enumerate() {
+        *d = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    buf[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
 }
 
 async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {

@@ -144,6 +144,17 @@ fn hop_by_hop_response_headers_are_removed() {
         h.get("x-hop").is_none() && h.get("keep-alive").is_none() && h.get("connection").is_none()
     );
     assert_eq!(h["request-id"], "abc");
+    // Each on its own, and in any position.
+    for hop in HOP_BY_HOP.iter().cloned() {
+        let mut h = HeaderMap::new();
+        h.insert("x-before", HeaderValue::from_static("1"));
+        h.insert(hop.clone(), HeaderValue::from_static("v"));
+        h.insert("x-after", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let kept = hop == header::TRANSFER_ENCODING;
+        assert_eq!(h.contains_key(&hop), kept, "{hop}");
+        assert_eq!(h.len(), if kept { 3 } else { 2 }, "{hop}");
+    }
 }
 
 #[test]

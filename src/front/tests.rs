@@ -82,4 +82,14 @@ fn lengths_and_chunk_sizes_are_formatted_in_place() {
     assert_eq!(&line[..n], b"1f40\r\n");
     let n = write_hex_line(&mut line, usize::MAX);
     assert_eq!(&line[..n], format!("{:x}\r\n", usize::MAX).as_bytes());
+    for v in [0usize, 1, 9, 10, 15, 16, 255, 256, 4095, 4096, 1 << 40] {
+        let n = write_hex_line(&mut line, v);
+        assert_eq!(&line[..n], format!("{v:x}\r\n").as_bytes());
+        let mut out = Vec::new();
+        push_content_length(&mut out, v as u64);
+        assert_eq!(out, format!("content-length: {v}\r\n").as_bytes());
+    }
+    let mut out = Vec::new();
+    push_content_length(&mut out, u64::MAX);
+    assert_eq!(out, format!("content-length: {}\r\n", u64::MAX).as_bytes());
 }

@@ -284,9 +284,12 @@ async fn read_head(conn: &mut RawConn) -> Result<ParsedHead, ReadError> {
 
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     let bad = |why| Err(ReadError::Bad(why));
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
+    // Uninitialised: httparse writes only the headers it finds.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return bad("the upstream's answer is not valid HTTP/1.1"),
@@ -297,8 +300,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     let Ok(status) = StatusCode::from_u16(code) else {
         return bad("the upstream's status is not valid");
     };
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = header_spans(buf.as_ptr() as usize, resp.headers, &mut spans);
+    let spans = header_spans(buf.as_ptr() as usize, resp.headers);
     let head = buf.split_to(len).freeze();
     let Fields {
         mut headers,
@@ -307,7 +309,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
         close,
         keep_alive,
         ..
-    } = match header_fields(&head, &spans[..count]) {
+    } = match header_fields(&head, &spans) {
         Ok(f) => f,
         Err(why) => return bad(why),
     };
