@@ -159,14 +159,16 @@ impl Exchange<'_> {
             .flatten();
         let started = Instant::now();
         let req = forward::build_request(self.parts, &out, body)?;
-        let mut sent = forward::send(self.client, req, self.rt.request_timeout, false).await;
+        let upstream = &self.route.upstream;
+        let mut sent =
+            forward::send(self.client, upstream, req, self.rt.request_timeout, false).await;
         if let (Ok(forward::Sent::Stale), Some(body)) = (&sent, replay) {
             // The upstream closed a kept-alive connection as the request went out; an
             // idempotent request is sent again, once, on a new connection.
             tracing::debug!(route = %self.route.name, "stale upstream connection; resending on a new one");
             let req = forward::build_request(self.parts, &out, body)?;
             let left = self.rt.request_timeout.saturating_sub(started.elapsed());
-            sent = Box::pin(forward::send(self.client, req, left, true)).await;
+            sent = Box::pin(forward::send(self.client, upstream, req, left, true)).await;
         }
         *latency = Some(started.elapsed());
         match sent? {

@@ -49,7 +49,7 @@ pub struct Outbound<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Builds the upstream request from the client's method, URI and headers.
+/// Builds the upstream request (origin-form URI) from the client's method, URI and headers.
 pub fn build_request(
     parts: &http::request::Parts,
     out: &Outbound<'_>,
@@ -63,15 +63,11 @@ pub fn build_request(
         (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")),
     }
     .map_err(|_| ProxyError::BadRequest("invalid path"))?;
-    let uri = Uri::builder()
-        .scheme(out.route.upstream.scheme.clone())
-        .authority(out.route.upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::Internal)?;
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
+    // Origin-form: the upstream (the route's) goes to `send` beside it, so that a request
+    // copies none of the shared origin's bytes.
+    *req.uri_mut() = Uri::from(pq);
     *req.headers_mut() = forwarded_headers(&parts.headers, out);
     Ok(req)
 }
@@ -125,15 +121,17 @@ pub enum Sent {
     Stale,
 }
 
-/// Sends a request, waiting at most `timeout` for the answer's head; `fresh` asks for a new
-/// connection.
+/// Sends a request to `upstream`, waiting at most `timeout` for the answer's head; `fresh`
+/// asks for a new connection.
 pub async fn send(
     client: &HttpClient,
+    upstream: &crate::routing::Upstream,
     req: Request<RequestBody>,
     timeout: Duration,
     fresh: bool,
 ) -> Result<Sent, ProxyError> {
-    match tokio::time::timeout(timeout, client.request(req, fresh)).await {
+    let origin = (&upstream.scheme, &upstream.authority);
+    match tokio::time::timeout(timeout, client.request(origin, req, fresh)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(resp)) => Ok(Sent::Answer(resp)),
         Ok(Err(failure)) => {
@@ -198,12 +196,7 @@ pub async fn into_client_response(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
-        use http_body_util::BodyExt;
-        let whole = body
-            .collect()
-            .await
-            .map_err(|_| ProxyError::UpstreamUnavailable)?
-            .to_bytes();
+        let whole = read_whole(body).await?;
         if !crate::rewrite::may_contain_link(&whole) {
             return Ok(Response::from_parts(parts, ResponseBody::full(whole)));
         }
@@ -224,6 +217,33 @@ pub async fn into_client_response(
             done: false,
         },
     ))
+}
+
+/// A small body, read whole: a body in one piece (the usual case) is passed on as it came,
+/// without copying or collecting it in a list.
+async fn read_whole(mut body: UpBody) -> Result<bytes::Bytes, ProxyError> {
+    use http_body_util::BodyExt;
+    let mut first = bytes::Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame
+            .map_err(|_| ProxyError::UpstreamUnavailable)?
+            .into_data()
+        else {
+            continue; // trailers: not passed on with a body read whole
+        };
+        match &mut joined {
+            None if first.is_empty() => first = data,
+            None => {
+                let mut all = bytes::BytesMut::with_capacity(first.len() + data.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+            Some(all) => all.extend_from_slice(&data),
+        }
+    }
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
 }
 
 /// An upstream answer whose body was read (to learn when to retry) for the client.

@@ -49,10 +49,23 @@ impl Pooled {
     }
 }
 
-/// The connections to one origin.
-struct Origin {
+/// An upstream's scheme and authority, this worker's own reference: connections going back
+/// to their pool hold one, and cloning it writes only this worker's memory (the route's
+/// `Authority` is shared by all workers).
+pub(crate) struct OriginKey {
     scheme: Scheme,
     authority: Authority,
+}
+
+impl OriginKey {
+    fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
+        self.authority == *authority && self.scheme == *scheme
+    }
+}
+
+/// The connections to one origin.
+struct Origin {
+    key: Arc<OriginKey>,
     conns: Vec<Pooled>,
 }
 
@@ -81,25 +94,19 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` (an absolute URI) and returns the answer's head with its body streaming.
-    /// `fresh` skips the idle connections (for a resend after a stale one failed).
+    /// Sends `req` (origin-form) to `origin` (scheme, authority) and returns the answer's head
+    /// with its body streaming. `fresh` skips the idle connections (for a resend after a stale
+    /// one failed).
     pub async fn request(
         &self,
+        origin: (&Scheme, &Authority),
         req: Request<RequestBody>,
         fresh: bool,
     ) -> Result<Response<UpBody>, Failure> {
-        let (scheme, authority) = match (req.uri().scheme(), req.uri().authority()) {
-            (Some(s), Some(a)) => (s.clone(), a.clone()),
-            _ => return Err(Failure::other("the upstream URI is not absolute")),
-        };
         let mut req = req;
-        let pooled = if fresh {
-            None
-        } else {
-            self.checkout(&scheme, &authority)
-        };
+        let (pooled, key) = self.checkout(origin, fresh);
         if let Some(sender) = pooled {
-            match self.send(sender, req, &scheme, &authority, true).await {
+            match self.send(sender, req, &key, true).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Failed(e)) => {
                     return Err(Failure {
@@ -115,10 +122,8 @@ impl Upstream {
         }
         // Boxed: connecting (TCP, TLS, handshake) is rare next to reuse, and its future is large;
         // inline, every request's future would carry (and move) it.
-        let sender = Box::pin(self.connect(&scheme, &authority))
-            .await
-            .map_err(Failure::from)?;
-        match self.send(sender, req, &scheme, &authority, false).await {
+        let sender = Box::pin(self.connect(&key)).await.map_err(Failure::from)?;
+        match self.send(sender, req, &key, false).await {
             Ok(resp) => Ok(resp),
             Err(SendError::Failed(e)) => Err(Failure::from(e)),
             Err(SendError::Raw(f)) => Err(f),
@@ -128,12 +133,32 @@ impl Upstream {
         }
     }
 
-    /// A ready connection to the origin, if one is idle.
-    fn checkout(&self, scheme: &Scheme, authority: &Authority) -> Option<Sender> {
+    /// A ready connection to the origin, if one is idle (and not `fresh` asked), and the
+    /// origin's key.
+    fn checkout(
+        &self,
+        (scheme, authority): (&Scheme, &Authority),
+        fresh: bool,
+    ) -> (Option<Sender>, Arc<OriginKey>) {
         let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
-        let origin = origins
-            .iter_mut()
-            .find(|o| o.authority == *authority && o.scheme == *scheme)?;
+        let i = match origins.iter().position(|o| o.key.is(scheme, authority)) {
+            Some(i) => i,
+            None => {
+                origins.push(Origin {
+                    key: Arc::new(OriginKey {
+                        scheme: scheme.clone(),
+                        authority: authority.clone(),
+                    }),
+                    conns: Vec::new(),
+                });
+                origins.len() - 1
+            }
+        };
+        let origin = &mut origins[i];
+        let key = origin.key.clone();
+        if fresh {
+            return (None, key);
+        }
         let now = Instant::now();
         origin.conns.retain(|c| match &c.sender {
             Sender::H2(s) => !s.is_closed(),
@@ -144,7 +169,7 @@ impl Upstream {
             _ => None,
         });
         if let Some(s) = h2 {
-            return Some(Sender::H2(s));
+            return (Some(Sender::H2(s)), key);
         }
         // The most recently used first; one the upstream has closed meanwhile is dropped.
         while let Some(i) = origin
@@ -154,22 +179,22 @@ impl Upstream {
         {
             if let Sender::H1(mut conn) = origin.conns.remove(i).sender {
                 if conn.idle_usable() {
-                    return Some(Sender::H1(conn));
+                    return (Some(Sender::H1(conn)), key);
                 }
             }
         }
-        None
+        (None, key)
     }
 
     /// Puts a connection in the pool.
-    fn checkin(&self, scheme: &Scheme, authority: &Authority, sender: Sender) {
-        checkin_into(&self.origins, scheme, authority, Pooled::new(sender));
+    fn checkin(&self, key: &Arc<OriginKey>, sender: Sender) {
+        checkin_into(&self.origins, key, Pooled::new(sender));
     }
 
-    async fn connect(&self, scheme: &Scheme, authority: &Authority) -> Result<Sender, BoxError> {
+    async fn connect(&self, key: &Arc<OriginKey>) -> Result<Sender, BoxError> {
         let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority.clone())
+            .scheme(key.scheme.clone())
+            .authority(key.authority.clone())
             .path_and_query(PathAndQuery::from_static("/"))
             .build()?;
         let mut connector = self.connector.clone();
@@ -185,7 +210,7 @@ impl Upstream {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.checkin(scheme, authority, Sender::H2(sender.clone()));
+            self.checkin(key, Sender::H2(sender.clone()));
             Sender::H2(sender)
         } else {
             Sender::H1(Box::new(h1::RawConn::new(io)))
@@ -198,13 +223,21 @@ impl Upstream {
     async fn send(
         &self,
         sender: Sender,
-        req: Request<RequestBody>,
-        scheme: &Scheme,
-        authority: &Authority,
+        mut req: Request<RequestBody>,
+        key: &Arc<OriginKey>,
         reused: bool,
     ) -> Result<Response<UpBody>, SendError> {
         match sender {
             Sender::H2(mut s) => {
+                // HTTP/2 names the scheme and authority in the request.
+                let pq = req.uri().path_and_query().cloned();
+                let uri = Uri::builder()
+                    .scheme(key.scheme.clone())
+                    .authority(key.authority.clone())
+                    .path_and_query(pq.unwrap_or_else(|| PathAndQuery::from_static("/")))
+                    .build()
+                    .map_err(|e| SendError::Failed(e.into()))?;
+                *req.uri_mut() = uri;
                 let _ = std::future::poll_fn(|cx| s.poll_ready(cx)).await;
                 match s.try_send_request(req).await {
                     Ok(resp) => Ok(resp.map(UpBody::H2)),
@@ -217,8 +250,7 @@ impl Upstream {
             Sender::H1(conn) => {
                 let home = h1::Home {
                     origins: self.origins.clone(),
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
+                    key: key.clone(),
                 };
                 match h1::send(conn, req, home, reused).await {
                     h1::Outcome::Answer(resp) => Ok(resp),
@@ -231,22 +263,16 @@ impl Upstream {
 }
 
 /// Puts a connection in `origins`' pool (unless the pool is full).
-fn checkin_into(
-    origins: &Mutex<Vec<Origin>>,
-    scheme: &Scheme,
-    authority: &Authority,
-    pooled: Pooled,
-) {
+fn checkin_into(origins: &Mutex<Vec<Origin>>, key: &Arc<OriginKey>, pooled: Pooled) {
     let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
     let i = match origins
         .iter()
-        .position(|o| o.authority == *authority && o.scheme == *scheme)
+        .position(|o| Arc::ptr_eq(&o.key, key) || o.key.is(&key.scheme, &key.authority))
     {
         Some(i) => i,
         None => {
             origins.push(Origin {
-                scheme: scheme.clone(),
-                authority: authority.clone(),
+                key: key.clone(),
                 conns: Vec::new(),
             });
             origins.len() - 1

@@ -95,16 +95,30 @@ fn credentials_tenant_and_hop_by_hop_headers_are_removed() {
 
 #[test]
 fn uri_targets_the_upstream_with_path_and_query_unchanged() {
-    let req = build("/api/incidents?$top=10&$filter=status%20eq%20'Active'", &[]);
-    assert_eq!(
-        req.uri().to_string(),
-        "http://127.0.0.1:9999/api/incidents?$top=10&$filter=status%20eq%20'Active'"
-    );
-    let req = build("/mde/api/machines?$top=1", &[]);
-    assert_eq!(
-        req.uri().to_string(),
-        "https://api.securitycenter.microsoft.com/api/machines?$top=1"
-    );
+    let r = router();
+    for (uri, upstream, path) in [
+        (
+            "/api/incidents?$top=10&$filter=status%20eq%20'Active'",
+            "http://127.0.0.1:9999",
+            "/api/incidents?$top=10&$filter=status%20eq%20'Active'",
+        ),
+        (
+            "/mde/api/machines?$top=1",
+            "https://api.securitycenter.microsoft.com",
+            "/api/machines?$top=1",
+        ),
+    ] {
+        let req = build(uri, &[]);
+        assert_eq!(req.uri().to_string(), path);
+        assert_eq!(
+            r.route(uri.split('?').next().unwrap())
+                .unwrap()
+                .1
+                .upstream
+                .origin,
+            upstream
+        );
+    }
 }
 
 #[test]

@@ -216,7 +216,7 @@ impl TokenCache {
             tenant: tenant.clone(),
             scope: scope.clone(),
         };
-        let token = Arc::new(self.get_counted(worker, source, &key).await?);
+        let token = Arc::new(self.get_counted(worker, source, &key).await?.own_copy());
         if Instant::now() < token.refresh_at {
             let mut local = lock(self.locals.get(worker));
             if local.epoch == epoch {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Failure, Origin, Pooled, Sender};
+use super::{Failure, Origin, OriginKey, Pooled, Sender};
 use crate::body::{BoxError, RequestBody};
 use crate::front::{
     Fields, Framing, decode, header_fields, header_spans, push_content_length, write_hex_line,
@@ -76,18 +76,12 @@ impl RawConn {
 #[derive(Clone)]
 pub(super) struct Home {
     pub(super) origins: Arc<Mutex<Vec<Origin>>>,
-    pub(super) scheme: Scheme,
-    pub(super) authority: Authority,
+    pub(super) key: Arc<OriginKey>,
 }
 
 impl Home {
     fn checkin(&self, conn: Box<RawConn>) {
-        super::checkin_into(
-            &self.origins,
-            &self.scheme,
-            &self.authority,
-            Pooled::new(Sender::H1(conn)),
-        );
+        super::checkin_into(&self.origins, &self.key, Pooled::new(Sender::H1(conn)));
     }
 }
 
@@ -108,7 +102,7 @@ pub(super) async fn send(
     reused: bool,
 ) -> Outcome {
     let head_only = req.method() == Method::HEAD;
-    let (head, rest) = request_head(&req, &home.authority);
+    let (head, rest) = request_head(&req, &home.key.authority);
     if let Err(e) = write_head(&mut conn, &head).await {
         return if reused {
             Outcome::Unsent(req)

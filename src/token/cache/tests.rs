@@ -289,3 +289,23 @@ async fn tenants_sharing_a_table_entry_get_their_own_tokens() {
     }
     assert_eq!(calls(&source), 201, "one fetch per tenant and scope");
 }
+
+#[test]
+fn a_workers_own_copy_is_the_same_sensitive_token_in_bytes_of_its_own() {
+    let t = Token::new(
+        "secret-value",
+        Instant::now(),
+        Duration::from_secs(60),
+        None,
+    )
+    .unwrap();
+    let copy = t.own_copy();
+    assert_eq!(copy.header(), t.header());
+    assert!(copy.header().is_sensitive());
+    assert_ne!(
+        copy.header().as_bytes().as_ptr(),
+        t.header().as_bytes().as_ptr()
+    );
+    assert_eq!(copy.usable_until, t.usable_until);
+    assert!(!format!("{copy:?}").contains("secret-value"));
+}
