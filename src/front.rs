@@ -372,7 +372,7 @@ async fn read_more(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(8 * 1024);
         }
-        match stream.try_read_buf(buf) {
+        match try_read_buf(stream, buf) {
             Ok(0) if idle => return Ok(false),
             Ok(0) => return Err(HeadError::Io),
             Ok(_) => return Ok(true),
@@ -391,6 +391,23 @@ async fn read_more(
             _ = &mut waits.stopped, if idle => return Ok(false),
         }
     }
+}
+
+/// Reads what the socket has into `buf`, without waiting. As tokio's own `AsyncRead` does, a
+/// read that left room in the buffer counts as having drained the socket, and the socket is
+/// marked not ready: the next wait then goes to the event loop instead of to a `recv` that
+/// would find nothing (one system call per request on a keep-alive connection).
+fn try_read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let n = stream.try_read_buf(buf)?;
+    if n > 0 && n < room {
+        // A closure that "would block" clears the readiness tokio saw before it, and only
+        // that: data arriving since is a new event, which the event loop has yet to report.
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+    Ok(n)
 }
 
 /// Parses the head at the start of `buf`, if whole; takes it (and nothing more) out of `buf`.
@@ -797,7 +814,7 @@ impl Body for H1Body {
             if r.buf.capacity() - r.buf.len() < 4096 {
                 r.buf.reserve(32 * 1024);
             }
-            match r.stream.try_read_buf(&mut r.buf) {
+            match try_read_buf(&r.stream, &mut r.buf) {
                 Ok(0) => {
                     r.failed = true;
                     return Poll::Ready(Some(Err(Box::new(BadBody))));

@@ -166,3 +166,68 @@ async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
         "the idle connection was closed"
     );
 }
+
+/// Reads one answer (head and a `Content-Length` body) off `stream`.
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8(body).unwrap()
+}
+
+/// After a read that drains the socket the proxy waits for the event loop, not for another
+/// read; heads and bodies trickling in over a kept-alive connection must still all arrive.
+#[tokio::test]
+async fn requests_trickling_in_on_a_kept_alive_connection_are_all_served() {
+    let env = start(Setup::default()).await;
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    s.set_nodelay(true).unwrap();
+    let pieces: [&[&str]; 3] = [
+        &[
+            "GET /api/_test/echo/one HT",
+            "TP/1.1\r\nHost: 127.0",
+            ".0.1\r\n",
+            "\r\n",
+        ],
+        &[
+            "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 11\r\n\r\n",
+            "hello",
+            " world",
+        ],
+        &["GET /api/_test/echo/three HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"],
+    ];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for (i, request) in pieces.iter().enumerate() {
+            for piece in request.iter() {
+                s.write_all(piece.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            let answer = read_answer(&mut s).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+            match i {
+                0 => assert!(answer.contains("/one"), "{answer}"),
+                1 => assert!(answer.ends_with("{\"bytes\":11}"), "{answer}"),
+                _ => assert!(answer.contains("/three"), "{answer}"),
+            }
+        }
+    })
+    .await
+    .expect("every request answered");
+    assert_eq!(env.sandbox.api_requests(), 3);
+}
