@@ -562,8 +562,9 @@ pub(crate) struct Fields {
     pub(crate) expect_continue: bool,
 }
 
-/// The headers at `spans` of `head`, as shared slices of it; differing `Content-Length`s and
-/// one that is not a plain number are errors.
+/// The headers at `spans` of `head`, as shared slices of it (but for a `Connection` that only
+/// says `close` or `keep-alive`); differing `Content-Length`s and one that is not a plain
+/// number are errors.
 pub(crate) fn header_fields(head: &Bytes, spans: &[Span]) -> Result<Fields, &'static str> {
     let mut f = Fields {
         headers: HeaderMap::with_capacity(spans.len()),
@@ -591,6 +592,18 @@ pub(crate) fn header_fields(head: &Bytes, spans: &[Span]) -> Result<Fields, &'st
         } else if name == header::CONNECTION {
             f.close |= has_token(value.as_bytes(), b"close");
             f.keep_alive |= has_token(value.as_bytes(), b"keep-alive");
+            // Saying no more than that (the usual case), it is not kept: the flags hold what
+            // it says, and it is never forwarded. One naming other headers is kept, so that
+            // they are dropped too.
+            let plain = value.as_bytes().split(|b| *b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.is_empty()
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+            });
+            if plain {
+                continue;
+            }
         } else if name == header::EXPECT {
             f.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }

@@ -93,3 +93,32 @@ fn lengths_and_chunk_sizes_are_formatted_in_place() {
     push_content_length(&mut out, u64::MAX);
     assert_eq!(out, format!("content-length: {}\r\n", u64::MAX).as_bytes());
 }
+
+fn fields_of(head: &str) -> Fields {
+    let bytes = Bytes::copy_from_slice(head.as_bytes());
+    let mut slots = [httparse::EMPTY_HEADER; 16];
+    let mut req = httparse::Request::new(&mut slots);
+    assert!(req.parse(&bytes).unwrap().is_complete());
+    let spans = header_spans(bytes.as_ptr() as usize, req.headers);
+    header_fields(&bytes, &spans).unwrap()
+}
+
+#[test]
+fn a_connection_header_saying_only_close_or_keep_alive_is_not_kept() {
+    for (value, close, keep_alive) in [
+        ("keep-alive", false, true),
+        ("Close", true, false),
+        ("keep-alive, close", true, true),
+    ] {
+        let f = fields_of(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: {value}\r\nX-A: 1\r\n\r\n"
+        ));
+        assert!(!f.headers.contains_key(header::CONNECTION), "{value}");
+        assert_eq!((f.close, f.keep_alive), (close, keep_alive), "{value}");
+        assert_eq!(f.headers.len(), 2, "{value}");
+    }
+    // One naming other headers stays, so that those are dropped when forwarding.
+    let f = fields_of("GET / HTTP/1.1\r\nHost: a\r\nConnection: close, x-hop\r\nX-Hop: 1\r\n\r\n");
+    assert_eq!(f.headers[header::CONNECTION], "close, x-hop");
+    assert!(f.close);
+}
