@@ -7,9 +7,9 @@
 #   dp-log        the same with the access log on (written to /dev/null)
 #   tokio-floor   examples/floor.rs: a tokio proxy that only forwards (no checks, no token
 #                 lookup, GET and Content-Length only), the ceiling for defender-proxy's design
-# Each is driven by wrk (-c64), interleaved over ROUNDS rounds; prints req/s, p50, p99 and
-# peak RSS side by side with ratios to nginx, and the CPU time (user + system) each proxy spent
-# per request. Then memory with 10,000 tenants.
+# Each is driven by wrk (-c64), interleaved over ROUNDS rounds (each round starting with the
+# next one); prints req/s, p50, p99 and peak RSS side by side with ratios to nginx, and the CPU
+# time (user + system) each proxy spent per request. Then memory with 10,000 tenants.
 #
 # Then, each on a fresh proxy: a cold burst of 1,000 concurrent requests (token requests made,
 # time to the last answer), a 1 GiB download and a 256 MiB upload (peak RSS), and the time from
@@ -174,8 +174,14 @@ declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [to
 # A pause before each run lets the previous run's connections close and its processes go
 # idle; without it the run right after nginx-proxy's showed a p99 several times higher,
 # whichever proxy it was.
+# Each round starts with the next proxy in the list, so that no proxy always runs right after
+# the same one (dp ran after nginx-proxy in every round, and was the slowest variant in every
+# run, slower than the same proxy with a rate limit on).
 for r in $(seq "$ROUNDS"); do
-  for n in "${NAMES[@]}"; do sleep "${PAUSE:-3}"; run_wrk "$n" "${PORT[$n]}"; done
+  for i in $(seq 0 $((${#NAMES[@]} - 1))); do
+    n=${NAMES[$(( (i + r - 1) % ${#NAMES[@]} ))]}
+    sleep "${PAUSE:-3}"; run_wrk "$n" "${PORT[$n]}"
+  done
 done
 
 to_ms() { # wrk latency like 1.23ms / 800.00us / 1.02s -> ms
