@@ -131,7 +131,9 @@ pub async fn send(
     fresh: bool,
 ) -> Result<Sent, ProxyError> {
     let origin = (&upstream.scheme, &upstream.authority);
-    match tokio::time::timeout(timeout, client.request(origin, req, fresh)).await {
+    // Boxed: the request future is large, and the timeout would copy it twice on its way in.
+    let request = Box::pin(client.request(origin, req, fresh));
+    match tokio::time::timeout(timeout, request).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(resp)) => Ok(Sent::Answer(resp)),
         Ok(Err(failure)) => {

@@ -96,9 +96,11 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
         } = parsed;
         let mut resp = crate::catch_panic(worker.clone(), request).await;
         let mut keep_alive = keep_alive && !stop.is_cancelled();
+        // The proxy's own say (`Connection: close` when a body was left unread); never sent as
+        // it is, the answer's framing decides the header.
         if resp
-            .headers()
-            .get(header::CONNECTION)
+            .headers_mut()
+            .remove(header::CONNECTION)
             .is_some_and(|v| has_token(v.as_bytes(), b"close"))
         {
             keep_alive = false;
@@ -108,7 +110,6 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             head_only,
             http10,
         };
-        resp.headers_mut().remove(header::CONNECTION);
         let keep_alive = match write_response(&stream, resp, &mode).await {
             Ok(k) => k,
             Err(_) => return,

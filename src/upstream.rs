@@ -27,6 +27,8 @@ pub use h1::{RawBody, UpBody};
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a checkout drops the pool's closed and expired connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How a connection sends requests.
 enum Sender {
@@ -67,6 +69,8 @@ impl OriginKey {
 struct Origin {
     key: Arc<OriginKey>,
     conns: Vec<Pooled>,
+    /// When closed and expired connections were last dropped.
+    swept: Instant,
 }
 
 /// One worker's upstream connections.
@@ -150,6 +154,7 @@ impl Upstream {
                         authority: authority.clone(),
                     }),
                     conns: Vec::new(),
+                    swept: Instant::now(),
                 });
                 origins.len() - 1
             }
@@ -160,10 +165,15 @@ impl Upstream {
             return (None, key);
         }
         let now = Instant::now();
-        origin.conns.retain(|c| match &c.sender {
-            Sender::H2(s) => !s.is_closed(),
-            Sender::H1(_) => now.duration_since(c.since) <= IDLE_TIMEOUT,
-        });
+        // Sweeping the whole pool on every request cost more than the rest of the checkout;
+        // once a second is enough (a connection taken is checked on its own below).
+        if now.duration_since(origin.swept) >= SWEEP_EVERY {
+            origin.swept = now;
+            origin.conns.retain(|c| match &c.sender {
+                Sender::H2(s) => !s.is_closed(),
+                Sender::H1(_) => now.duration_since(c.since) <= IDLE_TIMEOUT,
+            });
+        }
         let h2 = origin.conns.iter().find_map(|c| match &c.sender {
             Sender::H2(s) if s.is_ready() => Some(s.clone()),
             _ => None,
@@ -177,8 +187,9 @@ impl Upstream {
             .iter()
             .rposition(|c| matches!(c.sender, Sender::H1(_)))
         {
-            if let Sender::H1(mut conn) = origin.conns.remove(i).sender {
-                if conn.idle_usable() {
+            let pooled = origin.conns.remove(i);
+            if let Sender::H1(mut conn) = pooled.sender {
+                if now.duration_since(pooled.since) <= IDLE_TIMEOUT && conn.idle_usable() {
                     return (Some(Sender::H1(conn)), key);
                 }
             }
@@ -274,6 +285,7 @@ fn checkin_into(origins: &Mutex<Vec<Origin>>, key: &Arc<OriginKey>, pooled: Pool
             origins.push(Origin {
                 key: key.clone(),
                 conns: Vec::new(),
+                swept: Instant::now(),
             });
             origins.len() - 1
         }
