@@ -92,13 +92,40 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config.server`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let proxy = TcpListener::bind(&config.server.listen).await?;
+        let proxy = bind_listener(&config.server.listen).await?;
         let admin = match config.server.admin_listen.as_str() {
             "" => None,
-            addr => Some(TcpListener::bind(addr).await?),
+            addr => Some(bind_listener(addr).await?),
         };
         Ok(Listeners { proxy, admin })
     }
+}
+
+/// Connections the kernel queues for a listener until the proxy accepts them.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Listens on `addr` (the first of its addresses that binds) with room for `LISTEN_BACKLOG`
+/// connections not yet accepted. The standard library's 128 made a burst of new connections
+/// (a thousand clients starting at once) wait a second for the refused ones' SYN retransmits.
+pub async fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = match a {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address names no host",
+        )
+    }))
 }
 
 impl AppState {

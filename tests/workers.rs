@@ -89,3 +89,38 @@ async fn long_lived_connections_spread_evenly_over_the_workers() {
     assert_eq!(counts.iter().sum::<u64>(), 20, "{counts:?}");
     assert!(counts.iter().all(|c| (9..=11).contains(c)), "{counts:?}");
 }
+
+/// A burst of new connections waits in the listen queue, however many the proxy has yet to
+/// accept: with the standard library's backlog of 128, the rest of a burst of a thousand had
+/// their SYNs dropped and retried a second later.
+#[tokio::test]
+async fn the_listen_queue_holds_a_burst_of_connections_not_yet_accepted() {
+    let listener = defender_proxy::bind_listener("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Nothing accepts: each connection completes only if the queue has room for it.
+    let burst = 600;
+    let connects: Vec<_> = (0..burst)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for c in connects {
+        if let Ok(Ok(stream)) = c.await.unwrap() {
+            queued.push(stream);
+        }
+    }
+    assert_eq!(
+        queued.len(),
+        burst,
+        "connections left out of the listen queue"
+    );
+    assert!(defender_proxy::LISTEN_BACKLOG as usize >= burst);
+    drop(listener);
+}
