@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind: the proxy's cost with no noise from the other
+# processes on the machine (the load generator and the upstream share its two cores, so the
+# timings of bench/run.sh swing by ±15 %). One worker, an nginx upstream answering a 1 KiB JSON
+# body with a warm token, wrk -t1 -c8 for DURATION; prints the instructions per request and the
+# functions (inclusive) that cost most of them. Every answer must be a 200: a run that counted
+# error answers would measure the error path.
+#
+#   bench/callgrind.sh [BINARY]     # DURATION=5s TOP=25; BINARY defaults to the release build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5s}; TOP=${TOP:-25}
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx || ! need valgrind; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light valgrind >/dev/null
+fi
+if [ $# -ge 1 ]; then BIN=$1; else
+  cargo build --release --quiet --bin defender-proxy; BIN=$PWD/target/release/defender-proxy
+fi
+WORK=$(mktemp -d); chmod 755 "$WORK"
+UP=18131; PX=18132
+PID=""
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")"; rm -rf "$WORK"; }
+trap cleanup EXIT
+for port in $UP $PX; do
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
+done
+BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024))' | head -c 1024)
+cat > "$WORK/up.conf" <<NGINX
+worker_processes 1; pid $WORK/up.pid; error_log $WORK/up.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$UP;
+  location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
+  location / { default_type application/json; return 200 '$BODY'; } } }
+NGINX
+cat > "$WORK/dp.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PX"
+admin_listen = ""
+workers = 1
+[log]
+access_log = false
+[cloud]
+authority_host = "http://127.0.0.1:$UP"
+[credentials.app]
+type = "client_secret"
+tenant_id = "11111111-1111-1111-1111-111111111111"
+client_id = "bench"
+client_secret = "bench-secret"
+[[route]]
+name = "bench"
+prefix = "/"
+upstream = "http://127.0.0.1:$UP"
+scope = "https://api.security.microsoft.com/.default"
+credential = "app"
+TOML
+nginx -c "$WORK/up.conf" -p "$WORK"
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run --config "$WORK/dp.toml" \
+  >/dev/null 2>"$WORK/valgrind.log" & PID=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" && break; sleep 0.2; done
+curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" || { echo "the proxy does not answer 200" >&2; exit 1; }
+callgrind_control -z "$PID" >/dev/null     # count from here: warm token, warm pool
+out=$(wrk -t1 -c8 -d"$DURATION" "http://127.0.0.1:$PX/api/incidents")
+callgrind_control -d "$PID" >/dev/null
+sleep 1
+if echo "$out" | grep -qi 'non-2xx'; then echo "$out" >&2; echo "some answers were not 200" >&2; exit 1; fi
+n=$(echo "$out" | awk '/requests in/ {print $1}')
+file=$(ls -t "$WORK"/cg.out.* | head -1)
+total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "binary: $BIN"
+echo "requests: $n  instructions: $total  per request: $((total / n))"
+echo "most expensive functions of the proxy (inclusive instructions per request):"
+callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$file" 2>/dev/null | sed 's/,//g' |
+  awk -v n="$n" '$1 ~ /^[0-9]+$/ && /defender_proxy::/ {
+    name = $0; sub(/^.*defender_proxy::/, "", name); sub(/ \[.*$/, "", name)
+    if (!(name in seen)) { seen[name] = 1; printf "%8d  %s\n", $1 / n, name }
+  }' | head -"$TOP"
