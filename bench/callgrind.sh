@@ -59,9 +59,9 @@ valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run --confi
   >/dev/null 2>"$WORK/valgrind.log" & PID=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" && break; sleep 0.2; done
 curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" || { echo "the proxy does not answer 200" >&2; exit 1; }
-callgrind_control -z "$PID" >/dev/null     # count from here: warm token, warm pool
+callgrind_control -z "$PID" >/dev/null 2>&1     # count from here: warm token, warm pool
 out=$(wrk -t1 -c8 -d"$DURATION" "http://127.0.0.1:$PX/api/incidents")
-callgrind_control -d "$PID" >/dev/null
+callgrind_control -d "$PID" >/dev/null 2>&1
 sleep 1
 if echo "$out" | grep -qi 'non-2xx'; then echo "$out" >&2; echo "some answers were not 200" >&2; exit 1; fi
 n=$(echo "$out" | awk '/requests in/ {print $1}')
