@@ -25,7 +25,7 @@ trap cleanup EXIT
 for port in $UP $PX; do
   if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
 done
-BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024))' | head -c 1024)
+BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
 cat > "$WORK/up.conf" <<NGINX
 worker_processes 1; pid $WORK/up.pid; error_log $WORK/up.err warn;
 events { worker_connections 1024; }

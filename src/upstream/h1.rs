@@ -34,6 +34,8 @@ const EARLY_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1)
 pub struct RawConn {
     io: TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>,
     buf: BytesMut,
+    /// Where request heads are written, reused.
+    out: Vec<u8>,
 }
 
 impl RawConn {
@@ -41,6 +43,7 @@ impl RawConn {
         RawConn {
             io: TokioIo::new(io),
             buf: BytesMut::with_capacity(8 * 1024),
+            out: Vec::with_capacity(512),
         }
     }
 
@@ -102,8 +105,15 @@ pub(super) async fn send(
     reused: bool,
 ) -> Outcome {
     let head_only = req.method() == Method::HEAD;
-    let (head, rest) = request_head(&req, &home.key.authority);
-    if let Err(e) = write_head(&mut conn, &head).await {
+    // The connection's own buffer, kept for its next request.
+    let mut head = std::mem::take(&mut conn.out);
+    head.clear();
+    let rest = request_head(&req, &home.key.authority, &mut head);
+    let written = write_head(&mut conn, &head).await;
+    if head.capacity() <= MAX_KEPT_HEAD {
+        conn.out = head;
+    }
+    if let Err(e) = written {
         return if reused {
             Outcome::Unsent(req)
         } else {
@@ -151,9 +161,12 @@ pub(super) async fn send(
     }
 }
 
-/// The request head, with a body kept whole appended; `true` when a streamed body follows.
-fn request_head(req: &Request<RequestBody>, authority: &Authority) -> (Vec<u8>, bool) {
-    let mut out = Vec::with_capacity(512);
+/// A request head buffer larger than this (a large body kept whole) is not kept.
+const MAX_KEPT_HEAD: usize = 8 * 1024;
+
+/// The request head, with a body kept whole appended, into `out`; `true` when a streamed body
+/// follows.
+fn request_head(req: &Request<RequestBody>, authority: &Authority, out: &mut Vec<u8>) -> bool {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -182,15 +195,15 @@ fn request_head(req: &Request<RequestBody>, authority: &Authority) -> (Vec<u8>, 
     };
     if rest {
         match body.size_hint().exact() {
-            Some(n) => push_content_length(&mut out, n),
+            Some(n) => push_content_length(out, n),
             None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
     } else if !whole.is_empty() || sent_length || method_has_body(req.method()) {
-        push_content_length(&mut out, whole.len() as u64);
+        push_content_length(out, whole.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&whole);
-    (out, rest)
+    rest
 }
 
 fn method_has_body(m: &Method) -> bool {
