@@ -7,13 +7,13 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use tokio::time::Instant;
 
+use crate::Worker;
 use crate::body::{BodyDone, BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
-use crate::forward::{self, CLIENT_REQUEST_ID, HttpClient, INBOUND_KEY_HEADER};
+use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER};
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
-use crate::{AppState, Worker};
 
 /// The upstream's own request ID, logged.
 const UPSTREAM_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("request-id");
@@ -34,7 +34,7 @@ struct Trace<'a> {
 
 /// Serves one request; never fails and never panics outward.
 pub async fn handle(worker: &Worker, req: Request<ClientBody>) -> Response<ResponseBody> {
-    let (state, client) = (&*worker.state, &worker.client);
+    let state = &*worker.state;
     let rt = worker.runtime();
     let started = Instant::now();
     let request_id = request_id(req.headers());
@@ -43,17 +43,7 @@ pub async fn handle(worker: &Worker, req: Request<ClientBody>) -> Response<Respo
     state.metrics.add_inflight(worker.index, 1);
     let mut trace = Trace::default();
     let body_done = BodyDone::new(http_body::Body::is_end_stream(req.body()));
-    let result = proxy(
-        state,
-        worker.index,
-        client,
-        &rt,
-        req,
-        &request_id,
-        &body_done,
-        &mut trace,
-    )
-    .await;
+    let result = proxy(worker, &rt, req, &request_id, &body_done, &mut trace).await;
     state.metrics.add_inflight(worker.index, -1);
     let rid = request_id.to_str().unwrap_or("-");
     let (mut resp, error) = match result {
@@ -134,11 +124,8 @@ fn log_access(
     );
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn proxy<'a>(
-    state: &AppState,
-    worker: usize,
-    client: &HttpClient,
+    worker: &Worker,
     rt: &'a Runtime,
     req: Request<ClientBody>,
     request_id: &HeaderValue,
@@ -153,9 +140,9 @@ async fn proxy<'a>(
     let tenant = &**trace.tenant.insert(rt.router.tenant(route, named.tenant)?);
     let body = read_body(rt, named.content_length, incoming, body_done).await?;
     let exchange = Exchange {
-        state,
-        worker,
-        client,
+        state: &worker.state,
+        worker: worker.index,
+        client: &worker.client,
         rt,
         route,
         parts: &parts,
