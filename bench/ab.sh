@@ -9,38 +9,14 @@ set -euo pipefail
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-64}
 command -v wrk >/dev/null && command -v nginx >/dev/null ||
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
+. "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d); chmod 755 "$WORK"
 UP=18121; PX=18122
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")"; rm -rf "$WORK"; }
 trap cleanup EXIT
-cat > "$WORK/up.conf" <<NGINX
-worker_processes auto; pid $WORK/up.pid; error_log $WORK/up.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$UP;
-  location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
-  location / { default_type application/json; return 200 '{"value":[{"id":1,"title":"xxxxxxxxxxxxxxxxxxxx"}]}'; } } }
-NGINX
-cat > "$WORK/dp.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PX"
-admin_listen = ""
-[log]
-access_log = false
-[cloud]
-authority_host = "http://127.0.0.1:$UP"
-[credentials.app]
-type = "client_secret"
-tenant_id = "11111111-1111-1111-1111-111111111111"
-client_id = "bench"
-client_secret = "bench-secret"
-[[route]]
-name = "bench"
-prefix = "/"
-upstream = "http://127.0.0.1:$UP"
-scope = "https://api.security.microsoft.com/.default"
-credential = "app"
-TOML
+upstream_conf $UP "$WORK" '{"value":[{"id":1,"title":"xxxxxxxxxxxxxxxxxxxx"}]}' > "$WORK/up.conf"
+dp_config $PX $UP > "$WORK/dp.toml"
 nginx -c "$WORK/up.conf" -p "$WORK"
 ticks() { cat /proc/"$1"/task/*/stat | awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u, s }'; }
 hz=$(getconf CLK_TCK)

@@ -9,6 +9,7 @@
 #   bench/callgrind.sh [BINARY]     # DURATION=5s TOP=25; BINARY defaults to the release build
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-5s}; TOP=${TOP:-25}
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need valgrind; then
@@ -26,34 +27,8 @@ for port in $UP $PX; do
   if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
 done
 BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
-cat > "$WORK/up.conf" <<NGINX
-worker_processes 1; pid $WORK/up.pid; error_log $WORK/up.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$UP;
-  location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
-  location / { default_type application/json; return 200 '$BODY'; } } }
-NGINX
-cat > "$WORK/dp.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PX"
-admin_listen = ""
-workers = 1
-[log]
-access_log = false
-[cloud]
-authority_host = "http://127.0.0.1:$UP"
-[credentials.app]
-type = "client_secret"
-tenant_id = "11111111-1111-1111-1111-111111111111"
-client_id = "bench"
-client_secret = "bench-secret"
-[[route]]
-name = "bench"
-prefix = "/"
-upstream = "http://127.0.0.1:$UP"
-scope = "https://api.security.microsoft.com/.default"
-credential = "app"
-TOML
+upstream_conf $UP "$WORK" "$BODY" 1 > "$WORK/up.conf"
+dp_config $PX $UP "" false "" "" 1 > "$WORK/dp.toml"
 nginx -c "$WORK/up.conf" -p "$WORK"
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run --config "$WORK/dp.toml" \
   >/dev/null 2>"$WORK/valgrind.log" & PID=$!

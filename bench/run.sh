@@ -18,6 +18,7 @@
 #   bench/run.sh                 # ROUNDS=3 DURATION=10s CONNECTIONS=64 WORKERS=0 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
@@ -98,32 +99,7 @@ nginx -c "$WORK/upstream.conf" -p "$WORK"
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 
 config() { # port, extra route lines, access_log, extra tables, admin port
-  cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-admin_listen = "${5:+127.0.0.1:$5}"
-max_request_body_bytes = 1073741824
-workers = $WORKERS
-[cloud]
-authority_host = "http://127.0.0.1:$UP"
-[log]
-access_log = $3
-[credentials.app]
-type = "client_secret"
-tenant_id = "11111111-1111-1111-1111-111111111111"
-client_id = "bench"
-client_secret = "bench-secret"
-[credentials.app.tenants]
-any = "*"
-[[route]]
-name = "bench"
-prefix = "/"
-upstream = "http://127.0.0.1:$UP"
-scope = "https://api.security.microsoft.com/.default"
-credential = "app"
-$2
-$4
-TOML
+  dp_config "$1" "$UP" "$2" "$3" "$4" "${5:-}" "$WORKERS"
 }
 config $DP "" false "" > "$WORK/dp.toml"
 config $DPL 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nper_hour = 1000000000\nmax_wait_secs = 0' > "$WORK/dpl.toml"

@@ -1,0 +1,47 @@
+# Shared by the bench scripts (sourced, not run).
+
+# A defender-proxy config for the benchmarks: listen on 127.0.0.1:PORT, one client-secret
+# credential and one catch-all route, both against the nginx upstream on UP_PORT (which also
+# serves the token endpoint).
+#   dp_config PORT UP_PORT [ROUTE_LINES] [ACCESS_LOG=false] [TABLES] [ADMIN_PORT] [WORKERS=0]
+dp_config() {
+  cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+admin_listen = "${6:+127.0.0.1:$6}"
+max_request_body_bytes = 1073741824
+workers = ${7:-0}
+[cloud]
+authority_host = "http://127.0.0.1:$2"
+[log]
+access_log = ${4:-false}
+[credentials.app]
+type = "client_secret"
+tenant_id = "11111111-1111-1111-1111-111111111111"
+client_id = "bench"
+client_secret = "bench-secret"
+[credentials.app.tenants]
+any = "*"
+[[route]]
+name = "bench"
+prefix = "/"
+upstream = "http://127.0.0.1:$2"
+scope = "https://api.security.microsoft.com/.default"
+credential = "app"
+${3:-}
+${5:-}
+TOML
+}
+
+# An nginx upstream on 127.0.0.1:PORT with PROCESSES workers, its pid file in WORK: a static
+# token endpoint, and BODY (JSON) for every other path.
+#   upstream_conf PORT WORK BODY [PROCESSES=auto]
+upstream_conf() {
+  cat <<NGINX
+worker_processes ${4:-auto}; pid $2/up.pid; error_log $2/up.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$1;
+  location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
+  location / { default_type application/json; return 200 '$3'; } } }
+NGINX
+}
