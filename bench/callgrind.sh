@@ -7,6 +7,8 @@
 # error answers would measure the error path.
 #
 #   bench/callgrind.sh [BINARY]     # DURATION=5s TOP=25; BINARY defaults to the release build
+#   KEEP=FILE bench/callgrind.sh    # also keeps the callgrind output (for callgrind_annotate)
+#   UP_HEADERS=10 bench/callgrind.sh  # the upstream's answer has 10 more fields
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -21,13 +23,13 @@ fi
 WORK=$(mktemp -d); chmod 755 "$WORK"
 UP=18131; PX=18132
 PID=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")"; rm -rf "$WORK"; }
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")"; [ -n "${KEEP:-}" ] && cp "$WORK"/cg.out.* "$KEEP"; rm -rf "$WORK"; }
 trap cleanup EXIT
 for port in $UP $PX; do
   if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
 done
 BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
-upstream_conf $UP "$WORK" "$BODY" 1 > "$WORK/up.conf"
+upstream_conf $UP "$WORK" "$BODY" 1 "${UP_HEADERS:-0}" > "$WORK/up.conf"
 dp_config $PX $UP "" false "" "" 1 > "$WORK/dp.toml"
 nginx -c "$WORK/up.conf" -p "$WORK"
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run --config "$WORK/dp.toml" \

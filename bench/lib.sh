@@ -34,14 +34,17 @@ TOML
 }
 
 # An nginx upstream on 127.0.0.1:PORT with PROCESSES workers, its pid file in WORK: a static
-# token endpoint, and BODY (JSON) for every other path.
-#   upstream_conf PORT WORK BODY [PROCESSES=auto]
+# token endpoint, and BODY (JSON) for every other path, with HEADERS more answer fields (a
+# Defender answer has about ten: request-id, odata-version, strict-transport-security, ...).
+#   upstream_conf PORT WORK BODY [PROCESSES=auto] [HEADERS=0]
 upstream_conf() {
+  local extra="" i
+  for i in $(seq "${5:-0}"); do extra+="add_header x-bench-field-$i 'value-$i-0123456789abcdef';"; done
   cat <<NGINX
 worker_processes ${4:-auto}; pid $2/up.pid; error_log $2/up.err warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$1;
   location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
-  location / { default_type application/json; return 200 '$3'; } } }
+  location / { default_type application/json; $extra return 200 '$3'; } } }
 NGINX
 }

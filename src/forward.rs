@@ -11,6 +11,7 @@ use http_body::Body as _;
 
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::ProxyError;
+use crate::rawhead::{self, Known};
 use crate::rewrite::RewriteState;
 use crate::routing::Route;
 
@@ -173,15 +174,13 @@ pub async fn into_client_response(
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
+    // An HTTP/1.1 answer's own fields are in `parts.extensions` (hop-by-hop ones left out
+    // already), see `crate::rawhead`; the map has those of an HTTP/2 answer.
     strip_hop_by_hop(&mut parts.headers);
     let Some((route, host)) = rewrite else {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     };
-    if let Some(location) = parts
-        .headers
-        .get(header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(location) = field(&parts, Known::Location) {
         if let Some(v) = route
             .link_rewriter(host)
             .rewrite_location(location)
@@ -190,13 +189,10 @@ pub async fn into_client_response(
             parts.headers.insert(header::LOCATION, v);
         }
     }
-    if head || !is_json(&parts.headers) || body.is_end_stream() {
+    if head || !is_json(field(&parts, Known::ContentType)) || body.is_end_stream() {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     }
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let length = field(&parts, Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
         let whole = read_whole(body).await?;
         if !crate::rewrite::may_contain_link(&whole) {
@@ -210,6 +206,8 @@ pub async fn into_client_response(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
         return Ok(Response::from_parts(parts, ResponseBody::full(out.into())));
     }
+    // The length changes as the body streams: no Content-Length, from either set of fields.
+    rawhead::materialize(&mut parts.headers, &mut parts.extensions);
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(
         parts,
@@ -219,6 +217,11 @@ pub async fn into_client_response(
             done: false,
         },
     ))
+}
+
+/// The first value of `name` in an answer's fields, as text.
+fn field(parts: &http::response::Parts, known: Known) -> Option<&str> {
+    rawhead::get(&parts.headers, &parts.extensions, known).and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// A small body, read whole: a body in one piece (the usual case) is passed on as it came,
@@ -251,6 +254,7 @@ async fn read_whole(mut body: UpBody) -> Result<bytes::Bytes, ProxyError> {
 /// An upstream answer whose body was read (to learn when to retry) for the client.
 pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
+    rawhead::materialize(&mut parts.headers, &mut parts.extensions);
     strip_hop_by_hop(&mut parts.headers);
     parts
         .headers
@@ -258,15 +262,13 @@ pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<Respo
     Response::from_parts(parts, ResponseBody::full(body))
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
-            mime.eq_ignore_ascii_case(b"application/json")
-                || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
-        })
+/// Is the `Content-Type` JSON (`application/json` or `*/*+json`)?
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+        mime.eq_ignore_ascii_case(b"application/json")
+            || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
+    })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

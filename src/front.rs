@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Worker;
 use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::error::ProxyError;
+use crate::rawhead::{self, Known, RawHeaders};
 
 /// A request head (request line and headers) may take this many bytes...
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -209,7 +210,10 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
         let worker = worker.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            Ok::<_, std::convert::Infallible>(crate::catch_panic(worker, req).await)
+            let (mut parts, body) = crate::catch_panic(worker, req).await.into_parts();
+            // hyper writes the header map only.
+            crate::rawhead::materialize(&mut parts.headers, &mut parts.extensions);
+            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
         }
     });
     let mut builder =
@@ -567,57 +571,91 @@ pub(crate) struct Fields {
 /// says `close` or `keep-alive`); differing `Content-Length`s and one that is not a plain
 /// number are errors.
 pub(crate) fn header_fields(head: &Bytes, spans: &[Span]) -> Result<Fields, &'static str> {
-    let mut f = Fields {
-        headers: HeaderMap::with_capacity(spans.len()),
-        length: None,
-        chunked: None,
-        close: false,
-        keep_alive: false,
-        expect_continue: false,
-    };
+    let mut f = Fields::new(HeaderMap::with_capacity(spans.len()));
     for &(n, nl, v, vl) in spans {
         let name =
             HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "a header name is not valid")?;
         // httparse has checked the value's bytes; this checks them again.
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| "a header value is not valid")?;
-        if name == header::CONTENT_LENGTH {
-            let n = parse_length(value.as_bytes()).ok_or("the Content-Length is not a number")?;
-            if f.length.is_some_and(|l| l != n) {
-                return Err("two different Content-Length headers");
-            }
-            f.length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding counts.
-            f.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
-        } else if name == header::CONNECTION {
-            f.close |= has_token(value.as_bytes(), b"close");
-            f.keep_alive |= has_token(value.as_bytes(), b"keep-alive");
-            // Saying no more than that (the usual case), it is not kept: the flags hold what
-            // it says, and it is never forwarded. One naming other headers is kept, so that
-            // they are dropped too.
-            let plain = value.as_bytes().split(|b| *b == b',').all(|t| {
-                let t = t.trim_ascii();
-                t.is_empty()
-                    || t.eq_ignore_ascii_case(b"close")
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-            });
-            if plain {
-                continue;
-            }
-        } else if name == header::EXPECT {
-            f.expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        if f.note(name.as_str().as_bytes(), value.as_bytes())? {
+            f.headers.append(name, value);
         }
-        f.headers.append(name, value);
     }
     Ok(f)
 }
 
+impl Fields {
+    pub(crate) fn new(headers: HeaderMap) -> Fields {
+        Fields {
+            headers,
+            length: None,
+            chunked: None,
+            close: false,
+            keep_alive: false,
+            expect_continue: false,
+        }
+    }
+
+    /// Notes what one field (`name` in any case) says; whether it is kept in the map.
+    pub(crate) fn note(&mut self, name: &[u8], value: &[u8]) -> Result<bool, &'static str> {
+        let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n.as_bytes());
+        if is("content-length") {
+            self.note_length(value)?;
+        } else if is("transfer-encoding") {
+            self.note_encoding(value);
+        } else if is("connection") {
+            // Saying no more than close or keep-alive (the usual case), it is not kept: the
+            // flags hold what it says, and it is never forwarded. One naming other headers is
+            // kept, so that they are dropped too.
+            return Ok(self.note_connection(value));
+        } else if is("expect") {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        }
+        Ok(true)
+    }
+
+    /// A `Content-Length`: a plain number, the same as any before it.
+    pub(crate) fn note_length(&mut self, value: &[u8]) -> Result<(), &'static str> {
+        let n = parse_length(value).ok_or("the Content-Length is not a number")?;
+        if self.length.is_some_and(|l| l != n) {
+            return Err("two different Content-Length headers");
+        }
+        self.length = Some(n);
+        Ok(())
+    }
+
+    /// A `Transfer-Encoding`: only the last coding counts.
+    pub(crate) fn note_encoding(&mut self, value: &[u8]) {
+        self.chunked = Some(last_token_is(value, b"chunked"));
+    }
+
+    /// A `Connection`, in one pass over its tokens; whether it names anything besides close
+    /// and keep-alive (fields to drop).
+    pub(crate) fn note_connection(&mut self, value: &[u8]) -> bool {
+        let mut names_others = false;
+        for t in value.split(|b| *b == b',') {
+            let t = t.trim_ascii();
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !t.is_empty() {
+                names_others = true;
+            }
+        }
+        names_others
+    }
+}
+
+/// A plain decimal number of at most 19 digits (so it fits a u64).
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// Does a comma-separated header value list `token`?
@@ -901,6 +939,15 @@ async fn write_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    // An upstream answer's own fields, as they came (hop-by-hop ones left out), but for those
+    // the proxy set in the map.
+    if let Some(raw) = parts.extensions.get::<RawHeaders>() {
+        has_date = raw.get(Known::Date).is_some();
+        raw.write_to(&mut out, |name| {
+            (!mode.head_only && name.eq_ignore_ascii_case(b"content-length"))
+                || rawhead::overridden(&parts.headers, name)
+        });
+    }
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING
             || name == header::CONNECTION

@@ -19,6 +19,7 @@ pub mod front;
 pub mod login;
 pub mod proxy;
 pub mod ratelimit;
+pub mod rawhead;
 pub mod reload;
 pub mod rewrite;
 pub mod routing;

@@ -12,11 +12,11 @@ use crate::body::{BodyDone, BodyTooLarge, ClientBody, RequestBody, ResponseBody}
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
 use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER};
+use crate::rawhead::{self, Known};
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
 
 /// The upstream's own request ID, logged.
-const UPSTREAM_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("request-id");
 /// Sent by browsers; `cross-site` means a foreign page is driving the request.
 const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
 
@@ -72,9 +72,10 @@ pub async fn handle(worker: &Worker, req: Request<ClientBody>) -> Response<Respo
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    resp.headers_mut()
-        .entry(CLIENT_REQUEST_ID)
-        .or_insert_with(|| request_id.clone());
+    if !rawhead::contains(resp.headers(), resp.extensions(), Known::ClientRequestId) {
+        resp.headers_mut()
+            .insert(CLIENT_REQUEST_ID, request_id.clone());
+    }
     if let Some(path) = path_for_log {
         log_access(
             &rt,
@@ -102,10 +103,8 @@ fn log_access(
     elapsed: Duration,
 ) {
     let route = trace.route.map(|i| &*rt.router.routes()[i].name);
-    let bytes = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok());
+    let bytes = rawhead::get(resp.headers(), resp.extensions(), Known::ContentLength)
+        .and_then(|v| std::str::from_utf8(v).ok());
     tracing::info!(
         target: "defender_proxy::access",
         request_id,
@@ -153,13 +152,15 @@ async fn proxy<'a>(
     let answer = exchange.run(body, &mut trace.upstream_latency).await?;
     match answer {
         Answer::Streamed(resp) => {
-            trace.upstream_request_id = resp.headers().get(&UPSTREAM_REQUEST_ID).cloned();
+            trace.upstream_request_id =
+                rawhead::value(resp.headers(), resp.extensions(), Known::RequestId);
             let host = request_host(&parts, named.host);
             let rewrite = host.filter(|_| route.rewrite_links).map(|h| (route, h));
             forward::into_client_response(resp, rewrite, parts.method == Method::HEAD).await
         }
         Answer::Read(resp) => {
-            trace.upstream_request_id = resp.headers().get(&UPSTREAM_REQUEST_ID).cloned();
+            trace.upstream_request_id =
+                rawhead::value(resp.headers(), resp.extensions(), Known::RequestId);
             Ok(forward::read_into_client_response(resp))
         }
     }

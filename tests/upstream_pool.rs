@@ -347,3 +347,123 @@ async fn a_chunked_answer_is_passed_on_whole_and_its_connection_reused() {
     assert_eq!(counts.requests.load(Ordering::SeqCst), 3);
     assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
 }
+
+/// An upstream that answers every request on a kept-alive connection with `head` and "ok".
+async fn fixed_head_upstream(head: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                while read_head(&mut tcp).await {
+                    let _ = tcp.write_all(head.as_bytes()).await;
+                    let _ = tcp.write_all(b"ok").await;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answers_own_fields_reach_the_client_as_they_came_but_hop_by_hop_ones() {
+    // The proxy forwards an HTTP/1.1 answer's fields from the bytes it read (no header map):
+    // here every kind it must drop, repeated fields, and fields it also sets itself.
+    let url = fixed_head_upstream(
+        "HTTP/1.1 200 OK\r\nServer: raw\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\n\
+         Keep-Alive: timeout=5\r\nUpgrade: foo\r\nProxy-Authenticate: Basic\r\nTrailer: x\r\n\
+         Set-Cookie: a=1\r\nset-cookie: b=2\r\nRequest-Id: up-1\r\nClient-Request-Id: from-upstream\r\n\
+         Content-Type: text/plain\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    let env = proxy_to(&url, "").await;
+
+    // HTTP/1.1, as written on the wire.
+    let addr = env.base.trim_start_matches("http://").parse().unwrap();
+    let answer = common::raw(
+        addr,
+        b"GET /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(body, "ok");
+    let lines: Vec<&str> = head.lines().collect();
+    assert_eq!(lines[0], "HTTP/1.1 200 OK");
+    let has = |l: &str| lines.iter().filter(|x| x.eq_ignore_ascii_case(l)).count();
+    for kept in [
+        "Server: raw",
+        "Set-Cookie: a=1",
+        "set-cookie: b=2",
+        "Request-Id: up-1",
+        "Content-Type: text/plain",
+        "content-length: 2",
+        "connection: close",
+    ] {
+        assert_eq!(has(kept), 1, "{kept} once in:\n{head}");
+    }
+    let cookies: Vec<_> = lines
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("set-cookie"))
+        .copied()
+        .collect();
+    assert_eq!(cookies, ["Set-Cookie: a=1", "set-cookie: b=2"], "in order");
+    let ids: Vec<_> = lines
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("client-request-id:"))
+        .copied()
+        .collect();
+    assert_eq!(
+        ids,
+        ["Client-Request-Id: from-upstream"],
+        "the upstream's, once"
+    );
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "upgrade",
+        "proxy-authenticate",
+        "trailer",
+    ] {
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.to_ascii_lowercase().starts_with(&format!("{gone}:"))),
+            "{gone} reached the client:\n{head}"
+        );
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().starts_with("connection:"))
+            .count(),
+        1
+    );
+
+    // HTTP/2: the same fields, from the header map the answer gets there.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(format!("{}/api/x", env.base)).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let h = resp.headers();
+    assert_eq!(h["server"], "raw");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(
+        h.get_all("client-request-id").iter().collect::<Vec<_>>(),
+        ["from-upstream"]
+    );
+    assert_eq!(h["request-id"], "up-1");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "upgrade",
+        "proxy-authenticate",
+        "trailer",
+        "connection",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the client: {h:?}");
+    }
+    assert_eq!(resp.text().await.unwrap(), "ok");
+}

@@ -23,6 +23,7 @@ use crate::body::{BoxError, RequestBody};
 use crate::front::{
     Fields, Framing, decode, header_fields, header_spans, push_content_length, write_hex_line,
 };
+use crate::rawhead::RawHeaders;
 
 /// An answer's head may take this many bytes, and this many headers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -255,6 +256,8 @@ struct ParsedHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// The fields as they came (then `headers` is empty).
+    raw: Option<RawHeaders>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -309,6 +312,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     };
     let spans = header_spans(buf.as_ptr() as usize, resp.headers);
     let head = buf.split_to(len).freeze();
+    // The fields stay in the head's bytes (forwarded as they came), unless there are too many.
+    let (raw, fields) = match RawHeaders::parse(head.clone(), &spans) {
+        Ok(Some((raw, fields))) => (Some(raw), Ok(fields)),
+        Ok(None) => (None, header_fields(&head, &spans)),
+        Err(why) => (None, Err(why)),
+    };
     let Fields {
         mut headers,
         length,
@@ -316,7 +325,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
         close,
         keep_alive,
         ..
-    } = match header_fields(&head, &spans) {
+    } = match fields {
         Ok(f) => f,
         Err(why) => return bad(why),
     };
@@ -343,6 +352,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
             Version::HTTP_11
         },
         headers,
+        raw,
         framing,
         keep_alive: !close,
     }))
@@ -353,6 +363,7 @@ fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> 
         status,
         version,
         headers,
+        raw,
         mut framing,
         mut keep_alive,
     } = head;
@@ -375,6 +386,9 @@ fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> 
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
+    if let Some(raw) = raw {
+        resp.extensions_mut().insert(raw);
+    }
     resp
 }
 

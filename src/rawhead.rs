@@ -1,0 +1,337 @@
+//! An upstream answer's headers kept as the bytes they came in, forwarded without building a
+//! header map (hashing, allocating and dropping one per answer cost more than all the rest of
+//! the answer's handling, by callgrind).
+//!
+//! An HTTP/1.1 answer from the upstream carries its fields as [`RawHeaders`] in the response's
+//! extensions, and the response's header map holds only what the proxy itself sets. A field of
+//! the map replaces the raw fields of the same name. Readers go through [`get`] and
+//! [`contains`], which see both; a path that needs the whole map (HTTP/2 to the client, the
+//! throttling path) calls [`materialize`] first.
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, header};
+
+use crate::front::{Fields, Span};
+
+/// Fields kept by position; an answer with more is parsed into a header map as before.
+pub const MAX_FIELDS: usize = 32;
+
+/// The fields the proxy looks up in an answer, found once as the head is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Known {
+    /// `Content-Type`.
+    ContentType,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Location`.
+    Location,
+    /// `Date`.
+    Date,
+    /// `request-id`, the upstream's own request ID.
+    RequestId,
+    /// `client-request-id`.
+    ClientRequestId,
+}
+
+const KNOWN: usize = 6;
+
+impl Known {
+    /// The field's name, for the header map.
+    pub fn name(self) -> HeaderName {
+        match self {
+            Known::ContentType => header::CONTENT_TYPE,
+            Known::ContentLength => header::CONTENT_LENGTH,
+            Known::Location => header::LOCATION,
+            Known::Date => header::DATE,
+            Known::RequestId => HeaderName::from_static("request-id"),
+            Known::ClientRequestId => HeaderName::from_static("client-request-id"),
+        }
+    }
+}
+
+/// What a field is, by its name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Other,
+    /// Hop-by-hop (RFC 9110 §7.6.1), never forwarded: the same list as the header-map path.
+    Hop,
+    Connection,
+    TransferEncoding,
+    Known(Known),
+}
+
+/// Sorts a field by its name (any case): by length first, so that most names are compared
+/// with one candidate at most.
+fn kind(name: &[u8]) -> Kind {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Kind::Hop,
+        4 if is("date") => Kind::Known(Known::Date),
+        7 if is("upgrade") || is("trailer") => Kind::Hop,
+        8 if is("location") => Kind::Known(Known::Location),
+        10 if is("connection") => Kind::Connection,
+        10 if is("keep-alive") => Kind::Hop,
+        10 if is("request-id") => Kind::Known(Known::RequestId),
+        12 if is("content-type") => Kind::Known(Known::ContentType),
+        14 if is("content-length") => Kind::Known(Known::ContentLength),
+        16 if is("proxy-connection") => Kind::Hop,
+        17 if is("transfer-encoding") => Kind::TransferEncoding,
+        17 if is("client-request-id") => Kind::Known(Known::ClientRequestId),
+        18 if is("proxy-authenticate") => Kind::Hop,
+        19 if is("proxy-authorization") => Kind::Hop,
+        _ => Kind::Other,
+    }
+}
+
+/// The forwardable fields of an answer's head, by position in the head's bytes.
+#[derive(Clone)]
+pub struct RawHeaders {
+    head: Bytes,
+    fields: [Field; MAX_FIELDS],
+    len: u8,
+    /// Where each known field first is (its index + 1; 0: absent).
+    known: [u8; KNOWN],
+}
+
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: u16,
+    name_len: u16,
+    value: u16,
+    value_len: u16,
+}
+
+impl std::fmt::Debug for RawHeaders {
+    // Names only: values may carry anything the upstream sent.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(|(n, _)| String::from_utf8_lossy(n)))
+            .finish()
+    }
+}
+
+impl RawHeaders {
+    /// The fields of `head` at `spans` (as httparse found and checked them), with what they
+    /// say about the framing, in one pass. Left out: the hop-by-hop fields, those the
+    /// `Connection` field names, and `Content-Length` next to `Transfer-Encoding` (framed by the
+    /// coding, RFC 9112 §6.3). `Ok(None)` when the head has more than [`MAX_FIELDS`] fields or
+    /// is longer than 64 KiB; `Err` as [`header_fields`](crate::front::header_fields) has it.
+    pub(crate) fn parse(
+        head: Bytes,
+        spans: &[Span],
+    ) -> Result<Option<(RawHeaders, Fields)>, &'static str> {
+        if spans.len() > MAX_FIELDS || head.len() > usize::from(u16::MAX) {
+            return Ok(None);
+        }
+        let mut framing = Fields::new(HeaderMap::new());
+        let mut raw = RawHeaders {
+            head,
+            fields: [Field::default(); MAX_FIELDS],
+            len: 0,
+            known: [0; KNOWN],
+        };
+        let mut named_by_connection = false;
+        for &(n, nl, v, vl) in spans {
+            let name = &raw.head[n..n + nl];
+            let k = kind(name);
+            let value = &raw.head[v..v + vl];
+            match k {
+                Kind::Hop => continue,
+                Kind::Connection => {
+                    // One naming more than close/keep-alive names fields to drop.
+                    named_by_connection |= framing.note_connection(value);
+                    continue;
+                }
+                Kind::TransferEncoding => {
+                    framing.note_encoding(value);
+                    continue;
+                }
+                Kind::Known(Known::ContentLength) => framing.note_length(value)?,
+                _ => {}
+            }
+            let i = usize::from(raw.len);
+            if let Kind::Known(known) = k {
+                if raw.known[known as usize] == 0 {
+                    raw.known[known as usize] = raw.len + 1;
+                }
+            }
+            // In range: the head is at most u16::MAX long, and there are at most MAX_FIELDS.
+            raw.fields[i] = Field {
+                name: n as u16,
+                name_len: nl as u16,
+                value: v as u16,
+                value_len: vl as u16,
+            };
+            raw.len += 1;
+        }
+        if named_by_connection || framing.chunked.is_some() {
+            raw.drop_named(framing.chunked.is_some());
+        }
+        Ok(Some((raw, framing)))
+    }
+
+    /// Drops the fields a `Connection` field names, and with `length` the Content-Length (the
+    /// rare case; the known positions are found again).
+    fn drop_named(&mut self, length: bool) {
+        let head = self.head.clone();
+        let tokens: Vec<&[u8]> = head
+            .split(|b| *b == b'\n')
+            .filter_map(|line| {
+                let (n, v) = line.split_at(line.iter().position(|b| *b == b':')?);
+                n.eq_ignore_ascii_case(b"connection").then_some(&v[1..])
+            })
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut kept = 0;
+        self.known = [0; KNOWN];
+        for i in 0..usize::from(self.len) {
+            let f = self.fields[i];
+            let name = &head[usize::from(f.name)..usize::from(f.name) + usize::from(f.name_len)];
+            let k = kind(name);
+            if tokens.iter().any(|t| name.eq_ignore_ascii_case(t))
+                || (length && k == Kind::Known(Known::ContentLength))
+            {
+                continue;
+            }
+            if let Kind::Known(known) = k {
+                if self.known[known as usize] == 0 {
+                    self.known[known as usize] = kept + 1;
+                }
+            }
+            self.fields[usize::from(kept)] = f;
+            kept += 1;
+        }
+        self.len = kept;
+    }
+
+    fn field(&self, f: &Field) -> (&[u8], &[u8]) {
+        let (n, v) = (usize::from(f.name), usize::from(f.value));
+        (
+            &self.head[n..n + usize::from(f.name_len)],
+            &self.head[v..v + usize::from(f.value_len)],
+        )
+    }
+
+    /// The fields, names as sent (any case), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields[..usize::from(self.len)]
+            .iter()
+            .map(|f| self.field(f))
+    }
+
+    /// Writes the fields as `name: value` lines (as they came, names in their case) but for
+    /// those `skip` refuses (by name); runs of lines that lie side by side in the
+    /// head (the usual case) are copied in one piece.
+    pub fn write_to(&self, out: &mut Vec<u8>, mut skip: impl FnMut(&[u8]) -> bool) {
+        let mut run: Option<(usize, usize)> = None;
+        for f in &self.fields[..usize::from(self.len)] {
+            let (start, end) = (
+                usize::from(f.name),
+                usize::from(f.value) + usize::from(f.value_len),
+            );
+            if skip(&self.head[start..start + usize::from(f.name_len)]) {
+                if let Some((a, b)) = run.take() {
+                    push_lines(out, &self.head[a..b]);
+                }
+                continue;
+            }
+            run = match run {
+                // The next line: CRLF after the last value, then this name. (httparse also
+                // takes a bare LF; such lines are copied one by one.)
+                Some((a, b)) if start == b + 2 && &self.head[b..start] == b"\r\n" => Some((a, end)),
+                Some((a, b)) => {
+                    push_lines(out, &self.head[a..b]);
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
+        }
+        if let Some((a, b)) = run {
+            push_lines(out, &self.head[a..b]);
+        }
+    }
+
+    /// The first value of a known field.
+    pub fn get(&self, known: Known) -> Option<&[u8]> {
+        match self.known[known as usize] {
+            0 => None,
+            i => Some(self.field(&self.fields[usize::from(i) - 1]).1),
+        }
+    }
+
+    /// The first value of a known field, sharing the head's bytes.
+    pub fn value(&self, known: Known) -> Option<HeaderValue> {
+        self.get(known).and_then(|v| self.shared(v))
+    }
+
+    fn shared(&self, v: &[u8]) -> Option<HeaderValue> {
+        let start = v.as_ptr() as usize - self.head.as_ptr() as usize;
+        HeaderValue::from_maybe_shared(self.head.slice(start..start + v.len())).ok()
+    }
+
+    /// Appends the fields whose names `map` does not have (the map's replace them).
+    pub fn merge_into(&self, map: &mut HeaderMap) {
+        let had: Vec<HeaderName> = map.keys().cloned().collect();
+        for (n, v) in self.iter() {
+            // httparse has checked both; a field these refuse cannot have come through it.
+            let (Ok(name), Some(value)) = (HeaderName::from_bytes(n), self.shared(v)) else {
+                continue;
+            };
+            if !had.contains(&name) {
+                map.append(name, value);
+            }
+        }
+    }
+}
+
+/// Lines of fields (separated by CRLF), and the CRLF after the last.
+fn push_lines(out: &mut Vec<u8>, lines: &[u8]) {
+    out.extend_from_slice(lines);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Is `name` (bytes as sent, any case) among `map`'s names? A linear look: the map holds the
+/// proxy's own few fields.
+pub fn overridden(map: &HeaderMap, name: &[u8]) -> bool {
+    !map.is_empty()
+        && map.keys().any(|k| {
+            k.as_str().len() == name.len() && k.as_str().as_bytes().eq_ignore_ascii_case(name)
+        })
+}
+
+/// The first value of a known field in a response's fields: the map's, else the raw ones'.
+pub fn get<'a>(headers: &'a HeaderMap, ext: &'a Extensions, known: Known) -> Option<&'a [u8]> {
+    if !headers.is_empty() {
+        if let Some(v) = headers.get(known.name()) {
+            return Some(v.as_bytes());
+        }
+    }
+    ext.get::<RawHeaders>().and_then(|raw| raw.get(known))
+}
+
+/// The first value of a known field, the map's or the raw fields', as a value of its own.
+pub fn value(headers: &HeaderMap, ext: &Extensions, known: Known) -> Option<HeaderValue> {
+    if !headers.is_empty() {
+        if let Some(v) = headers.get(known.name()) {
+            return Some(v.clone());
+        }
+    }
+    ext.get::<RawHeaders>().and_then(|raw| raw.value(known))
+}
+
+/// Do a response's fields, the map or the raw ones, have a known field?
+pub fn contains(headers: &HeaderMap, ext: &Extensions, known: Known) -> bool {
+    get(headers, ext, known).is_some()
+}
+
+/// Moves the raw fields into the header map, for the paths that need one whole map.
+pub fn materialize(headers: &mut HeaderMap, ext: &mut Extensions) {
+    if let Some(raw) = ext.remove::<RawHeaders>() {
+        raw.merge_into(headers);
+    }
+}
+
+#[cfg(test)]
+mod tests;

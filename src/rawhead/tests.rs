@@ -1,0 +1,158 @@
+use super::*;
+
+/// The spans httparse finds in `head` (a whole answer head).
+fn parsed(head: &'static [u8]) -> (Bytes, Vec<Span>) {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut slots);
+    assert!(resp.parse(head).unwrap().is_complete());
+    let spans = crate::front::header_spans(head.as_ptr() as usize, resp.headers).to_vec();
+    (Bytes::from_static(head), spans)
+}
+
+fn raw(head: &'static [u8]) -> (RawHeaders, Fields) {
+    let (bytes, spans) = parsed(head);
+    RawHeaders::parse(bytes, &spans).unwrap().unwrap()
+}
+
+fn names(r: &RawHeaders) -> Vec<String> {
+    r.iter()
+        .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+        .collect()
+}
+
+fn written(r: &RawHeaders, skip: &[&str]) -> String {
+    let mut out = Vec::new();
+    r.write_to(&mut out, |n| {
+        skip.iter().any(|s| n.eq_ignore_ascii_case(s.as_bytes()))
+    });
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn hop_by_hop_fields_and_those_connection_names_are_left_out() {
+    let (r, f) = raw(
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Secret-Hop\r\nKeep-Alive: timeout=5\r\n\
+          Proxy-Authenticate: Basic\r\nTE: trailers\r\nTrailer: x\r\nTransfer-Encoding: chunked\r\n\
+          Upgrade: h2c\r\nProxy-Connection: close\r\nx-secret-hop: 1\r\nContent-Type: application/json\r\n\r\n",
+    );
+    assert_eq!(names(&r), ["Server", "Content-Type"]);
+    assert_eq!(r.get(Known::ContentType), Some(&b"application/json"[..]));
+    assert!(f.keep_alive && !f.close);
+    assert_eq!(f.chunked, Some(true));
+}
+
+#[test]
+fn content_length_is_kept_but_dropped_next_to_transfer_encoding() {
+    let (r, f) = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: d\r\n\r\n");
+    assert_eq!(names(&r), ["Content-Length", "Date"]);
+    assert_eq!(f.length, Some(5));
+    assert_eq!(r.get(Known::Date), Some(&b"d"[..]));
+    let (r, f) = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\nDate: d\r\n\r\n");
+    assert_eq!(names(&r), ["Date"]);
+    assert_eq!(f.chunked, Some(true));
+    assert_eq!(r.get(Known::ContentLength), None);
+    assert_eq!(r.get(Known::Date), Some(&b"d"[..]), "positions found again");
+}
+
+#[test]
+fn bad_framing_is_refused_as_the_header_map_path_refuses_it() {
+    for head in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+    ] {
+        let head: &'static [u8] = head.to_vec().leak();
+        let (bytes, spans) = parsed(head);
+        let raw = RawHeaders::parse(bytes.clone(), &spans);
+        let map = crate::front::header_fields(&bytes, &spans);
+        assert!(raw.is_err(), "{}", String::from_utf8_lossy(head));
+        assert_eq!(raw.err(), map.err());
+    }
+    let (_, f) = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n");
+    assert_eq!(f.length, Some(5), "the same length twice is one length");
+}
+
+#[test]
+fn lookups_ignore_case_and_find_the_first_value() {
+    let (r, _) = raw(
+        b"HTTP/1.1 200 OK\r\nRequest-Id: abc\r\nrequest-id: second\r\nCLIENT-REQUEST-ID: c\r\n\r\n",
+    );
+    assert_eq!(r.get(Known::RequestId), Some(&b"abc"[..]));
+    assert_eq!(r.value(Known::RequestId).unwrap(), "abc");
+    assert_eq!(r.get(Known::ClientRequestId), Some(&b"c"[..]));
+    assert_eq!(r.get(Known::Location), None);
+}
+
+#[test]
+fn too_many_fields_fall_back_to_a_header_map() {
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..=MAX_FIELDS {
+        head.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    let head: &'static [u8] = head.leak();
+    let (bytes, spans) = parsed(head);
+    assert!(RawHeaders::parse(bytes.clone(), &spans).unwrap().is_none());
+    assert!(
+        RawHeaders::parse(bytes, &spans[..MAX_FIELDS])
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn fields_are_written_as_they_came_but_for_those_skipped() {
+    let (r, _) = raw(
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: d\r\nConnection: keep-alive\r\nContent-Type: a/b\r\n\
+          Content-Length: 3\r\nX-Last:  spaced\r\n\r\n",
+    );
+    assert_eq!(
+        written(&r, &[]),
+        "Server: up\r\nDate: d\r\nContent-Type: a/b\r\nContent-Length: 3\r\nX-Last:  spaced\r\n"
+    );
+    assert_eq!(
+        written(&r, &["content-length", "server"]),
+        "Date: d\r\nContent-Type: a/b\r\nX-Last:  spaced\r\n"
+    );
+}
+
+#[test]
+fn lines_ended_by_a_bare_lf_are_written_with_crlf() {
+    let (r, _) = raw(b"HTTP/1.1 200 OK\nServer: up\nDate: d\r\nX: 1\n\n");
+    assert_eq!(written(&r, &[]), "Server: up\r\nDate: d\r\nX: 1\r\n");
+}
+
+#[test]
+fn the_map_replaces_raw_fields_of_the_same_name() {
+    let mut map = HeaderMap::new();
+    map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+    let mut ext = Extensions::new();
+    ext.insert(
+        raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nLocation: /a\r\nVary: a\r\nVary: b\r\n\r\n")
+            .0,
+    );
+    assert_eq!(get(&map, &ext, Known::ContentLength), Some(&b"7"[..]));
+    assert_eq!(get(&map, &ext, Known::Location), Some(&b"/a"[..]));
+    assert!(contains(&map, &ext, Known::Location));
+    assert!(!contains(&map, &ext, Known::Date));
+    assert!(overridden(&map, b"CONTENT-length"));
+    assert!(!overridden(&map, b"location"));
+    assert_eq!(value(&map, &ext, Known::Location).unwrap(), "/a");
+
+    materialize(&mut map, &mut ext);
+    assert!(ext.get::<RawHeaders>().is_none());
+    assert_eq!(map.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+    assert_eq!(map[header::CONTENT_LENGTH], "7");
+    assert_eq!(map[header::LOCATION], "/a");
+    let vary: Vec<_> = map.get_all(header::VARY).iter().collect();
+    assert_eq!(vary, ["a", "b"]);
+}
+
+#[test]
+fn debug_shows_names_not_values() {
+    let (r, _) = raw(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=hunter2\r\n\r\n");
+    let shown = format!("{r:?}");
+    assert!(shown.contains("Set-Cookie"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
