@@ -145,17 +145,26 @@ run_wrk() { # name, port
   P50[$1]="${P50[$1]:-} $(echo "$out" | awk '$1=="50%" {print $2}')"
   P99[$1]="${P99[$1]:-} $(echo "$out" | awk '$1=="99%" {print $2}')"
 }
-NAMES=(nginx-proxy dp dp-limit dp-log tokio-floor)
+# ORDER="..." runs them in another cyclic order (to see whether a proxy's place matters).
+read -r -a NAMES <<< "${ORDER:-nginx-proxy dp dp-limit dp-log tokio-floor}"
 declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [tokio-floor]=$FL)
 # A pause before each run lets the previous run's connections close and its processes go
 # idle; without it the run right after nginx-proxy's showed a p99 several times higher,
 # whichever proxy it was.
-# Each round starts with the next proxy in the list, so that no proxy always runs right after
-# the same one (dp ran after nginx-proxy in every round, and was the slowest variant in every
-# run, slower than the same proxy with a rate limit on).
+# The order changes every round so that no proxy always runs right after the same one: round r
+# steps through the list by r (1, 2, 3, 4, 1, ...; with five proxies every step visits them
+# all), starting at the r-th. Rotating alone kept each proxy's predecessor: dp ran right after
+# nginx-proxy in two rounds of three, and whichever variant ran there came out 10-20 % slower
+# (dp-limit too, when ORDER put it there).
+# A short unmeasured run on each first warms its pools and buffers.
+for n in "${NAMES[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:${PORT[$n]}/api/incidents" >/dev/null; done
+gcd() { local a=$1 b=$2; while [ "$b" -ne 0 ]; do set -- "$b" $((a % b)); a=$1; b=$2; done; echo "$a"; }
+N=${#NAMES[@]}
 for r in $(seq "$ROUNDS"); do
-  for i in $(seq 0 $((${#NAMES[@]} - 1))); do
-    n=${NAMES[$(( (i + r - 1) % ${#NAMES[@]} ))]}
+  step=$(( (r - 1) % (N > 1 ? N - 1 : 1) + 1 ))
+  [ "$(gcd "$step" "$N")" = 1 ] || step=1
+  for i in $(seq 0 $((N - 1))); do
+    n=${NAMES[$(( (r - 1 + i * step) % N ))]}
     sleep "${PAUSE:-3}"; run_wrk "$n" "${PORT[$n]}"
   done
 done
