@@ -132,12 +132,20 @@ pub async fn send(
     fresh: bool,
 ) -> Result<Sent, ProxyError> {
     let origin = (&upstream.scheme, &upstream.authority);
-    // Boxed: the request future is large, and the timeout would copy it twice on its way in.
-    let request = Box::pin(client.request(origin, req, fresh));
-    match tokio::time::timeout(timeout, request).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Ok(resp)) => Ok(Sent::Answer(resp)),
-        Ok(Err(failure)) => {
+    let mut deadline = client.deadline(tokio::time::Instant::now() + timeout);
+    // Boxed: the request future is large.
+    let mut request = Box::pin(client.request(origin, req, fresh));
+    let answered = std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = request.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(r));
+        }
+        deadline.poll_elapsed(cx).map(|()| None)
+    })
+    .await;
+    match answered {
+        None => Err(ProxyError::UpstreamTimeout),
+        Some(Ok(resp)) => Ok(Sent::Answer(resp)),
+        Some(Err(failure)) => {
             let e = failure.error;
             if caused_by_body_limit(&*e) {
                 return Err(ProxyError::BodyTooLarge);

@@ -4,7 +4,10 @@
 //! request that a reused keep-alive connection never took — so a request costs a lock-free
 //! (per worker) lookup in a short list instead of a general-purpose pool.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -13,7 +16,7 @@ use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::body::{BoxError, RequestBody};
@@ -73,10 +76,56 @@ struct Origin {
     swept: Instant,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Idle request timers kept per worker at most.
+const MAX_IDLE_TIMERS: usize = 1024;
+
+/// A worker's request timers, reused. A new timer per request cost an insertion into the
+/// runtime's timer wheel and a removal from it (about a thousand instructions by callgrind); a
+/// timer still in the wheel that is reset to a later deadline only stores the new deadline,
+/// and is moved when its old one comes. A timer is only ever used on the worker (the runtime)
+/// that made it: each worker has its own `Upstream`.
+#[derive(Default)]
+struct Timers {
+    idle: Mutex<Vec<Pin<Box<Sleep>>>>,
+}
+
+/// A request's deadline: a timer of the worker's, back to its idle ones when dropped. One that
+/// sits idle past its deadline fires once, waking the task that last waited on it for nothing.
+pub struct Deadline<'a> {
+    timers: &'a Timers,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline<'_> {
+    /// Ready once the deadline has passed.
+    pub fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        if let Some(sleep) = self.sleep.take() {
+            let mut idle = lock(&self.timers.idle);
+            if idle.len() < MAX_IDLE_TIMERS {
+                idle.push(sleep);
+            }
+        }
+    }
+}
+
 /// One worker's upstream connections.
 pub struct Upstream {
     connector: HttpsConnector<EgressConnector>,
     origins: Arc<Mutex<Vec<Origin>>>,
+    timers: Timers,
 }
 
 impl Upstream {
@@ -95,6 +144,22 @@ impl Upstream {
         Upstream {
             connector,
             origins: Arc::new(Mutex::new(Vec::new())),
+            timers: Timers::default(),
+        }
+    }
+
+    /// A timer for a request's deadline, from this worker's reused ones.
+    pub fn deadline(&self, at: Instant) -> Deadline<'_> {
+        let sleep = match lock(&self.timers.idle).pop() {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(at);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(at)),
+        };
+        Deadline {
+            timers: &self.timers,
+            sleep: Some(sleep),
         }
     }
 
@@ -351,4 +416,60 @@ enum SendError {
     Failed(BoxError),
     /// The same, on an HTTP/1.1 connection, which knows whether it was stale.
     Raw(Failure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream() -> Upstream {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Upstream::new(tls)
+    }
+
+    async fn elapsed(d: &mut Deadline<'_>) {
+        std::future::poll_fn(|cx| d.poll_elapsed(cx)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_reuse_timers_and_each_fires_at_its_own_time() {
+        let up = upstream();
+        let t0 = Instant::now();
+        let mut d = up.deadline(t0 + Duration::from_secs(5));
+        elapsed(&mut d).await;
+        assert_eq!(Instant::now() - t0, Duration::from_secs(5));
+        drop(d);
+        assert_eq!(lock(&up.timers.idle).len(), 1, "back to the idle ones");
+
+        // Reused for a later deadline (the deadline only stored) and for an earlier one than
+        // it had before (moved in the wheel): each fires at its own time, not before.
+        for secs in [30, 2] {
+            let start = Instant::now();
+            let mut d = up.deadline(start + Duration::from_secs(secs));
+            assert_eq!(lock(&up.timers.idle).len(), 0, "the idle one is taken");
+            let early = tokio::time::timeout(Duration::from_secs(secs - 1), elapsed(&mut d)).await;
+            assert!(early.is_err(), "fired before {secs} s");
+            elapsed(&mut d).await;
+            assert_eq!(Instant::now() - start, Duration::from_secs(secs));
+        }
+
+        // One whose request finished first is reused before it ever fires.
+        let start = Instant::now();
+        drop(up.deadline(start + Duration::from_secs(60)));
+        let mut d = up.deadline(start + Duration::from_secs(90));
+        elapsed(&mut d).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(90));
+    }
+
+    #[tokio::test]
+    async fn idle_timers_are_capped() {
+        let up = upstream();
+        let at = Instant::now() + Duration::from_secs(60);
+        let many: Vec<_> = (0..MAX_IDLE_TIMERS + 10).map(|_| up.deadline(at)).collect();
+        drop(many);
+        assert_eq!(lock(&up.timers.idle).len(), MAX_IDLE_TIMERS);
+    }
 }

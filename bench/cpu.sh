@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Where each proxy's CPU time per request goes, under the same load: nginx as a proxy,
+# defender-proxy and the tokio floor (examples/floor.rs), one after the other, ROUNDS times.
+# For each run: the request rate, user and system time per request (/proc/PID/task/*/stat),
+# voluntary and involuntary context switches per request (/proc/PID/task/*/status) and system
+# calls per request (perf stat -e raw_syscalls:sys_enter, when perf is there).
+#
+#   bench/cpu.sh        # ROUNDS=2 DURATION=8 (seconds) CONNECTIONS=64
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-8}; CONNECTIONS=${CONNECTIONS:-64}
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
+fi
+cargo build --release --quiet --bin defender-proxy --example floor
+BIN=$PWD/target/release/defender-proxy; FLOOR=$PWD/target/release/examples/floor
+WORK=$(mktemp -d); chmod 755 "$WORK"
+UP=18141; NGX=18142; DP=18143; FL=18144
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in up ngx; do [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+for port in $UP $NGX $DP $FL; do
+  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
+done
+BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
+upstream_conf $UP "$WORK" "$BODY" > "$WORK/up.conf"
+cat > "$WORK/ngx.conf" <<NGINX
+worker_processes auto; pid $WORK/ngx.pid; error_log $WORK/ngx.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  upstream api { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NGX; location / { proxy_pass http://api; proxy_http_version 1.1;
+    proxy_set_header Connection ""; proxy_set_header Authorization "Bearer bench-token";
+    proxy_set_header Host 127.0.0.1:$UP; } } }
+NGINX
+nginx -c "$WORK/up.conf" -p "$WORK"; nginx -c "$WORK/ngx.conf" -p "$WORK"
+dp_config $DP $UP > "$WORK/dp.toml"
+"$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); DPPID=$!
+"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$(nproc)" & PIDS+=($!); FLPID=$!
+for port in $UP $NGX $DP $FL; do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
+done
+pids() { case $1 in nginx-proxy) pgrep -P "$(cat "$WORK/ngx.pid")" ;; dp) echo $DPPID ;; tokio-floor) echo $FLPID ;; esac; }
+port() { case $1 in nginx-proxy) echo $NGX ;; dp) echo $DP ;; tokio-floor) echo $FL ;; esac; }
+snap() { # ticks of user and system time, voluntary and involuntary switches, of all threads
+  local p t
+  for p in $(pids "$1"); do for t in /proc/"$p"/task/*; do
+    echo "$(sed 's/^.*) //' "$t/stat" | awk '{print $12, $13}') $(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {i=$2} END {print v, i}' "$t/status")"
+  done; done | awk '{u+=$1; s+=$2; v+=$3; i+=$4} END {print u, s, v, i}'
+}
+perf_ok=false
+if need perf && perf stat -e raw_syscalls:sys_enter -p $DPPID -- sleep 0.1 >/dev/null 2>&1; then perf_ok=true; fi
+TCK=$(getconf CLK_TCK)
+printf '%-12s %9s %10s %10s %9s %9s %9s\n' name req/s user_us sys_us vol_cs invol_cs syscalls
+for _ in $(seq "$ROUNDS"); do
+  for n in nginx-proxy dp tokio-floor; do
+    sleep 2
+    read -r u0 s0 v0 i0 < <(snap $n)
+    if $perf_ok; then
+      perf stat -x, -e raw_syscalls:sys_enter -p "$(pids $n | paste -sd,)" -o "$WORK/perf" -- sleep "$DURATION" >/dev/null 2>&1 &
+      PP=$!
+    fi
+    out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$(port $n)/api/incidents")
+    sc=-1
+    if $perf_ok; then wait $PP; sc=$(grep raw_syscalls "$WORK/perf" | cut -d, -f1); fi
+    read -r u1 s1 v1 i1 < <(snap $n)
+    req=$(echo "$out" | awk '/requests in/ {print $1}')
+    awk -v n=$n -v req="$req" -v d="$DURATION" -v t="$TCK" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v v=$((v1 - v0)) -v i=$((i1 - i0)) -v sc="$sc" \
+      'BEGIN { printf "%-12s %9.0f %10.2f %10.2f %9.3f %9.3f %9s\n", n, req / d, u * 1e6 / t / req, s * 1e6 / t / req, v / req, i / req, (sc < 0 ? "-" : sprintf("%.2f", sc / req)) }'
+  done
+done
+echo "(per request; user and system time in µs; wrk -t2 -c$CONNECTIONS -d${DURATION}s each)"
