@@ -3,7 +3,8 @@
 # defender-proxy and the tokio floor (examples/floor.rs), one after the other, ROUNDS times.
 # For each run: the request rate, user and system time per request (/proc/PID/task/*/stat),
 # voluntary and involuntary context switches per request (/proc/PID/task/*/status) and system
-# calls per request (perf stat -e raw_syscalls:sys_enter, when perf is there).
+# calls per request (perf stat -e raw_syscalls:sys_enter, when perf is there), and TCP segments
+# sent per request on the whole machine (nstat: client, proxy and upstream together).
 #
 #   bench/cpu.sh        # ROUNDS=2 DURATION=8 (seconds) CONNECTIONS=64
 set -euo pipefail
@@ -57,11 +58,13 @@ snap() { # ticks of user and system time, voluntary and involuntary switches, of
 perf_ok=false
 if need perf && perf stat -e raw_syscalls:sys_enter -p $DPPID -- sleep 0.1 >/dev/null 2>&1; then perf_ok=true; fi
 TCK=$(getconf CLK_TCK)
-printf '%-12s %9s %10s %10s %9s %9s %9s\n' name req/s user_us sys_us vol_cs invol_cs syscalls
+nstat_ok=false; need nstat && nstat -n >/dev/null 2>&1 && nstat_ok=true
+printf '%-12s %9s %10s %10s %9s %9s %9s %9s\n' name req/s user_us sys_us vol_cs invol_cs syscalls tcp_segs
 for _ in $(seq "$ROUNDS"); do
   for n in nginx-proxy dp tokio-floor; do
     sleep 2
     read -r u0 s0 v0 i0 < <(snap $n)
+    if $nstat_ok; then nstat -n >/dev/null; fi
     if $perf_ok; then
       perf stat -x, -e raw_syscalls:sys_enter -p "$(pids $n | paste -sd,)" -o "$WORK/perf" -- sleep "$DURATION" >/dev/null 2>&1 &
       PP=$!
@@ -70,9 +73,11 @@ for _ in $(seq "$ROUNDS"); do
     sc=-1
     if $perf_ok; then wait $PP; sc=$(grep raw_syscalls "$WORK/perf" | cut -d, -f1); fi
     read -r u1 s1 v1 i1 < <(snap $n)
+    segs=-1
+    if $nstat_ok; then segs=$(nstat -z TcpOutSegs | awk '$1 == "TcpOutSegs" {print $2}'); fi
     req=$(echo "$out" | awk '/requests in/ {print $1}')
-    awk -v n=$n -v req="$req" -v d="$DURATION" -v t="$TCK" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v v=$((v1 - v0)) -v i=$((i1 - i0)) -v sc="$sc" \
-      'BEGIN { printf "%-12s %9.0f %10.2f %10.2f %9.3f %9.3f %9s\n", n, req / d, u * 1e6 / t / req, s * 1e6 / t / req, v / req, i / req, (sc < 0 ? "-" : sprintf("%.2f", sc / req)) }'
+    awk -v n=$n -v req="$req" -v d="$DURATION" -v t="$TCK" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v v=$((v1 - v0)) -v i=$((i1 - i0)) -v sc="$sc" -v sg="$segs" \
+      'BEGIN { printf "%-12s %9.0f %10.2f %10.2f %9.3f %9.3f %9s %9s\n", n, req / d, u * 1e6 / t / req, s * 1e6 / t / req, v / req, i / req, (sc < 0 ? "-" : sprintf("%.2f", sc / req)), (sg < 0 ? "-" : sprintf("%.2f", sg / req)) }'
   done
 done
 echo "(per request; user and system time in µs; wrk -t2 -c$CONNECTIONS -d${DURATION}s each)"
