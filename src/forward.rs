@@ -76,7 +76,13 @@ pub fn build_request(
 /// The client's headers minus hop-by-hop, credentials and proxy-only ones, plus ours.
 fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
     let mut dst = HeaderMap::with_capacity(src.len() + 2);
-    let named_in_connection = connection_tokens(src);
+    // A `Connection` saying only close or keep-alive is not kept by the front end, so one is
+    // rare: looked for by comparing names (a standard name compares as a number), not hashed.
+    let named_in_connection = if src.keys().any(|n| n == header::CONNECTION) {
+        connection_tokens(src)
+    } else {
+        Vec::new()
+    };
     for (name, value) in src {
         let drop = HOP_BY_HOP.contains(name)
             || name == header::AUTHORIZATION
