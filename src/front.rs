@@ -43,6 +43,8 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An answer-head buffer larger than this (after a very large head) is not kept.
+const MAX_KEPT_HEAD: usize = 8 * 1024;
 
 /// Serves one accepted connection until it closes, `stop` asks to finish (after the request in
 /// progress) or `hard` to drop everything.
@@ -64,6 +66,8 @@ pub async fn serve(
 async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: CancellationToken) {
     let stream = Arc::new(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Where answer heads are written, reused from answer to answer.
+    let mut out = Vec::with_capacity(512);
     let mut first = true;
     let mut waits = Waits::new(&stop);
     loop {
@@ -78,7 +82,7 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             Ok(Head::Closed) | Err(HeadError::Io) => return,
             Err(HeadError::Refused(e)) => {
                 let resp = refusal(e);
-                if write_response(&stream, resp, &ResponseMode::close())
+                if write_response(&stream, resp, &ResponseMode::close(), &mut out)
                     .await
                     .is_ok()
                 {
@@ -111,7 +115,7 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             head_only,
             http10,
         };
-        let keep_alive = match write_response(&stream, resp, &mode).await {
+        let keep_alive = match write_response(&stream, resp, &mode, &mut out).await {
             Ok(k) => k,
             Err(_) => return,
         };
@@ -918,7 +922,12 @@ async fn write_response(
     stream: &TcpStream,
     resp: Response<ResponseBody>,
     mode: &ResponseMode,
+    out: &mut Vec<u8>,
 ) -> io::Result<bool> {
+    if out.capacity() > MAX_KEPT_HEAD {
+        *out = Vec::with_capacity(512);
+    }
+    out.clear();
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let no_body = mode.head_only
@@ -932,7 +941,6 @@ async fn write_response(
     if !no_body && exact.is_none() && mode.http10 {
         keep_alive = false;
     }
-    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -943,7 +951,7 @@ async fn write_response(
     // the proxy set in the map.
     if let Some(raw) = parts.extensions.get::<RawHeaders>() {
         has_date = raw.get(Known::Date).is_some();
-        raw.write_to(&mut out, |name| {
+        raw.write_to(out, |name| {
             (!mode.head_only && name.eq_ignore_ascii_case(b"content-length"))
                 || rawhead::overridden(&parts.headers, name)
         });
@@ -968,7 +976,7 @@ async fn write_response(
     }
     if !no_body {
         if let Some(n) = exact {
-            push_content_length(&mut out, n);
+            push_content_length(out, n);
         } else if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -980,24 +988,25 @@ async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     if no_body {
-        write_all(stream, &out).await?;
+        write_all(stream, out).await?;
         return Ok(keep_alive);
     }
     let mut sent: u64 = 0;
-    let mut head = Some(out);
+    // The head is in `out`, not yet written.
+    let mut head = true;
     loop {
         // The first piece of body goes out with the head when it is at hand.
-        let frame = match head.as_ref() {
-            Some(_) => match futures_util::FutureExt::now_or_never(body.frame()) {
+        let frame = if head {
+            match futures_util::FutureExt::now_or_never(body.frame()) {
                 Some(f) => f,
                 None => {
-                    if let Some(h) = head.take() {
-                        write_all(stream, &h).await?;
-                    }
+                    write_all(stream, out).await?;
+                    head = false;
                     body.frame().await
                 }
-            },
-            None => body.frame().await,
+            }
+        } else {
+            body.frame().await
         };
         let data = match frame {
             None => break,
@@ -1022,23 +1031,25 @@ async fn write_response(
         };
         let crlf: &[u8] = if chunked { b"\r\n" } else { b"" };
         let mut pieces = [
-            IoSlice::new(head.as_deref().unwrap_or_default()),
+            IoSlice::new(if head { out } else { &[] }),
             IoSlice::new(&size_line[..size_len]),
             IoSlice::new(&data),
             IoSlice::new(crlf),
         ];
         write_all_vectored(stream, &mut pieces).await?;
-        head = None;
+        head = false;
     }
     if exact.is_some_and(|n| sent != n) {
         return Err(io::Error::other("the body is shorter than announced"));
     }
-    let mut last: Vec<u8> = head.unwrap_or_default();
-    if chunked {
-        last.extend_from_slice(b"0\r\n\r\n");
+    if !head {
+        out.clear();
     }
-    if !last.is_empty() {
-        write_all(stream, &last).await?;
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        write_all(stream, out).await?;
     }
     Ok(keep_alive)
 }
