@@ -31,15 +31,7 @@ for port in $UP $NGX $DP $FL; do
 done
 BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
 upstream_conf $UP "$WORK" "$BODY" > "$WORK/up.conf"
-cat > "$WORK/ngx.conf" <<NGINX
-worker_processes auto; pid $WORK/ngx.pid; error_log $WORK/ngx.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  upstream api { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NGX; location / { proxy_pass http://api; proxy_http_version 1.1;
-    proxy_set_header Connection ""; proxy_set_header Authorization "Bearer bench-token";
-    proxy_set_header Host 127.0.0.1:$UP; } } }
-NGINX
+nginx_proxy_conf $NGX $UP "$WORK" ngx > "$WORK/ngx.conf"
 nginx -c "$WORK/up.conf" -p "$WORK"; nginx -c "$WORK/ngx.conf" -p "$WORK"
 dp_config $DP $UP > "$WORK/dp.toml"
 "$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); DPPID=$!

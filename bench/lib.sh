@@ -48,3 +48,28 @@ http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$1;
   location / { default_type application/json; $extra return 200 '$3'; } } }
 NGINX
 }
+
+# nginx as the reverse proxy the others are compared with, on 127.0.0.1:PORT, its pid file
+# WORK/PIDNAME.pid: keep-alive pool to the upstream on UP_PORT, the same bearer injected.
+#   nginx_proxy_conf PORT UP_PORT WORK PIDNAME
+nginx_proxy_conf() {
+  cat <<NGINX
+worker_processes auto; pid $3/$4.pid; error_log $3/$4-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream api { server 127.0.0.1:$2; keepalive 128; }
+  server {
+    listen 127.0.0.1:$1;
+    location / {
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-token";
+      proxy_set_header Host 127.0.0.1:$2;
+    }
+  }
+}
+NGINX
+}

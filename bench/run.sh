@@ -73,27 +73,7 @@ http {
   }
 }
 NGINX
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes auto;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream api { server 127.0.0.1:$UP; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGX;
-    location / {
-      proxy_pass http://api;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Authorization "Bearer bench-token";
-      proxy_set_header Host 127.0.0.1:$UP;
-    }
-  }
-}
-NGINX
+nginx_proxy_conf $NGX $UP "$WORK" nginx > "$WORK/nginx.conf"
 chmod 755 "$WORK"
 nginx -c "$WORK/upstream.conf" -p "$WORK"
 nginx -c "$WORK/nginx.conf" -p "$WORK"
