@@ -280,8 +280,9 @@ impl Body for ClientBody {
 /// A body sent back to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// Made by the proxy.
-    Full(Option<Bytes>),
+    /// Made by the proxy, or read whole; with the upstream's answer fields as they came (see
+    /// `crate::rawhead`) when it is an HTTP/1.1 answer read whole.
+    Full(Option<Bytes>, Option<Box<crate::rawhead::RawHeaders>>),
     /// Streamed from the upstream.
     Upstream(crate::upstream::UpBody),
     /// Streamed from the upstream with its paging links rewritten.
@@ -298,12 +299,31 @@ pub enum ResponseBody {
 impl ResponseBody {
     /// A body made here.
     pub fn full(bytes: Bytes) -> Self {
-        ResponseBody::Full(Some(bytes))
+        ResponseBody::Full(Some(bytes), None)
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        ResponseBody::Full(None)
+        ResponseBody::Full(None, None)
+    }
+
+    /// An HTTP/1.1 answer's own fields, when they are kept as the bytes read.
+    pub fn fields(&self) -> Option<&crate::rawhead::RawHeaders> {
+        match self {
+            ResponseBody::Full(_, fields) => fields.as_deref(),
+            ResponseBody::Upstream(body) => body.fields(),
+            ResponseBody::Rewritten { .. } => None,
+        }
+    }
+
+    /// The same, taken out.
+    pub fn take_fields(&mut self) -> Option<Box<crate::rawhead::RawHeaders>> {
+        match self {
+            ResponseBody::Full(_, fields) => fields.take(),
+            ResponseBody::Upstream(body) | ResponseBody::Rewritten { body, .. } => {
+                body.take_fields()
+            }
+        }
     }
 }
 
@@ -316,7 +336,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Full(b) => Poll::Ready(
+            ResponseBody::Full(b, _) => Poll::Ready(
                 b.take()
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
@@ -328,7 +348,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ResponseBody::Full(b, _) => b.as_ref().is_none_or(Bytes::is_empty),
             ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Rewritten { done, .. } => *done,
         }
@@ -336,7 +356,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Full(b, _) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ResponseBody::Upstream(body) => body.size_hint(),
             ResponseBody::Rewritten { .. } => SizeHint::new(),
         }

@@ -181,8 +181,8 @@ impl Exchange<'_> {
 /// When a throttling answer says to come back: its `Retry-After`, or else its (small) body.
 async fn retry_time(resp: Response<UpBody>) -> (Answer, Option<Duration>) {
     // The throttling path looks at several fields and may keep the answer: one whole map.
-    let (mut parts, body) = resp.into_parts();
-    crate::rawhead::materialize(&mut parts.headers, &mut parts.extensions);
+    let (mut parts, mut body) = resp.into_parts();
+    crate::rawhead::materialize(&mut parts.headers, body.take_fields());
     let resp = Response::from_parts(parts, body);
     if let Some(wait) = retry_after_from(resp.headers(), None) {
         return (Answer::Streamed(resp), Some(wait));

@@ -187,14 +187,14 @@ pub async fn into_client_response(
     rewrite: Option<(&Route, &str)>,
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut parts, body) = resp.into_parts();
-    // An HTTP/1.1 answer's own fields are in `parts.extensions` (hop-by-hop ones left out
-    // already), see `crate::rawhead`; the map has those of an HTTP/2 answer.
+    let (mut parts, mut body) = resp.into_parts();
+    // An HTTP/1.1 answer's own fields travel with its body (hop-by-hop ones left out already),
+    // see `crate::rawhead`; the map has those of an HTTP/2 answer.
     strip_hop_by_hop(&mut parts.headers);
     let Some((route, host)) = rewrite else {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     };
-    if let Some(location) = field(&parts, Known::Location) {
+    if let Some(location) = field(&parts.headers, &body, Known::Location) {
         if let Some(v) = route
             .link_rewriter(host)
             .rewrite_location(location)
@@ -203,25 +203,34 @@ pub async fn into_client_response(
             parts.headers.insert(header::LOCATION, v);
         }
     }
-    if head || !is_json(field(&parts, Known::ContentType)) || body.is_end_stream() {
+    if head || !is_json(field(&parts.headers, &body, Known::ContentType)) || body.is_end_stream() {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     }
-    let length = field(&parts, Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
+    let length =
+        field(&parts.headers, &body, Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
+        let fields = body.take_fields();
         let whole = read_whole(body).await?;
         if !crate::rewrite::may_contain_link(&whole) {
-            return Ok(Response::from_parts(parts, ResponseBody::full(whole)));
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::Full(Some(whole), fields),
+            ));
         }
+        // The map's length replaces the raw one.
         let mut state = RewriteState::new(route.link_rewriter(host));
         let mut out = state.push(&whole).to_vec();
         out.extend_from_slice(&state.finish());
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-        return Ok(Response::from_parts(parts, ResponseBody::full(out.into())));
+        return Ok(Response::from_parts(
+            parts,
+            ResponseBody::Full(Some(out.into()), fields),
+        ));
     }
     // The length changes as the body streams: no Content-Length, from either set of fields.
-    rawhead::materialize(&mut parts.headers, &mut parts.extensions);
+    rawhead::materialize(&mut parts.headers, body.take_fields());
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(
         parts,
@@ -233,9 +242,9 @@ pub async fn into_client_response(
     ))
 }
 
-/// The first value of `name` in an answer's fields, as text.
-fn field(parts: &http::response::Parts, known: Known) -> Option<&str> {
-    rawhead::get(&parts.headers, &parts.extensions, known).and_then(|v| std::str::from_utf8(v).ok())
+/// The first value of a known field of an answer, as text.
+fn field<'a>(headers: &'a HeaderMap, body: &'a UpBody, known: Known) -> Option<&'a str> {
+    rawhead::get(headers, body.fields(), known).and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// A small body, read whole: a body in one piece (the usual case) is passed on as it came,
@@ -268,7 +277,6 @@ async fn read_whole(mut body: UpBody) -> Result<bytes::Bytes, ProxyError> {
 /// An upstream answer whose body was read (to learn when to retry) for the client.
 pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
-    rawhead::materialize(&mut parts.headers, &mut parts.extensions);
     strip_hop_by_hop(&mut parts.headers);
     parts
         .headers

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Worker;
 use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::error::ProxyError;
-use crate::rawhead::{self, Known, RawHeaders};
+use crate::rawhead::{self, Known};
 
 /// A request head (request line and headers) may take this many bytes...
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -214,9 +214,9 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
         let worker = worker.clone();
         async move {
             let req = req.map(ClientBody::Hyper);
-            let (mut parts, body) = crate::catch_panic(worker, req).await.into_parts();
+            let (mut parts, mut body) = crate::catch_panic(worker, req).await.into_parts();
             // hyper writes the header map only.
-            crate::rawhead::materialize(&mut parts.headers, &mut parts.extensions);
+            crate::rawhead::materialize(&mut parts.headers, body.take_fields());
             Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
         }
     });
@@ -949,7 +949,7 @@ async fn write_response(
     let mut has_date = false;
     // An upstream answer's own fields, as they came (hop-by-hop ones left out), but for those
     // the proxy set in the map.
-    if let Some(raw) = parts.extensions.get::<RawHeaders>() {
+    if let Some(raw) = body.fields() {
         has_date = raw.get(Known::Date).is_some();
         raw.write_to(out, |name| {
             (!mode.head_only && name.eq_ignore_ascii_case(b"content-length"))

@@ -72,7 +72,7 @@ pub async fn handle(worker: &Worker, req: Request<ClientBody>) -> Response<Respo
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !rawhead::contains(resp.headers(), resp.extensions(), Known::ClientRequestId) {
+    if !rawhead::contains(resp.headers(), resp.body().fields(), Known::ClientRequestId) {
         resp.headers_mut()
             .insert(CLIENT_REQUEST_ID, request_id.clone());
     }
@@ -103,7 +103,7 @@ fn log_access(
     elapsed: Duration,
 ) {
     let route = trace.route.map(|i| &*rt.router.routes()[i].name);
-    let bytes = rawhead::get(resp.headers(), resp.extensions(), Known::ContentLength)
+    let bytes = rawhead::get(resp.headers(), resp.body().fields(), Known::ContentLength)
         .and_then(|v| std::str::from_utf8(v).ok());
     tracing::info!(
         target: "defender_proxy::access",
@@ -153,14 +153,14 @@ async fn proxy<'a>(
     match answer {
         Answer::Streamed(resp) => {
             trace.upstream_request_id =
-                rawhead::value(resp.headers(), resp.extensions(), Known::RequestId);
+                rawhead::value(resp.headers(), resp.body().fields(), Known::RequestId);
             let host = request_host(&parts, named.host);
             let rewrite = host.filter(|_| route.rewrite_links).map(|h| (route, h));
             forward::into_client_response(resp, rewrite, parts.method == Method::HEAD).await
         }
         Answer::Read(resp) => {
-            trace.upstream_request_id =
-                rawhead::value(resp.headers(), resp.extensions(), Known::RequestId);
+            // Read whole on the throttling path, with its fields put in the map.
+            trace.upstream_request_id = rawhead::value(resp.headers(), None, Known::RequestId);
             Ok(forward::read_into_client_response(resp))
         }
     }

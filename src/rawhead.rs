@@ -2,14 +2,15 @@
 //! header map (hashing, allocating and dropping one per answer cost more than all the rest of
 //! the answer's handling, by callgrind).
 //!
-//! An HTTP/1.1 answer from the upstream carries its fields as [`RawHeaders`] in the response's
-//! extensions, and the response's header map holds only what the proxy itself sets. A field of
-//! the map replaces the raw fields of the same name. Readers go through [`get`] and
-//! [`contains`], which see both; a path that needs the whole map (HTTP/2 to the client, the
-//! throttling path) calls [`materialize`] first.
+//! An HTTP/1.1 answer from the upstream carries its fields as [`RawHeaders`] with its body
+//! (`UpBody::fields`, then `ResponseBody::fields`: one allocation, where the response's
+//! extensions cost three), and the response's header map holds only what the proxy itself
+//! sets. A field of the map replaces the raw fields of the same name. Readers go through
+//! [`get`] and [`contains`], which see both; a path that needs the whole map (HTTP/2 to the
+//! client, the throttling path) takes the fields from the body and calls [`materialize`].
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::front::{Fields, Span};
 
@@ -302,33 +303,38 @@ pub fn overridden(map: &HeaderMap, name: &[u8]) -> bool {
 }
 
 /// The first value of a known field in a response's fields: the map's, else the raw ones'.
-pub fn get<'a>(headers: &'a HeaderMap, ext: &'a Extensions, known: Known) -> Option<&'a [u8]> {
+pub fn get<'a>(
+    headers: &'a HeaderMap,
+    raw: Option<&'a RawHeaders>,
+    known: Known,
+) -> Option<&'a [u8]> {
     if !headers.is_empty() {
         if let Some(v) = headers.get(known.name()) {
             return Some(v.as_bytes());
         }
     }
-    ext.get::<RawHeaders>().and_then(|raw| raw.get(known))
+    raw.and_then(|raw| raw.get(known))
 }
 
 /// The first value of a known field, the map's or the raw fields', as a value of its own.
-pub fn value(headers: &HeaderMap, ext: &Extensions, known: Known) -> Option<HeaderValue> {
+pub fn value(headers: &HeaderMap, raw: Option<&RawHeaders>, known: Known) -> Option<HeaderValue> {
     if !headers.is_empty() {
         if let Some(v) = headers.get(known.name()) {
             return Some(v.clone());
         }
     }
-    ext.get::<RawHeaders>().and_then(|raw| raw.value(known))
+    raw.and_then(|raw| raw.value(known))
 }
 
 /// Do a response's fields, the map or the raw ones, have a known field?
-pub fn contains(headers: &HeaderMap, ext: &Extensions, known: Known) -> bool {
-    get(headers, ext, known).is_some()
+pub fn contains(headers: &HeaderMap, raw: Option<&RawHeaders>, known: Known) -> bool {
+    get(headers, raw, known).is_some()
 }
 
-/// Moves the raw fields into the header map, for the paths that need one whole map.
-pub fn materialize(headers: &mut HeaderMap, ext: &mut Extensions) {
-    if let Some(raw) = ext.remove::<RawHeaders>() {
+/// Moves raw fields (taken from the body) into the header map, for the paths that need one
+/// whole map.
+pub fn materialize(headers: &mut HeaderMap, raw: Option<Box<RawHeaders>>) {
+    if let Some(raw) = raw {
         raw.merge_into(headers);
     }
 }

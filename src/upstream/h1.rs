@@ -378,6 +378,7 @@ fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> 
         framing,
         keep_alive,
         home: Some(home),
+        fields: raw.map(Box::new),
     };
     if matches!(body.framing, Framing::Done) {
         body.finish();
@@ -386,9 +387,6 @@ fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> 
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
-    if let Some(raw) = raw {
-        resp.extensions_mut().insert(raw);
-    }
     resp
 }
 
@@ -398,6 +396,9 @@ pub struct RawBody {
     framing: Framing,
     keep_alive: bool,
     home: Option<Home>,
+    /// The answer's fields as read (see `crate::rawhead`): they travel with the body, which
+    /// costs one allocation where the response's extensions cost three.
+    fields: Option<Box<RawHeaders>>,
 }
 
 impl std::fmt::Debug for RawBody {
@@ -499,6 +500,25 @@ pub enum UpBody {
     H2(Incoming),
     /// Over HTTP/1.1, read here.
     H1(RawBody),
+}
+
+impl UpBody {
+    /// An HTTP/1.1 answer's own fields, kept as the bytes read (an HTTP/2 answer's are in its
+    /// header map).
+    pub fn fields(&self) -> Option<&RawHeaders> {
+        match self {
+            UpBody::H1(b) => b.fields.as_deref(),
+            UpBody::H2(_) => None,
+        }
+    }
+
+    /// The same, taken out.
+    pub fn take_fields(&mut self) -> Option<Box<RawHeaders>> {
+        match self {
+            UpBody::H1(b) => b.fields.take(),
+            UpBody::H2(_) => None,
+        }
+    }
 }
 
 impl Body for UpBody {
