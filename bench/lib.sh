@@ -34,8 +34,8 @@ TOML
 }
 
 # An nginx upstream on 127.0.0.1:PORT with PROCESSES workers, its pid file in WORK: a static
-# token endpoint, and BODY (JSON) for every other path, with HEADERS more answer fields (a
-# Defender answer has about ten: request-id, odata-version, strict-transport-security, ...).
+# token endpoint, and BODY (JSON) for every other path, with HEADERS more answer fields (a real
+# API's answer has more than nginx's five: request-id, odata-version, strict-transport-security).
 #   upstream_conf PORT WORK BODY [PROCESSES=auto] [HEADERS=0]
 upstream_conf() {
   local extra="" i
