@@ -311,8 +311,7 @@ impl ResponseBody {
     pub fn fields(&self) -> Option<&crate::rawhead::RawHeaders> {
         match self {
             ResponseBody::Full(_, fields) => fields.as_deref(),
-            ResponseBody::Upstream(body) => body.fields(),
-            ResponseBody::Rewritten { .. } => None,
+            ResponseBody::Upstream(body) | ResponseBody::Rewritten { body, .. } => body.fields(),
         }
     }
 
