@@ -20,12 +20,7 @@ BIN=$PWD/target/release/defender-proxy; FLOOR=$PWD/target/release/examples/floor
 WORK=$(mktemp -d); chmod 755 "$WORK"
 UP=18141; NGX=18142; DP=18143; FL=18144
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in up ngx; do [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'stop_all up ngx' EXIT
 for port in $UP $NGX $DP $FL; do
   if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
 done

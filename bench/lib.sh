@@ -73,3 +73,13 @@ http {
 }
 NGINX
 }
+
+# An EXIT trap for the bench scripts: kills the processes in PIDS and the nginx instances whose
+# pid files WORK/NAME.pid it is given, then removes WORK.
+#   trap 'stop_all up ngx' EXIT
+stop_all() {
+  local p f
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$@"; do [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}

@@ -39,12 +39,7 @@ FLOOR=$PWD/target/release/examples/floor
 
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in nginx upstream; do [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap 'stop_all nginx upstream' EXIT
 
 FL=18111; UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
 BURST=${BURST:-1000}
