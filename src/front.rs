@@ -46,21 +46,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An answer-head buffer larger than this (after a very large head) is not kept.
 const MAX_KEPT_HEAD: usize = 8 * 1024;
 
-/// Serves one accepted connection until it closes, `stop` asks to finish (after the request in
-/// progress) or `hard` to drop everything.
-pub async fn serve(
-    worker: Arc<Worker>,
-    stream: TcpStream,
-    stop: CancellationToken,
-    hard: CancellationToken,
-) {
+/// Serves one accepted connection until it closes or `stop` asks to finish (after the request
+/// in progress). The worker aborts the task when the grace period is over.
+pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationToken) {
     // A token of the connection's own: waiting on it between requests touches no lock that
     // other connections (or workers) share.
-    let stop = stop.child_token();
-    tokio::select! {
-        _ = serve_connection(worker, stream, stop) => {}
-        _ = hard.cancelled() => {}
-    }
+    serve_connection(worker, stream, stop.child_token()).await
 }
 
 async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: CancellationToken) {
@@ -389,6 +380,8 @@ async fn read_more(
             Err(_) => return Err(HeadError::Io),
         }
         tokio::select! {
+            // In this order: no random draw per wait.
+            biased;
             r = stream.readable() => r.map_err(|_| HeadError::Io)?,
             _ = &mut waits.sleep => {
                 if tokio::time::Instant::now() >= waits.deadline {

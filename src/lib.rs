@@ -446,16 +446,18 @@ async fn serve_proxy(
     stop: CancellationToken,
     hard: CancellationToken,
 ) {
-    let connections = tokio_util::task::TaskTracker::new();
+    // The worker's connections; dropping the set (when the grace is over) aborts those left,
+    // so a connection's task waits on no shared signal while it serves.
+    let mut connections = tokio::task::JoinSet::new();
     let me = worker.index;
-    let serve = |stream: tokio::net::TcpStream| {
+    let serve = |connections: &mut tokio::task::JoinSet<()>, stream: tokio::net::TcpStream| {
         let _ = stream.set_nodelay(true);
         worker.state.metrics.count_connection(me);
-        let (worker, balance) = (worker.clone(), intake.balance.clone());
-        let (stop, hard) = (stop.clone(), hard.clone());
+        let ended = Ended(intake.balance.clone(), me);
+        let (worker, stop) = (worker.clone(), stop.clone());
         connections.spawn(async move {
-            front::serve(worker, stream, stop, hard).await;
-            balance.ended(me);
+            front::serve(worker, stream, stop).await;
+            drop(ended);
         });
     };
     loop {
@@ -500,23 +502,32 @@ async fn serve_proxy(
                     continue;
                 }
             },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = stop.cancelled() => break,
         };
-        serve(stream);
+        serve(&mut connections, stream);
     }
     drop(listener);
     // Connections handed over just before the stop are served (and drained) too.
     intake.inbox.close();
     while let Ok(handed) = intake.inbox.try_recv() {
         match tokio::net::TcpStream::from_std(handed) {
-            Ok(s) => serve(s),
+            Ok(s) => serve(&mut connections, s),
             Err(_) => intake.balance.ended(me),
         }
     }
-    connections.close();
     tokio::select! {
-        _ = connections.wait() => {}
-        _ = hard.cancelled() => {}
+        _ = async { while connections.join_next().await.is_some() {} } => {}
+        _ = hard.cancelled() => connections.abort_all(),
+    }
+}
+
+/// Counts a connection as ended on its worker when dropped: when served through, or aborted.
+struct Ended(Balance, usize);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended(self.1);
     }
 }
 
