@@ -139,8 +139,8 @@ pub async fn send(
 ) -> Result<Sent, ProxyError> {
     let origin = (&upstream.scheme, &upstream.authority);
     let mut deadline = client.deadline(tokio::time::Instant::now() + timeout);
-    // Boxed: the request future is large.
-    let mut request = Box::pin(client.request(origin, req, fresh));
+    // Pinned in place: boxing it cost an allocation and a copy of its 2 KiB per request.
+    let mut request = std::pin::pin!(client.request(origin, req, fresh));
     let answered = std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(r) = request.as_mut().poll(cx) {
             return std::task::Poll::Ready(Some(r));
