@@ -55,7 +55,7 @@ pub fn build_request(
     parts: &http::request::Parts,
     out: &Outbound<'_>,
     body: RequestBody,
-) -> Result<Request<RequestBody>, ProxyError> {
+) -> Result<Box<Request<RequestBody>>, ProxyError> {
     let path = out.route.upstream_path(parts.uri.path());
     let unchanged = matches!(&path, std::borrow::Cow::Borrowed(p) if *p == parts.uri.path());
     let pq = match (parts.uri.path_and_query(), parts.uri.query()) {
@@ -64,7 +64,8 @@ pub fn build_request(
         (_, Some(q)) => PathAndQuery::try_from(format!("{path}?{q}")),
     }
     .map_err(|_| ProxyError::BadRequest("invalid path"))?;
-    let mut req = Request::new(body);
+    // Boxed: handed down through the send's layers, where it was copied at each.
+    let mut req = Box::new(Request::new(body));
     *req.method_mut() = parts.method.clone();
     // Origin-form: the upstream (the route's) goes to `send` beside it, so that a request
     // copies none of the shared origin's bytes.
@@ -133,7 +134,7 @@ pub enum Sent {
 pub async fn send(
     client: &HttpClient,
     upstream: &crate::routing::Upstream,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     timeout: Duration,
     fresh: bool,
 ) -> Result<Sent, ProxyError> {

@@ -204,7 +204,7 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let worker = worker.clone();
         async move {
-            let req = req.map(ClientBody::Hyper);
+            let req = Box::new(req.map(ClientBody::Hyper));
             let (mut parts, mut body) = crate::catch_panic(worker, req).await.into_parts();
             // hyper writes the header map only.
             crate::rawhead::materialize(&mut parts.headers, body.take_fields());
@@ -294,7 +294,8 @@ enum HeadError {
 }
 
 struct Parsed {
-    request: Request<ClientBody>,
+    /// Boxed: it goes through several layers on its way in, and was copied at each.
+    request: Box<Request<ClientBody>>,
     keep_alive: bool,
     head_only: bool,
     http10: bool,
@@ -487,7 +488,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
         )
     };
     let head_only = method == Method::HEAD;
-    let mut request = Request::new(body);
+    let mut request = Box::new(Request::new(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = if http10 {

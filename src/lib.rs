@@ -534,7 +534,7 @@ impl Drop for Ended {
 /// Runs the request path, turning a panic into a 500 instead of a dropped connection.
 pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
-    req: http::Request<body::ClientBody>,
+    req: Box<http::Request<body::ClientBody>>,
 ) -> http::Response<body::ResponseBody> {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(proxy::handle(&worker, req))

@@ -33,7 +33,7 @@ struct Trace<'a> {
 }
 
 /// Serves one request; never fails and never panics outward.
-pub async fn handle(worker: &Worker, req: Request<ClientBody>) -> Response<ResponseBody> {
+pub async fn handle(worker: &Worker, req: Box<Request<ClientBody>>) -> Response<ResponseBody> {
     let state = &*worker.state;
     let rt = worker.runtime();
     let started = Instant::now();
@@ -126,12 +126,12 @@ fn log_access(
 async fn proxy<'a>(
     worker: &Worker,
     rt: &'a Runtime,
-    req: Request<ClientBody>,
+    req: Box<Request<ClientBody>>,
     request_id: &HeaderValue,
     body_done: &BodyDone,
     trace: &mut Trace<'a>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (parts, incoming) = req.into_parts();
+    let (parts, incoming) = (*req).into_parts();
     let named = Named::of(&parts.headers, &rt.tenant_header);
     check_request(rt, &parts, &named)?;
     let (index, route) = rt.router.route(parts.uri.path())?;

@@ -169,7 +169,7 @@ impl Upstream {
     pub async fn request(
         &self,
         origin: (&Scheme, &Authority),
-        req: Request<RequestBody>,
+        req: Box<Request<RequestBody>>,
         fresh: bool,
     ) -> Result<Response<UpBody>, Failure> {
         let mut req = req;
@@ -186,7 +186,7 @@ impl Upstream {
                 Err(SendError::Raw(f)) => return Err(f),
                 // A reused keep-alive connection closed before it took the request: resend it
                 // once on a new connection. A request it took is never sent twice here.
-                Err(SendError::Unsent(back)) => req = *back,
+                Err(SendError::Unsent(back)) => req = back,
             }
         }
         // Boxed: connecting (TCP, TLS, handshake) is rare next to reuse, and its future is large;
@@ -299,7 +299,7 @@ impl Upstream {
     async fn send(
         &self,
         sender: Sender,
-        mut req: Request<RequestBody>,
+        mut req: Box<Request<RequestBody>>,
         key: &Arc<OriginKey>,
         reused: bool,
     ) -> Result<Response<UpBody>, SendError> {
@@ -315,7 +315,7 @@ impl Upstream {
                     .map_err(|e| SendError::Failed(e.into()))?;
                 *req.uri_mut() = uri;
                 let _ = std::future::poll_fn(|cx| s.poll_ready(cx)).await;
-                match s.try_send_request(req).await {
+                match s.try_send_request(*req).await {
                     Ok(resp) => Ok(resp.map(UpBody::H2)),
                     Err(mut e) => match e.take_message() {
                         Some(req) => Err(SendError::Unsent(Box::new(req))),
@@ -330,7 +330,7 @@ impl Upstream {
                 };
                 match h1::send(conn, req, home, reused).await {
                     h1::Outcome::Answer(resp) => Ok(resp),
-                    h1::Outcome::Unsent(req) => Err(SendError::Unsent(Box::new(req))),
+                    h1::Outcome::Unsent(req) => Err(SendError::Unsent(req)),
                     h1::Outcome::Failed(f) => Err(SendError::Raw(f)),
                 }
             }

@@ -48,7 +48,7 @@ fn build(uri: &str, headers: &[(&str, &str)]) -> Request<RequestBody> {
         bearer: &HeaderValue::from_static("Bearer fresh"),
         request_id: &HeaderValue::from_static("rid-1"),
     };
-    build_request(&p, &out, RequestBody::Full(None)).unwrap()
+    *build_request(&p, &out, RequestBody::Full(None)).unwrap()
 }
 
 #[test]

@@ -93,7 +93,7 @@ impl Home {
 pub(super) enum Outcome {
     Answer(Response<UpBody>),
     /// The (reused) connection failed before it took the request; here it is back.
-    Unsent(Request<RequestBody>),
+    Unsent(Box<Request<RequestBody>>),
     Failed(Failure),
 }
 
@@ -101,7 +101,7 @@ pub(super) enum Outcome {
 /// request before, so a failure before any answer may mean it was closed while idle.
 pub(super) async fn send(
     mut conn: Box<RawConn>,
-    req: Request<RequestBody>,
+    req: Box<Request<RequestBody>>,
     home: Home,
     reused: bool,
 ) -> Outcome {
@@ -124,7 +124,7 @@ pub(super) async fn send(
     if rest {
         // A body too large to have been kept: streamed, chunked unless its length is known.
         let chunked = req.body().size_hint().exact().is_none();
-        let mut body = req.into_body();
+        let mut body = (*req).into_body();
         if let Err(e) = write_body(&mut conn, &mut body, chunked).await {
             // The upstream may have answered early (a 413, say) and stopped reading: its
             // answer, when it came, is passed on rather than the failed write.
