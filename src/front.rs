@@ -73,7 +73,7 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             Ok(Head::Closed) | Err(HeadError::Io) => return,
             Err(HeadError::Refused(e)) => {
                 let resp = refusal(e);
-                if write_response(&stream, resp, &ResponseMode::close(), &mut out)
+                if write_response(&stream, resp, &ResponseMode::close(), None, &mut out)
                     .await
                     .is_ok()
                 {
@@ -90,7 +90,7 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             http10,
             reader,
         } = parsed;
-        let mut resp = crate::catch_panic(worker.clone(), request).await;
+        let (mut resp, request_id) = crate::catch_panic(worker.clone(), request).await;
         let mut keep_alive = keep_alive && !stop.is_cancelled();
         // The proxy's own say (`Connection: close` when a body was left unread); never sent as
         // it is, the answer's framing decides the header.
@@ -106,7 +106,9 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             head_only,
             http10,
         };
-        let keep_alive = match write_response(&stream, resp, &mode, &mut out).await {
+        let keep_alive = match write_response(&stream, resp, &mode, request_id.as_ref(), &mut out)
+            .await
+        {
             Ok(k) => k,
             Err(_) => return,
         };
@@ -205,7 +207,11 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
         let worker = worker.clone();
         async move {
             let req = Box::new(req.map(ClientBody::Hyper));
-            let (mut parts, mut body) = crate::catch_panic(worker, req).await.into_parts();
+            let (mut resp, id) = crate::catch_panic(worker, req).await;
+            if let Some(id) = id {
+                crate::proxy::set_request_id(&mut resp, id);
+            }
+            let (mut parts, mut body) = resp.into_parts();
             // hyper writes the header map only.
             crate::rawhead::materialize(&mut parts.headers, body.take_fields());
             Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
@@ -912,10 +918,12 @@ impl ResponseMode {
 }
 
 /// Writes the answer; returns whether the connection may take another request.
+/// Writes `resp` (with `request_id` as `client-request-id` when it has none).
 async fn write_response(
     stream: &TcpStream,
     resp: Response<ResponseBody>,
     mode: &ResponseMode,
+    request_id: Option<&HeaderValue>,
     out: &mut Vec<u8>,
 ) -> io::Result<bool> {
     if out.capacity() > MAX_KEPT_HEAD {
@@ -941,10 +949,12 @@ async fn write_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
+    let mut has_id = false;
     // An upstream answer's own fields, as they came (hop-by-hop ones left out), but for those
     // the proxy set in the map.
     if let Some(raw) = body.fields() {
         has_date = raw.get(Known::Date).is_some();
+        has_id = raw.get(Known::ClientRequestId).is_some();
         raw.write_to(out, |name| {
             (!mode.head_only && name.eq_ignore_ascii_case(b"content-length"))
                 || rawhead::overridden(&parts.headers, name)
@@ -958,9 +968,15 @@ async fn write_response(
             continue;
         }
         has_date |= name == header::DATE;
+        has_id |= name == crate::forward::CLIENT_REQUEST_ID;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(id) = request_id.filter(|_| !has_id) {
+        out.extend_from_slice(b"client-request-id: ");
+        out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !has_date {

@@ -531,20 +531,21 @@ impl Drop for Ended {
     }
 }
 
-/// Runs the request path, turning a panic into a 500 instead of a dropped connection.
+/// Runs the request path, turning a panic into a 500 instead of a dropped connection; the
+/// response, and the request ID for it (see `proxy::handle`).
 pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
     req: Box<http::Request<body::ClientBody>>,
-) -> http::Response<body::ResponseBody> {
+) -> (http::Response<body::ResponseBody>, Option<http::HeaderValue>) {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(proxy::handle(&worker, req))
         .catch_unwind()
         .await
     {
-        Ok(resp) => resp,
+        Ok((resp, id)) => (resp, Some(id)),
         Err(_) => {
             tracing::error!("request handler panicked");
-            error::ProxyError::Internal.into_response("-")
+            (error::ProxyError::Internal.into_response("-"), None)
         }
     }
 }

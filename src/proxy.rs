@@ -32,8 +32,13 @@ struct Trace<'a> {
     upstream_request_id: Option<HeaderValue>,
 }
 
-/// Serves one request; never fails and never panics outward.
-pub async fn handle(worker: &Worker, req: Box<Request<ClientBody>>) -> Response<ResponseBody> {
+/// Serves one request; never fails and never panics outward. Gives back the request ID with
+/// the response: the writer sends it as `client-request-id` when the response has none (set
+/// in the response's map, it cost the map's first allocation on every request).
+pub async fn handle(
+    worker: &Worker,
+    req: Box<Request<ClientBody>>,
+) -> (Response<ResponseBody>, HeaderValue) {
     let state = &*worker.state;
     let rt = worker.runtime();
     let started = Instant::now();
@@ -72,10 +77,6 @@ pub async fn handle(worker: &Worker, req: Box<Request<ClientBody>>) -> Response<
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !rawhead::contains(resp.headers(), resp.body().fields(), Known::ClientRequestId) {
-        resp.headers_mut()
-            .insert(CLIENT_REQUEST_ID, request_id.clone());
-    }
     if let Some(path) = path_for_log {
         log_access(
             &rt,
@@ -88,7 +89,14 @@ pub async fn handle(worker: &Worker, req: Box<Request<ClientBody>>) -> Response<
             started.elapsed(),
         );
     }
-    resp
+    (resp, request_id)
+}
+
+/// Sets `client-request-id` to the request ID unless the response has one (from the upstream).
+pub fn set_request_id(resp: &mut Response<ResponseBody>, request_id: HeaderValue) {
+    if !rawhead::contains(resp.headers(), resp.body().fields(), Known::ClientRequestId) {
+        resp.headers_mut().insert(CLIENT_REQUEST_ID, request_id);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -337,6 +345,9 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+    id.hyphenated().encode_lower(&mut buf);
+    // One allocation that clones share (the ID goes upstream and back to the client): a
+    // value copied from a slice is promoted, with a second allocation, when first cloned.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or(HeaderValue::from_static("-"))
 }

@@ -143,6 +143,16 @@ async fn http2_with_prior_knowledge_is_served() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    // The request ID comes back over HTTP/2 too: a new one, or the client's.
+    let id = resp.headers()["client-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "{id}");
+    let resp = h2
+        .get(format!("{}/api/incidents", env.base))
+        .header("client-request-id", "h2-id-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["client-request-id"], "h2-id-1");
 }
 
 #[tokio::test]
