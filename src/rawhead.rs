@@ -117,20 +117,21 @@ impl RawHeaders {
     /// `Connection` field names, and `Content-Length` next to `Transfer-Encoding` (framed by the
     /// coding, RFC 9112 §6.3). `Ok(None)` when the head has more than [`MAX_FIELDS`] fields or
     /// is longer than 64 KiB; `Err` as [`header_fields`](crate::front::header_fields) has it.
+    /// Boxed from the start: the answer's head is handed on through several layers.
     pub(crate) fn parse(
         head: Bytes,
         spans: &[Span],
-    ) -> Result<Option<(RawHeaders, Fields)>, &'static str> {
+    ) -> Result<Option<(Box<RawHeaders>, Fields)>, &'static str> {
         if spans.len() > MAX_FIELDS || head.len() > usize::from(u16::MAX) {
             return Ok(None);
         }
         let mut framing = Fields::new(HeaderMap::new());
-        let mut raw = RawHeaders {
+        let mut raw = Box::new(RawHeaders {
             head,
             fields: [Field::default(); MAX_FIELDS],
             len: 0,
             known: [0; KNOWN],
-        };
+        });
         let mut named_by_connection = false;
         for &(n, nl, v, vl) in spans {
             let name = &raw.head[n..n + nl];

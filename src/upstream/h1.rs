@@ -257,7 +257,7 @@ struct ParsedHead {
     version: Version,
     headers: HeaderMap,
     /// The fields as they came (then `headers` is empty).
-    raw: Option<RawHeaders>,
+    raw: Option<Box<RawHeaders>>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -378,7 +378,7 @@ fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> 
         framing,
         keep_alive,
         home: Some(home),
-        fields: raw.map(Box::new),
+        fields: raw,
     };
     if matches!(body.framing, Framing::Done) {
         body.finish();
