@@ -195,7 +195,9 @@ pub async fn into_client_response(
     let Some((route, host)) = rewrite else {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     };
-    if let Some(location) = field(&parts.headers, &body, Known::Location) {
+    if let Some(location) = field(&parts.headers, &body, Known::Location)
+        .and_then(|v| std::str::from_utf8(v).ok())
+    {
         if let Some(v) = route
             .link_rewriter(host)
             .rewrite_location(location)
@@ -208,7 +210,7 @@ pub async fn into_client_response(
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     }
     let length =
-        field(&parts.headers, &body, Known::ContentLength).and_then(|v| v.parse::<u64>().ok());
+        field(&parts.headers, &body, Known::ContentLength).and_then(crate::front::parse_length);
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
         let fields = body.take_fields();
         let whole = read_whole(body).await?;
@@ -243,9 +245,9 @@ pub async fn into_client_response(
     ))
 }
 
-/// The first value of a known field of an answer, as text.
-fn field<'a>(headers: &'a HeaderMap, body: &'a UpBody, known: Known) -> Option<&'a str> {
-    rawhead::get(headers, body.fields(), known).and_then(|v| std::str::from_utf8(v).ok())
+/// The first value of a known field of an answer.
+fn field<'a>(headers: &'a HeaderMap, body: &'a UpBody, known: Known) -> Option<&'a [u8]> {
+    rawhead::get(headers, body.fields(), known)
 }
 
 /// A small body, read whole: a body in one piece (the usual case) is passed on as it came,
@@ -286,9 +288,9 @@ pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<Respo
 }
 
 /// Is the `Content-Type` JSON (`application/json` or `*/*+json`)?
-fn is_json(content_type: Option<&str>) -> bool {
+fn is_json(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|ct| {
-        let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+        let mime = ct.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
         mime.eq_ignore_ascii_case(b"application/json")
             || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
     })

@@ -173,7 +173,7 @@ fn hop_by_hop_response_headers_are_removed() {
 
 #[test]
 fn json_answers_are_recognised_whatever_the_case_and_parameters() {
-    let with = |ct: &str| is_json(Some(ct));
+    let with = |ct: &str| is_json(Some(ct.as_bytes()));
     for ct in [
         "application/json",
         "Application/JSON; charset=utf-8",
