@@ -95,3 +95,28 @@ fn location_headers_are_rewritten_only_under_the_upstream() {
     );
     assert_eq!(rw.rewrite_location(&format!("{UP}.evil.example/x")), None);
 }
+
+#[test]
+fn a_body_may_hold_a_link_only_with_a_quoted_odata_key() {
+    for yes in [
+        &br#"{"@odata.nextLink":"https://x/api?$skip=1"}"#[..],
+        br#"{"value":[],"@odata.deltaLink":"x"}"#,
+        br#"{"who":"a@b.com","@odata.context":"x"}"#,
+        // "May": a value that starts like a key is looked at by the rewriter, which knows.
+        br#"{"x":"@odata.nextLink"}"#,
+    ] {
+        assert!(may_contain_link(yes), "{}", String::from_utf8_lossy(yes));
+    }
+    for no in [
+        &b""[..],
+        b"@",
+        b"@odata.",
+        br#"{"who":"a@b.com"}"#,
+        br#"{"x":"y"}"#,
+        br#"{"x":""@odat"}"#,
+        br#"""#,
+        br#""@"#,
+    ] {
+        assert!(!may_contain_link(no), "{}", String::from_utf8_lossy(no));
+    }
+}
