@@ -7,6 +7,9 @@
 //! ```text
 //! floor LISTEN UPSTREAM WORKERS      e.g. floor 127.0.0.1:18111 127.0.0.1:18101 2
 //! ```
+//!
+//! `FLOOR_SPIN=N` adds N rounds of pure computation (no memory, no system call) per request:
+//! how the rate of a proxy of this shape falls with its user time alone (`bench/spin.sh`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -106,6 +109,7 @@ async fn connection(
             }
         };
         buf.drain(..head_len);
+        spin();
         let pooled = pool.borrow_mut().pop();
         let (mut up, mut ubuf) = match pooled {
             Some(conn) => conn,
@@ -163,4 +167,22 @@ async fn connection(
         pool.borrow_mut().push((up, ubuf));
         client.write_all(&out).await?;
     }
+}
+
+/// `FLOOR_SPIN` rounds of a xorshift generator, kept from being optimised away.
+fn spin() {
+    static ROUNDS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let rounds = *ROUNDS.get_or_init(|| {
+        std::env::var("FLOOR_SPIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
 }
