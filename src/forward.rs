@@ -195,8 +195,8 @@ pub async fn into_client_response(
     let Some((route, host)) = rewrite else {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     };
-    if let Some(location) = field(&parts.headers, &body, Known::Location)
-        .and_then(|v| std::str::from_utf8(v).ok())
+    if let Some(location) =
+        field(&parts.headers, &body, Known::Location).and_then(|v| std::str::from_utf8(v).ok())
     {
         if let Some(v) = route
             .link_rewriter(host)
@@ -290,7 +290,11 @@ pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<Respo
 /// Is the `Content-Type` JSON (`application/json` or `*/*+json`)?
 fn is_json(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|ct| {
-        let mime = ct.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        let mime = ct
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
         mime.eq_ignore_ascii_case(b"application/json")
             || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
     })

@@ -106,12 +106,11 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             head_only,
             http10,
         };
-        let keep_alive = match write_response(&stream, resp, &mode, request_id.as_ref(), &mut out)
-            .await
-        {
-            Ok(k) => k,
-            Err(_) => return,
-        };
+        let keep_alive =
+            match write_response(&stream, resp, &mode, request_id.as_ref(), &mut out).await {
+                Ok(k) => k,
+                Err(_) => return,
+            };
         let unread = reader.as_ref().is_some_and(|r| {
             r.lock()
                 .map_or(true, |r| !matches!(r.framing, Framing::Done))

@@ -536,7 +536,10 @@ impl Drop for Ended {
 pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
     req: Box<http::Request<body::ClientBody>>,
-) -> (http::Response<body::ResponseBody>, Option<http::HeaderValue>) {
+) -> (
+    http::Response<body::ResponseBody>,
+    Option<http::HeaderValue>,
+) {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(proxy::handle(&worker, req))
         .catch_unwind()

@@ -91,7 +91,10 @@ async fn shutdown_gives_up_on_requests_that_outlast_the_grace_period() {
     // One worker: the one on the caller's runtime, which outlives the proxy (a worker of its
     // own thread drops its connections with its runtime).
     let env = common::start_edited(Setup::default(), |t| {
-        t.replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 1\nworkers = 1")
+        t.replace(
+            "shutdown_grace_secs = 5",
+            "shutdown_grace_secs = 1\nworkers = 1",
+        )
     })
     .await;
     let url = format!("{}/api/_test/slow?millis=10000", env.base);
