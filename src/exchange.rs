@@ -30,7 +30,7 @@ const THROTTLE_BODY_BYTES: usize = 16 * 1024;
 /// What the upstream answered.
 pub enum Answer {
     /// Head received, body still streaming.
-    Streamed(Response<UpBody>),
+    Streamed(Box<Response<UpBody>>),
     /// A throttling answer whose body was read to learn when to retry.
     Read(Response<Bytes>),
 }
@@ -144,7 +144,7 @@ impl Exchange<'_> {
         token: &Token,
         body: RequestBody,
         latency: &mut Option<Duration>,
-    ) -> Result<Response<UpBody>, ProxyError> {
+    ) -> Result<Box<Response<UpBody>>, ProxyError> {
         let out = Outbound {
             route: self.route,
             tenant_header: &self.rt.tenant_header,
@@ -179,11 +179,11 @@ impl Exchange<'_> {
 }
 
 /// When a throttling answer says to come back: its `Retry-After`, or else its (small) body.
-async fn retry_time(resp: Response<UpBody>) -> (Answer, Option<Duration>) {
+async fn retry_time(resp: Box<Response<UpBody>>) -> (Answer, Option<Duration>) {
     // The throttling path looks at several fields and may keep the answer: one whole map.
-    let (mut parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = (*resp).into_parts();
     crate::rawhead::materialize(&mut parts.headers, body.take_fields());
-    let resp = Response::from_parts(parts, body);
+    let resp = Box::new(Response::from_parts(parts, body));
     if let Some(wait) = retry_after_from(resp.headers(), None) {
         return (Answer::Streamed(resp), Some(wait));
     }
@@ -195,7 +195,7 @@ async fn retry_time(resp: Response<UpBody>) -> (Answer, Option<Duration>) {
     if !small {
         return (Answer::Streamed(resp), None);
     }
-    let (parts, body) = resp.into_parts();
+    let (parts, body) = (*resp).into_parts();
     let read = tokio::time::timeout(
         Duration::from_secs(5),
         Limited::new(body, THROTTLE_BODY_BYTES).collect(),

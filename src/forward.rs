@@ -123,7 +123,7 @@ fn connection_tokens(headers: &HeaderMap) -> Vec<HeaderName> {
 /// What became of a sent request.
 pub enum Sent {
     /// The answer's head.
-    Answer(Response<UpBody>),
+    Answer(Box<Response<UpBody>>),
     /// A reused connection was closed under the request before any answer; an idempotent
     /// request may be built again and sent on a fresh connection.
     Stale,
@@ -184,11 +184,11 @@ const REWRITE_WHOLE_BYTES: u64 = 256 * 1024;
 /// links and `Location` rewritten when `rewrite` gives the route and the client's Host. The
 /// rewriter is only built when there is something to rewrite.
 pub async fn into_client_response(
-    resp: Response<UpBody>,
+    resp: Box<Response<UpBody>>,
     rewrite: Option<(&Route, &str)>,
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = (*resp).into_parts();
     // An HTTP/1.1 answer's own fields travel with its body (hop-by-hop ones left out already),
     // see `crate::rawhead`; the map has those of an HTTP/2 answer.
     strip_hop_by_hop(&mut parts.headers);

@@ -171,7 +171,7 @@ impl Upstream {
         origin: (&Scheme, &Authority),
         req: Box<Request<RequestBody>>,
         fresh: bool,
-    ) -> Result<Response<UpBody>, Failure> {
+    ) -> Result<Box<Response<UpBody>>, Failure> {
         let mut req = req;
         let (pooled, key) = self.checkout(origin, fresh);
         if let Some(sender) = pooled {
@@ -302,7 +302,7 @@ impl Upstream {
         mut req: Box<Request<RequestBody>>,
         key: &Arc<OriginKey>,
         reused: bool,
-    ) -> Result<Response<UpBody>, SendError> {
+    ) -> Result<Box<Response<UpBody>>, SendError> {
         match sender {
             Sender::H2(mut s) => {
                 // HTTP/2 names the scheme and authority in the request.
@@ -316,7 +316,7 @@ impl Upstream {
                 *req.uri_mut() = uri;
                 let _ = std::future::poll_fn(|cx| s.poll_ready(cx)).await;
                 match s.try_send_request(*req).await {
-                    Ok(resp) => Ok(resp.map(UpBody::H2)),
+                    Ok(resp) => Ok(Box::new(resp.map(UpBody::H2))),
                     Err(mut e) => match e.take_message() {
                         Some(req) => Err(SendError::Unsent(Box::new(req))),
                         None => Err(SendError::Failed(e.into_error().into())),

@@ -91,7 +91,7 @@ impl Home {
 
 /// What became of a request on an HTTP/1.1 connection.
 pub(super) enum Outcome {
-    Answer(Response<UpBody>),
+    Answer(Box<Response<UpBody>>),
     /// The (reused) connection failed before it took the request; here it is back.
     Unsent(Box<Request<RequestBody>>),
     Failed(Failure),
@@ -358,7 +358,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     }))
 }
 
-fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> Response<UpBody> {
+/// The answer, boxed: it goes up through several layers, and was copied at each.
+fn answer(
+    conn: Box<RawConn>,
+    head: ParsedHead,
+    head_only: bool,
+    home: Home,
+) -> Box<Response<UpBody>> {
     let ParsedHead {
         status,
         version,
@@ -383,7 +389,7 @@ fn answer(conn: Box<RawConn>, head: ParsedHead, head_only: bool, home: Home) -> 
     if matches!(body.framing, Framing::Done) {
         body.finish();
     }
-    let mut resp = Response::new(UpBody::H1(body));
+    let mut resp = Box::new(Response::new(UpBody::H1(body)));
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
