@@ -12,9 +12,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-8}; CONNECTIONS=${CONNECTIONS:-64}
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
-fi
+need_wrk_nginx
 cargo build --release --quiet --bin defender-proxy --example floor
 BIN=$PWD/target/release/defender-proxy; FLOOR=$PWD/target/release/examples/floor
 WORK=$(mktemp -d); chmod 755 "$WORK"

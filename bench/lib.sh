@@ -74,6 +74,13 @@ http {
 NGINX
 }
 
+# Installs wrk and nginx from Debian when either is missing.
+need_wrk_nginx() {
+  if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
+  fi
+}
+
 # An EXIT trap for the bench scripts: kills the processes in PIDS and the nginx instances whose
 # pid files WORK/NAME.pid it is given, then removes WORK.
 #   trap 'stop_all up ngx' EXIT
