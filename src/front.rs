@@ -51,10 +51,7 @@ const MAX_KEPT_HEAD: usize = 8 * 1024;
 pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationToken) {
     // A token of the connection's own: waiting on it between requests touches no lock that
     // other connections (or workers) share.
-    serve_connection(worker, stream, stop.child_token()).await
-}
-
-async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: CancellationToken) {
+    let stop = stop.child_token();
     let stream = Arc::new(stream);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     // Where answer heads are written, reused from answer to answer.
@@ -72,8 +69,8 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
             }
             Ok(Head::Closed) | Err(HeadError::Io) => return,
             Err(HeadError::Refused(e)) => {
-                let resp = refusal(e);
-                if write_response(&stream, resp, &ResponseMode::close(), None, &mut out)
+                let (resp, id) = refusal(e);
+                if write_response(&stream, resp, &ResponseMode::close(), Some(&id), &mut out)
                     .await
                     .is_ok()
                 {
@@ -135,12 +132,9 @@ async fn serve_connection(worker: Arc<Worker>, stream: TcpStream, stop: Cancella
 }
 
 /// The answer to a request the proxy could not parse, with a request ID of its own.
-fn refusal(e: ProxyError) -> Response<ResponseBody> {
+fn refusal(e: ProxyError) -> (Response<ResponseBody>, HeaderValue) {
     let id = crate::proxy::request_id(&HeaderMap::new());
-    let mut resp = e.into_response(id.to_str().unwrap_or("-"));
-    resp.headers_mut()
-        .insert(crate::forward::CLIENT_REQUEST_ID, id);
-    resp
+    (e.into_response(id.to_str().unwrap_or("-")), id)
 }
 
 /// Before closing a connection whose client may still be sending: stop writing and read
