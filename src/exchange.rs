@@ -47,6 +47,8 @@ pub struct Exchange<'a> {
     pub route: &'a Route,
     /// The client's request head.
     pub parts: &'a http::request::Parts,
+    /// Its fields as they came (HTTP/1.1), when its header map is empty.
+    pub raw: Option<&'a crate::rawhead::RawHeaders>,
     /// The request ID.
     pub request_id: &'a HeaderValue,
     /// The route's credential.
@@ -150,6 +152,7 @@ impl Exchange<'_> {
             tenant_header: &self.rt.tenant_header,
             bearer: token.header(),
             request_id: self.request_id,
+            raw: self.raw,
         };
         let replay = self
             .parts
@@ -160,15 +163,22 @@ impl Exchange<'_> {
         let started = Instant::now();
         let req = forward::build_request(self.parts, &out, body)?;
         let upstream = &self.route.upstream;
-        let mut sent =
-            forward::send(self.client, upstream, req, self.rt.request_timeout, false).await;
+        let mut sent = forward::send(
+            self.client,
+            upstream,
+            req,
+            &out,
+            self.rt.request_timeout,
+            false,
+        )
+        .await;
         if let (Ok(forward::Sent::Stale), Some(body)) = (&sent, replay) {
             // The upstream closed a kept-alive connection as the request went out; an
             // idempotent request is sent again, once, on a new connection.
             tracing::debug!(route = %self.route.name, "stale upstream connection; resending on a new one");
             let req = forward::build_request(self.parts, &out, body)?;
             let left = self.rt.request_timeout.saturating_sub(started.elapsed());
-            sent = Box::pin(forward::send(self.client, upstream, req, left, true)).await;
+            sent = Box::pin(forward::send(self.client, upstream, req, &out, left, true)).await;
         }
         *latency = Some(started.elapsed());
         match sent? {

@@ -48,9 +48,25 @@ pub struct Outbound<'a> {
     pub bearer: &'a HeaderValue,
     /// The request ID, sent as `client-request-id`.
     pub request_id: &'a HeaderValue,
+    /// The client's fields as they came (HTTP/1.1), when its header map is empty.
+    pub raw: Option<&'a crate::rawhead::RawHeaders>,
 }
 
-/// Builds the upstream request (origin-form URI) from the client's method, URI and headers.
+impl Outbound<'_> {
+    /// The fields the request is sent with besides its map's.
+    pub fn added(&self) -> crate::upstream::Added<'_> {
+        crate::upstream::Added {
+            raw: self.raw,
+            tenant_header: self.tenant_header,
+            bearer: self.bearer,
+            request_id: self.request_id,
+        }
+    }
+}
+
+/// Builds the upstream request (origin-form URI) from the client's method, URI and headers
+/// (those of its map: the fields as they came, and the proxy's own, are added as it is sent;
+/// see `Outbound::added`).
 pub fn build_request(
     parts: &http::request::Parts,
     out: &Outbound<'_>,
@@ -74,9 +90,12 @@ pub fn build_request(
     Ok(req)
 }
 
-/// The client's headers minus hop-by-hop, credentials and proxy-only ones, plus ours.
+/// The client's headers minus hop-by-hop, credentials and proxy-only ones.
 fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
-    let mut dst = HeaderMap::with_capacity(src.len() + 2);
+    if src.is_empty() {
+        return HeaderMap::new();
+    }
+    let mut dst = HeaderMap::with_capacity(src.len());
     // A `Connection` saying only close or keep-alive is not kept by the front end, so one is
     // rare: looked for by comparing names (a standard name compares as a number), not hashed.
     let named_in_connection = if src.keys().any(|n| n == header::CONNECTION) {
@@ -96,8 +115,6 @@ fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
             dst.append(name.clone(), value.clone());
         }
     }
-    dst.insert(header::AUTHORIZATION, out.bearer.clone());
-    dst.insert(CLIENT_REQUEST_ID, out.request_id.clone());
     dst
 }
 
@@ -135,13 +152,15 @@ pub async fn send(
     client: &HttpClient,
     upstream: &crate::routing::Upstream,
     req: Box<Request<RequestBody>>,
+    out: &Outbound<'_>,
     timeout: Duration,
     fresh: bool,
 ) -> Result<Sent, ProxyError> {
     let origin = (&upstream.scheme, &upstream.authority);
     let mut deadline = client.deadline(tokio::time::Instant::now() + timeout);
     // Pinned in place: boxing it cost an allocation and a copy of its 2 KiB per request.
-    let mut request = std::pin::pin!(client.request(origin, req, fresh));
+    let added = out.added();
+    let mut request = std::pin::pin!(client.request(origin, req, &added, fresh));
     let answered = std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(r) = request.as_mut().poll(cx) {
             return std::task::Poll::Ready(Some(r));

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Worker;
 use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::error::ProxyError;
-use crate::rawhead::{self, Known};
+use crate::rawhead::{self, Known, RawHeaders};
 
 /// A request head (request line and headers) may take this many bytes...
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -82,12 +82,13 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
         first = false;
         let Parsed {
             request,
+            raw,
             keep_alive,
             head_only,
             http10,
             reader,
         } = parsed;
-        let (mut resp, request_id) = crate::catch_panic(worker.clone(), request).await;
+        let (mut resp, request_id) = crate::catch_panic(worker.clone(), request, raw).await;
         let mut keep_alive = keep_alive && !stop.is_cancelled();
         // The proxy's own say (`Connection: close` when a body was left unread); never sent as
         // it is, the answer's framing decides the header.
@@ -133,7 +134,7 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
 
 /// The answer to a request the proxy could not parse, with a request ID of its own.
 fn refusal(e: ProxyError) -> (Response<ResponseBody>, HeaderValue) {
-    let id = crate::proxy::request_id(&HeaderMap::new());
+    let id = crate::proxy::request_id(None);
     (e.into_response(id.to_str().unwrap_or("-")), id)
 }
 
@@ -200,7 +201,7 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
         let worker = worker.clone();
         async move {
             let req = Box::new(req.map(ClientBody::Hyper));
-            let (mut resp, id) = crate::catch_panic(worker, req).await;
+            let (mut resp, id) = crate::catch_panic(worker, req, None).await;
             if let Some(id) = id {
                 crate::proxy::set_request_id(&mut resp, id);
             }
@@ -295,6 +296,8 @@ enum HeadError {
 struct Parsed {
     /// Boxed: it goes through several layers on its way in, and was copied at each.
     request: Box<Request<ClientBody>>,
+    /// The request's fields as they came (its header map is then empty).
+    raw: Option<Box<RawHeaders>>,
     keep_alive: bool,
     head_only: bool,
     http10: bool,
@@ -445,6 +448,15 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
         Ok(u) => u,
         Err(_) => return bad("the request target is not a valid URI"),
     };
+    // The fields as they came when they fit (the usual case), else a header map.
+    let (raw, fields) = match RawHeaders::parse(head.clone(), &spans) {
+        Ok(Some((raw, fields))) => (Some(raw), fields),
+        Ok(None) => match header_fields(&head, &spans) {
+            Ok(f) => (None, f),
+            Err(why) => return bad(why),
+        },
+        Err(why) => return bad(why),
+    };
     let Fields {
         headers,
         length,
@@ -452,10 +464,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
         close,
         keep_alive,
         expect_continue,
-    } = match header_fields(&head, &spans) {
-        Ok(f) => f,
-        Err(why) => return bad(why),
-    };
+    } = fields;
     let keep_alive = (keep_alive || !http10) && !close;
     let framing = match (chunked, length) {
         (Some(_), Some(_)) => {
@@ -498,6 +507,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
     *request.headers_mut() = headers;
     Ok(Some(Parsed {
         request,
+        raw,
         keep_alive,
         head_only,
         http10,

@@ -536,12 +536,13 @@ impl Drop for Ended {
 pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
     req: Box<http::Request<body::ClientBody>>,
+    raw: Option<Box<rawhead::RawHeaders>>,
 ) -> (
     http::Response<body::ResponseBody>,
     Option<http::HeaderValue>,
 ) {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(proxy::handle(&worker, req))
+    match std::panic::AssertUnwindSafe(proxy::handle(&worker, req, raw))
         .catch_unwind()
         .await
     {

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use tokio::time::Instant;
 
 use crate::Worker;
@@ -12,7 +12,7 @@ use crate::body::{BodyDone, BodyTooLarge, ClientBody, RequestBody, ResponseBody}
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
 use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER};
-use crate::rawhead::{self, Known};
+use crate::rawhead::{self, Known, RawHeaders, visible};
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
 
@@ -35,20 +35,43 @@ struct Trace<'a> {
 /// Serves one request; never fails and never panics outward. Gives back the request ID with
 /// the response: the writer sends it as `client-request-id` when the response has none (set
 /// in the response's map, it cost the map's first allocation on every request).
+///
+/// `raw`: the request's fields as they came (HTTP/1.1), when its header map is empty.
 pub async fn handle(
     worker: &Worker,
     req: Box<Request<ClientBody>>,
+    raw: Option<Box<RawHeaders>>,
 ) -> (Response<ResponseBody>, HeaderValue) {
     let state = &*worker.state;
     let rt = worker.runtime();
     let started = Instant::now();
-    let request_id = request_id(req.headers());
-    let method = req.method().clone();
-    let path_for_log = rt.access_log.then(|| req.uri().path().to_string());
+    let (parts, incoming) = (*req).into_parts();
+    let raw = raw.as_deref();
+    let named = Named::of(&parts.headers, raw, rt.tenant_header.as_str().as_bytes());
+    let request_id = request_id(named.client_request_id.and_then(|v| match raw {
+        Some(raw) => raw.shared(v),
+        None => parts.headers.get(CLIENT_REQUEST_ID).cloned(),
+    }));
+    let method = parts.method.clone();
+    let path_for_log = rt.access_log.then(|| parts.uri.path().to_string());
     state.metrics.add_inflight(worker.index, 1);
     let mut trace = Trace::default();
-    let body_done = BodyDone::new(http_body::Body::is_end_stream(req.body()));
-    let result = proxy(worker, &rt, req, &request_id, &body_done, &mut trace).await;
+    let body_done = BodyDone::new(http_body::Body::is_end_stream(&incoming));
+    let request = Incoming {
+        parts: &parts,
+        raw,
+        named,
+    };
+    let result = proxy(
+        worker,
+        &rt,
+        request,
+        incoming,
+        &request_id,
+        &body_done,
+        &mut trace,
+    )
+    .await;
     state.metrics.add_inflight(worker.index, -1);
     let rid = request_id.to_str().unwrap_or("-");
     let (mut resp, error) = match result {
@@ -131,17 +154,25 @@ fn log_access(
     );
 }
 
+/// The client's request head: its parts, its fields as they came (HTTP/1.1), and the fields
+/// the path looks at.
+struct Incoming<'r> {
+    parts: &'r http::request::Parts,
+    raw: Option<&'r RawHeaders>,
+    named: Named<'r>,
+}
+
 async fn proxy<'a>(
     worker: &Worker,
     rt: &'a Runtime,
-    req: Box<Request<ClientBody>>,
+    request: Incoming<'_>,
+    incoming: ClientBody,
     request_id: &HeaderValue,
     body_done: &BodyDone,
     trace: &mut Trace<'a>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (parts, incoming) = (*req).into_parts();
-    let named = Named::of(&parts.headers, &rt.tenant_header);
-    check_request(rt, &parts, &named)?;
+    let Incoming { parts, raw, named } = request;
+    check_request(rt, parts, &named)?;
     let (index, route) = rt.router.route(parts.uri.path())?;
     trace.route = Some(index);
     let tenant = &**trace.tenant.insert(rt.router.tenant(route, named.tenant)?);
@@ -152,7 +183,8 @@ async fn proxy<'a>(
         client: &worker.client,
         rt,
         route,
-        parts: &parts,
+        parts,
+        raw,
         request_id,
         source: &rt.credentials[route.credential],
         tenant: &tenant.id,
@@ -162,7 +194,7 @@ async fn proxy<'a>(
         Answer::Streamed(resp) => {
             trace.upstream_request_id =
                 rawhead::value(resp.headers(), resp.body().fields(), Known::RequestId);
-            let host = request_host(&parts, named.host);
+            let host = request_host(parts, named.host);
             let rewrite = host.filter(|_| route.rewrite_links).map(|h| (route, h));
             forward::into_client_response(resp, rewrite, parts.method == Method::HEAD).await
         }
@@ -174,21 +206,35 @@ async fn proxy<'a>(
     }
 }
 
-/// The request headers the path looks at, found in one pass over the head (the first value of
-/// each, as `HeaderMap::get` gives): looking them up one by one cost a hash and a probe apiece,
-/// more than the pass over a usual request's few headers.
+/// The request headers the path looks at (the first value of each, as `HeaderMap::get`
+/// gives): from the fields as they came, found as the head was parsed; else in one pass over
+/// the map (looking them up one by one cost a hash and a probe apiece, more than the pass
+/// over a usual request's few headers).
 #[derive(Default)]
 struct Named<'a> {
-    host: Option<&'a HeaderValue>,
-    origin: Option<&'a HeaderValue>,
-    sec_fetch_site: Option<&'a HeaderValue>,
-    inbound_key: Option<&'a HeaderValue>,
-    tenant: Option<&'a HeaderValue>,
-    content_length: Option<&'a HeaderValue>,
+    host: Option<&'a [u8]>,
+    origin: Option<&'a [u8]>,
+    sec_fetch_site: Option<&'a [u8]>,
+    inbound_key: Option<&'a [u8]>,
+    tenant: Option<&'a [u8]>,
+    content_length: Option<&'a [u8]>,
+    client_request_id: Option<&'a [u8]>,
 }
 
 impl<'a> Named<'a> {
-    fn of(headers: &'a HeaderMap, tenant_header: &HeaderName) -> Named<'a> {
+    /// `tenant_header`: the tenant header's name, lower case.
+    fn of(headers: &'a HeaderMap, raw: Option<&'a RawHeaders>, tenant_header: &[u8]) -> Named<'a> {
+        if let Some(raw) = raw {
+            return Named {
+                host: raw.get(Known::Host),
+                origin: raw.get(Known::Origin),
+                sec_fetch_site: raw.get(Known::SecFetchSite),
+                inbound_key: raw.get(Known::InboundKey),
+                tenant: raw.find(tenant_header),
+                content_length: raw.get(Known::ContentLength),
+                client_request_id: raw.get(Known::ClientRequestId),
+            };
+        }
         let mut n = Named::default();
         for (name, value) in headers {
             let slot = if name == header::HOST {
@@ -199,14 +245,16 @@ impl<'a> Named<'a> {
                 &mut n.origin
             } else if name == SEC_FETCH_SITE {
                 &mut n.sec_fetch_site
-            } else if name == tenant_header {
+            } else if name.as_str().as_bytes() == tenant_header {
                 &mut n.tenant
             } else if name == INBOUND_KEY_HEADER {
                 &mut n.inbound_key
+            } else if name == CLIENT_REQUEST_ID {
+                &mut n.client_request_id
             } else {
                 continue;
             };
-            slot.get_or_insert(value);
+            slot.get_or_insert(value.as_bytes());
         }
         n
     }
@@ -215,11 +263,11 @@ impl<'a> Named<'a> {
 /// Reads the body up to the replay buffer, refusing it when over the limit.
 async fn read_body(
     rt: &Runtime,
-    content_length: Option<&HeaderValue>,
+    content_length: Option<&[u8]>,
     incoming: ClientBody,
     done: &BodyDone,
 ) -> Result<RequestBody, ProxyError> {
-    let length = content_length.and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let length = content_length.and_then(crate::front::parse_length);
     if length.is_some_and(|n| n > rt.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
@@ -235,12 +283,9 @@ async fn read_body(
 }
 
 /// The Host the client used (validated by `check_request`).
-fn request_host<'a>(
-    parts: &'a http::request::Parts,
-    host: Option<&'a HeaderValue>,
-) -> Option<&'a str> {
+fn request_host<'a>(parts: &'a http::request::Parts, host: Option<&'a [u8]>) -> Option<&'a str> {
     match host {
-        Some(h) => h.to_str().ok(),
+        Some(h) => visible(h),
         None => parts.uri.authority().map(|a| a.as_str()),
     }
 }
@@ -256,7 +301,7 @@ fn check_request(
     }
     let host_header = named
         .host
-        .map(|v| v.to_str().map_err(|_| ProxyError::BadHost))
+        .map(|v| visible(v).ok_or(ProxyError::BadHost))
         .transpose()?;
     let authority = req.uri.authority().map(|a| a.as_str());
     let host = match (host_header, authority) {
@@ -273,10 +318,7 @@ fn check_request(
     }
     check_origin(rt, named)?;
     if let Some(key) = &rt.inbound_key {
-        let given = named
-            .inbound_key
-            .map(HeaderValue::as_bytes)
-            .unwrap_or_default();
+        let given = named.inbound_key.unwrap_or_default();
         if !key.constant_time_eq(given) {
             return Err(ProxyError::Unauthenticated);
         }
@@ -288,14 +330,14 @@ fn check_request(
 fn check_origin(rt: &Runtime, named: &Named<'_>) -> Result<(), ProxyError> {
     if named
         .sec_fetch_site
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"cross-site"))
     {
         return Err(ProxyError::BadOrigin);
     }
     let Some(origin) = named.origin else {
         return Ok(());
     };
-    let origin = origin.to_str().map_err(|_| ProxyError::BadOrigin)?;
+    let origin = visible(origin).ok_or(ProxyError::BadOrigin)?;
     let host = origin
         .split_once("://")
         .map(|(_, rest)| rest)
@@ -324,23 +366,15 @@ fn host_allowed(rt: &Runtime, host_port: &str) -> bool {
         .any(|a| a.eq_ignore_ascii_case(host))
 }
 
-/// The client's `client-request-id` when it is sane, else a new UUID.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    // A request's few headers are compared by name faster than the name is hashed.
-    let sent = if headers.len() <= 16 {
-        headers
-            .iter()
-            .find_map(|(n, v)| (n == CLIENT_REQUEST_ID).then_some(v))
-    } else {
-        headers.get(CLIENT_REQUEST_ID)
-    };
+/// The client's `client-request-id` (`sent`) when it is sane, else a new UUID.
+pub(crate) fn request_id(sent: Option<HeaderValue>) -> HeaderValue {
     if let Some(v) = sent {
         let ok = (1..=128).contains(&v.len())
             && v.as_bytes()
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if ok {
-            return v.clone();
+            return v;
         }
     }
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();

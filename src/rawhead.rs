@@ -1,6 +1,6 @@
-//! An upstream answer's headers kept as the bytes they came in, forwarded without building a
-//! header map (hashing, allocating and dropping one per answer cost more than all the rest of
-//! the answer's handling, by callgrind).
+//! A head's fields kept as the bytes they came in, forwarded without building a header map
+//! (hashing, allocating and dropping one per head cost more than all the rest of the head's
+//! handling, by callgrind).
 //!
 //! An HTTP/1.1 answer from the upstream carries its fields as [`RawHeaders`] with its body
 //! (`UpBody::fields`, then `ResponseBody::fields`: one allocation, where the response's
@@ -8,6 +8,11 @@
 //! sets. A field of the map replaces the raw fields of the same name. Readers go through
 //! [`get`] and [`contains`], which see both; a path that needs the whole map (HTTP/2 to the
 //! client, the throttling path) takes the fields from the body and calls [`materialize`].
+//!
+//! An HTTP/1.1 request from a client carries its fields the same way, beside the request
+//! (whose map is then empty): the proxy reads the few it looks at by [`Known`], and writes
+//! the others upstream as they came ([`RawHeaders::write_forwarded`]); the fields it never
+//! forwards are marked as the head is parsed.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
@@ -32,9 +37,21 @@ pub enum Known {
     RequestId,
     /// `client-request-id`.
     ClientRequestId,
+    /// `Host` (a request's).
+    Host,
+    /// `Origin` (a request's).
+    Origin,
+    /// `Sec-Fetch-Site` (a request's).
+    SecFetchSite,
+    /// `Authorization` (a request's; never forwarded).
+    Authorization,
+    /// `x-defender-proxy-key`, the inbound shared key (never forwarded).
+    InboundKey,
+    /// `Expect` (a request's).
+    Expect,
 }
 
-const KNOWN: usize = 6;
+const KNOWN: usize = 12;
 
 impl Known {
     /// The field's name, for the header map.
@@ -46,7 +63,27 @@ impl Known {
             Known::Date => header::DATE,
             Known::RequestId => HeaderName::from_static("request-id"),
             Known::ClientRequestId => HeaderName::from_static("client-request-id"),
+            Known::Host => header::HOST,
+            Known::Origin => header::ORIGIN,
+            Known::SecFetchSite => HeaderName::from_static("sec-fetch-site"),
+            Known::Authorization => header::AUTHORIZATION,
+            Known::InboundKey => HeaderName::from_static("x-defender-proxy-key"),
+            Known::Expect => header::EXPECT,
         }
+    }
+
+    /// A request's field the proxy never forwards as it came: the upstream's `Host`, the
+    /// bearer and the request ID are the proxy's own, the framing is the proxy's, and the
+    /// inbound key is a secret for the proxy alone.
+    fn private(self) -> bool {
+        matches!(
+            self,
+            Known::Host
+                | Known::Authorization
+                | Known::ClientRequestId
+                | Known::InboundKey
+                | Known::ContentLength
+        )
     }
 }
 
@@ -68,23 +105,29 @@ fn kind(name: &[u8]) -> Kind {
     match name.len() {
         2 if is("te") => Kind::Hop,
         4 if is("date") => Kind::Known(Known::Date),
+        4 if is("host") => Kind::Known(Known::Host),
+        6 if is("origin") => Kind::Known(Known::Origin),
+        6 if is("expect") => Kind::Known(Known::Expect),
         7 if is("upgrade") || is("trailer") => Kind::Hop,
         8 if is("location") => Kind::Known(Known::Location),
         10 if is("connection") => Kind::Connection,
         10 if is("keep-alive") => Kind::Hop,
         10 if is("request-id") => Kind::Known(Known::RequestId),
         12 if is("content-type") => Kind::Known(Known::ContentType),
+        13 if is("authorization") => Kind::Known(Known::Authorization),
         14 if is("content-length") => Kind::Known(Known::ContentLength),
+        14 if is("sec-fetch-site") => Kind::Known(Known::SecFetchSite),
         16 if is("proxy-connection") => Kind::Hop,
         17 if is("transfer-encoding") => Kind::TransferEncoding,
         17 if is("client-request-id") => Kind::Known(Known::ClientRequestId),
         18 if is("proxy-authenticate") => Kind::Hop,
         19 if is("proxy-authorization") => Kind::Hop,
+        20 if is("x-defender-proxy-key") => Kind::Known(Known::InboundKey),
         _ => Kind::Other,
     }
 }
 
-/// The forwardable fields of an answer's head, by position in the head's bytes.
+/// The forwardable fields of a head, by position in the head's bytes.
 #[derive(Clone)]
 pub struct RawHeaders {
     head: Bytes,
@@ -92,6 +135,8 @@ pub struct RawHeaders {
     len: u8,
     /// Where each known field first is (its index + 1; 0: absent).
     known: [u8; KNOWN],
+    /// The fields a request never forwards as they came (bit i: field i; see `Known::private`).
+    private: u32,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -131,6 +176,7 @@ impl RawHeaders {
             fields: [Field::default(); MAX_FIELDS],
             len: 0,
             known: [0; KNOWN],
+            private: 0,
         });
         let mut named_by_connection = false;
         for &(n, nl, v, vl) in spans {
@@ -149,12 +195,18 @@ impl RawHeaders {
                     continue;
                 }
                 Kind::Known(Known::ContentLength) => framing.note_length(value)?,
+                Kind::Known(Known::Expect) => {
+                    framing.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+                }
                 _ => {}
             }
             let i = usize::from(raw.len);
             if let Kind::Known(known) = k {
                 if raw.known[known as usize] == 0 {
                     raw.known[known as usize] = raw.len + 1;
+                }
+                if known.private() {
+                    raw.private |= 1 << i;
                 }
             }
             // In range: the head is at most u16::MAX long, and there are at most MAX_FIELDS.
@@ -188,6 +240,7 @@ impl RawHeaders {
             .collect();
         let mut kept = 0;
         self.known = [0; KNOWN];
+        self.private = 0;
         for i in 0..usize::from(self.len) {
             let f = self.fields[i];
             let name = &head[usize::from(f.name)..usize::from(f.name) + usize::from(f.name_len)];
@@ -200,6 +253,9 @@ impl RawHeaders {
             if let Kind::Known(known) = k {
                 if self.known[known as usize] == 0 {
                     self.known[known as usize] = kept + 1;
+                }
+                if known.private() {
+                    self.private |= 1 << kept;
                 }
             }
             self.fields[usize::from(kept)] = f;
@@ -227,13 +283,44 @@ impl RawHeaders {
     /// those `skip` refuses (by name); runs of lines that lie side by side in the
     /// head (the usual case) are copied in one piece.
     pub fn write_to(&self, out: &mut Vec<u8>, mut skip: impl FnMut(&[u8]) -> bool) {
+        self.write_lines(out, |_, name| skip(name));
+    }
+
+    /// Writes a request's fields for the upstream: all but the private ones (see
+    /// [`Known::private`]) and the tenant header (`tenant`, lower case).
+    pub fn write_forwarded(&self, out: &mut Vec<u8>, tenant: &[u8]) {
+        let private = self.private;
+        self.write_lines(out, |i, name| {
+            private & (1 << i) != 0
+                || (name.len() == tenant.len() && name.eq_ignore_ascii_case(tenant))
+        });
+    }
+
+    /// The fields a request forwards (see [`write_forwarded`](Self::write_forwarded)).
+    pub fn forwarded<'a>(&'a self, tenant: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        self.fields[..usize::from(self.len)]
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.private & (1 << i) == 0)
+            .map(|(_, f)| self.field(f))
+            .filter(move |(n, _)| !(n.len() == tenant.len() && n.eq_ignore_ascii_case(tenant)))
+    }
+
+    /// The first value of a field named `name` (lower case), looked for one by one.
+    pub fn find(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    fn write_lines(&self, out: &mut Vec<u8>, mut skip: impl FnMut(usize, &[u8]) -> bool) {
         let mut run: Option<(usize, usize)> = None;
-        for f in &self.fields[..usize::from(self.len)] {
+        for (i, f) in self.fields[..usize::from(self.len)].iter().enumerate() {
             let (start, end) = (
                 usize::from(f.name),
                 usize::from(f.value) + usize::from(f.value_len),
             );
-            if skip(&self.head[start..start + usize::from(f.name_len)]) {
+            if skip(i, &self.head[start..start + usize::from(f.name_len)]) {
                 if let Some((a, b)) = run.take() {
                     push_lines(out, &self.head[a..b]);
                 }
@@ -268,9 +355,14 @@ impl RawHeaders {
         self.get(known).and_then(|v| self.shared(v))
     }
 
-    fn shared(&self, v: &[u8]) -> Option<HeaderValue> {
-        let start = v.as_ptr() as usize - self.head.as_ptr() as usize;
-        HeaderValue::from_maybe_shared(self.head.slice(start..start + v.len())).ok()
+    /// A value of these fields (a slice of the head) as a value of its own, sharing the bytes;
+    /// `None` for a slice of anything else.
+    pub fn shared(&self, v: &[u8]) -> Option<HeaderValue> {
+        let start = (v.as_ptr() as usize).checked_sub(self.head.as_ptr() as usize)?;
+        let end = start
+            .checked_add(v.len())
+            .filter(|e| *e <= self.head.len())?;
+        HeaderValue::from_maybe_shared(self.head.slice(start..end)).ok()
     }
 
     /// Appends the fields whose names `map` does not have (the map's replace them).
@@ -285,6 +377,15 @@ impl RawHeaders {
                 map.append(name, value);
             }
         }
+    }
+}
+
+/// A header value as text, if it is visible ASCII (what `HeaderValue::to_str` accepts).
+pub fn visible(v: &[u8]) -> Option<&str> {
+    if v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
     }
 }
 

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use crate::cloud::{Cloud, Service};
@@ -231,7 +230,7 @@ impl Router {
     pub fn tenant<'a>(
         &'a self,
         route: &'a Route,
-        header: Option<&HeaderValue>,
+        header: Option<&[u8]>,
     ) -> Result<Cow<'a, Tenant>, ProxyError> {
         // Borrowed where the config names the tenant: a request then takes no reference
         // count that every worker writes.
@@ -240,7 +239,7 @@ impl Router {
         }
         let policy = &self.policies[route.credential];
         match header {
-            Some(v) => policy.resolve(v.to_str().map_err(|_| ProxyError::BadTenant)?),
+            Some(v) => policy.resolve(crate::rawhead::visible(v).ok_or(ProxyError::BadTenant)?),
             None => policy
                 .home()
                 .map(Cow::Borrowed)

@@ -24,7 +24,42 @@ use crate::egress::EgressConnector;
 
 mod h1;
 
+#[cfg(test)]
+pub(crate) use h1::request_head;
 pub use h1::{RawBody, UpBody};
+
+/// The fields a request is sent with besides its header map's.
+pub struct Added<'a> {
+    /// The client's fields as they came (HTTP/1.1), sent but for the private ones and the
+    /// tenant header.
+    pub raw: Option<&'a crate::rawhead::RawHeaders>,
+    /// The tenant header's name: never forwarded.
+    pub tenant_header: &'a http::HeaderName,
+    /// `Authorization: Bearer ...`.
+    pub bearer: &'a http::HeaderValue,
+    /// `client-request-id`.
+    pub request_id: &'a http::HeaderValue,
+}
+
+impl Added<'_> {
+    /// Puts the fields into `headers` (for HTTP/2, which sends the map): once, a request sent
+    /// again after an unsent attempt has them already.
+    fn materialize(&self, headers: &mut http::HeaderMap) {
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            return;
+        }
+        if let Some(raw) = self.raw {
+            for (n, v) in raw.forwarded(self.tenant_header.as_str().as_bytes()) {
+                // httparse has checked both; a field these refuse cannot have come through it.
+                if let (Ok(name), Some(value)) = (http::HeaderName::from_bytes(n), raw.shared(v)) {
+                    headers.append(name, value);
+                }
+            }
+        }
+        headers.insert(http::header::AUTHORIZATION, self.bearer.clone());
+        headers.insert(crate::forward::CLIENT_REQUEST_ID, self.request_id.clone());
+    }
+}
 
 /// Idle connections kept per upstream at most.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
@@ -170,12 +205,13 @@ impl Upstream {
         &self,
         origin: (&Scheme, &Authority),
         req: Box<Request<RequestBody>>,
+        added: &Added<'_>,
         fresh: bool,
     ) -> Result<Box<Response<UpBody>>, Failure> {
         let mut req = req;
         let (pooled, key) = self.checkout(origin, fresh);
         if let Some(sender) = pooled {
-            match self.send(sender, req, &key, true).await {
+            match self.send(sender, req, added, &key, true).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Failed(e)) => {
                     return Err(Failure {
@@ -192,7 +228,7 @@ impl Upstream {
         // Boxed: connecting (TCP, TLS, handshake) is rare next to reuse, and its future is large;
         // inline, every request's future would carry (and move) it.
         let sender = Box::pin(self.connect(&key)).await.map_err(Failure::from)?;
-        match self.send(sender, req, &key, false).await {
+        match self.send(sender, req, added, &key, false).await {
             Ok(resp) => Ok(resp),
             Err(SendError::Failed(e)) => Err(Failure::from(e)),
             Err(SendError::Raw(f)) => Err(f),
@@ -300,6 +336,7 @@ impl Upstream {
         &self,
         sender: Sender,
         mut req: Box<Request<RequestBody>>,
+        added: &Added<'_>,
         key: &Arc<OriginKey>,
         reused: bool,
     ) -> Result<Box<Response<UpBody>>, SendError> {
@@ -314,6 +351,7 @@ impl Upstream {
                     .build()
                     .map_err(|e| SendError::Failed(e.into()))?;
                 *req.uri_mut() = uri;
+                added.materialize(req.headers_mut());
                 let _ = std::future::poll_fn(|cx| s.poll_ready(cx)).await;
                 match s.try_send_request(*req).await {
                     Ok(resp) => Ok(Box::new(resp.map(UpBody::H2))),
@@ -328,7 +366,7 @@ impl Upstream {
                     origins: self.origins.clone(),
                     key: key.clone(),
                 };
-                match h1::send(conn, req, home, reused).await {
+                match h1::send(conn, req, added, home, reused).await {
                     h1::Outcome::Answer(resp) => Ok(resp),
                     h1::Outcome::Unsent(req) => Err(SendError::Unsent(req)),
                     h1::Outcome::Failed(f) => Err(SendError::Raw(f)),

@@ -169,10 +169,16 @@ async fn h2_upstream(counts: Arc<Counts>) -> String {
                 };
                 let service = hyper::service::service_fn(move |req: http::Request<_>| {
                     counts.requests.fetch_add(1, Ordering::SeqCst);
+                    let h = req.headers();
+                    let count = |n: &str| h.get_all(n).iter().count();
                     let body = format!(
-                        "{{\"version\":\"{:?}\",\"authorization\":{}}}",
+                        "{{\"version\":\"{:?}\",\"authorization\":{},\"authorizations\":{},\"request_ids\":{},\"keep\":{},\"hop\":{}}}",
                         req.version(),
-                        req.headers().contains_key("authorization")
+                        h.contains_key("authorization"),
+                        count("authorization"),
+                        count("client-request-id"),
+                        count("x-keep"),
+                        count("proxy-authorization") + count("connection") + count("x-hop"),
                     );
                     async move {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -200,8 +206,27 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_one_connection() {
         fixture("test-only-ca.pem").display()
     );
     let env = proxy_to(&upstream, &ca).await;
-    // The first request opens the connection; then ten at once share it.
-    assert_eq!(env.get("/api/incidents").await.status(), 200);
+    // The first request opens the connection; then ten at once share it. The client's fields
+    // go over HTTP/2 as over HTTP/1.1: the proxy's bearer and request ID once, its own kept,
+    // hop-by-hop ones and its credentials not.
+    let first = env
+        .http
+        .get(format!("{}/api/incidents", env.base))
+        .header("authorization", "Bearer client-supplied")
+        .header("proxy-authorization", "Basic x")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("x-keep", "yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let body = json(first).await;
+    assert_eq!(
+        (&body["authorizations"], &body["request_ids"], &body["keep"], &body["hop"]),
+        (&1.into(), &1.into(), &1.into(), &0.into()),
+        "{body}"
+    );
     let requests: Vec<_> = (0..10)
         .map(|_| {
             let (http, url) = (env.http.clone(), format!("{}/api/incidents", env.base));

@@ -45,8 +45,8 @@ tenant = "contoso"
     Router::build(&config, &HashMap::from([("app".to_string(), 0)]))
 }
 
-fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap()
+fn hv(s: &str) -> &[u8] {
+    s.as_bytes()
 }
 
 #[test]
@@ -102,12 +102,12 @@ fn tenant_comes_from_pin_then_header_then_home() {
     let xdr = r.route("/api").unwrap().1;
     assert_eq!(&*r.tenant(xdr, None).unwrap().id, GUID_A);
     assert_eq!(&*r.tenant(xdr, None).unwrap().label, "home");
-    let t = r.tenant(xdr, Some(&hv("Contoso"))).unwrap();
+    let t = r.tenant(xdr, Some(hv("Contoso"))).unwrap();
     assert_eq!((&*t.id, &*t.label), (GUID_B, "contoso"));
-    let t = r.tenant(xdr, Some(&hv(&GUID_B.to_uppercase()))).unwrap();
+    let t = r.tenant(xdr, Some(hv(&GUID_B.to_uppercase()))).unwrap();
     assert_eq!(&*t.id, GUID_B);
     let pinned = r.route("/contoso").unwrap().1;
-    assert_eq!(&*r.tenant(pinned, Some(&hv(GUID_A))).unwrap().id, GUID_B);
+    assert_eq!(&*r.tenant(pinned, Some(hv(GUID_A))).unwrap().id, GUID_B);
 }
 
 #[test]
@@ -115,17 +115,17 @@ fn unknown_tenants_are_refused_and_malformed_ones_are_bad() {
     let r = router("");
     let xdr = r.route("/api").unwrap().1;
     assert!(matches!(
-        r.tenant(xdr, Some(&hv(GUID_C))),
+        r.tenant(xdr, Some(hv(GUID_C))),
         Err(ProxyError::TenantNotAllowed)
     ));
     assert!(matches!(
-        r.tenant(xdr, Some(&hv("fabrikam"))),
+        r.tenant(xdr, Some(hv("fabrikam"))),
         Err(ProxyError::TenantNotAllowed)
     ));
     for bad in ["", "a b", "x/../y", "tenant;drop", "ü"] {
-        let v = HeaderValue::from_bytes(bad.as_bytes()).unwrap();
+        let v = bad.as_bytes();
         assert!(
-            matches!(r.tenant(xdr, Some(&v)), Err(ProxyError::BadTenant)),
+            matches!(r.tenant(xdr, Some(v)), Err(ProxyError::BadTenant)),
             "{bad:?}"
         );
     }
@@ -160,10 +160,10 @@ fn only_spaces_and_tabs_are_trimmed_from_a_tenant_name() {
 fn star_admits_any_guid_but_not_any_name() {
     let r = router(r#"any = "*""#);
     let xdr = r.route("/api").unwrap().1;
-    let t = r.tenant(xdr, Some(&hv(GUID_C))).unwrap();
+    let t = r.tenant(xdr, Some(hv(GUID_C))).unwrap();
     assert_eq!((&*t.id, &*t.label), (GUID_C, "*"));
     assert!(matches!(
-        r.tenant(xdr, Some(&hv("fabrikam"))),
+        r.tenant(xdr, Some(hv("fabrikam"))),
         Err(ProxyError::TenantNotAllowed)
     ));
 }

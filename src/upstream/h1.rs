@@ -102,6 +102,7 @@ pub(super) enum Outcome {
 pub(super) async fn send(
     mut conn: Box<RawConn>,
     req: Box<Request<RequestBody>>,
+    added: &super::Added<'_>,
     home: Home,
     reused: bool,
 ) -> Outcome {
@@ -109,7 +110,7 @@ pub(super) async fn send(
     // The connection's own buffer, kept for its next request.
     let mut head = std::mem::take(&mut conn.out);
     head.clear();
-    let rest = request_head(&req, &home.key.authority, &mut head);
+    let rest = request_head(&req, added, &home.key.authority, &mut head);
     let written = write_head(&mut conn, &head).await;
     if head.capacity() <= MAX_KEPT_HEAD {
         conn.out = head;
@@ -167,7 +168,12 @@ const MAX_KEPT_HEAD: usize = 8 * 1024;
 
 /// The request head, with a body kept whole appended, into `out`; `true` when a streamed body
 /// follows.
-fn request_head(req: &Request<RequestBody>, authority: &Authority, out: &mut Vec<u8>) -> bool {
+pub(crate) fn request_head(
+    req: &Request<RequestBody>,
+    added: &super::Added<'_>,
+    authority: &Authority,
+    out: &mut Vec<u8>,
+) -> bool {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -189,6 +195,15 @@ fn request_head(req: &Request<RequestBody>, authority: &Authority, out: &mut Vec
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(raw) = added.raw {
+        raw.write_forwarded(out, added.tenant_header.as_str().as_bytes());
+        sent_length |= raw.get(crate::rawhead::Known::ContentLength).is_some();
+    }
+    out.extend_from_slice(b"authorization: ");
+    out.extend_from_slice(added.bearer.as_bytes());
+    out.extend_from_slice(b"\r\nclient-request-id: ");
+    out.extend_from_slice(added.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
     let body = req.body();
     let (whole, rest) = match body {
         RequestBody::Full(b) => (b.clone().unwrap_or_default(), false),

@@ -311,7 +311,7 @@ pub fn check_tenant_header(config: &Config, router: &Router, bytes: &[u8]) {
         let policy = TenantPolicy::from_config(credential);
         check_pin(config, route, credential, router, &policy);
         if let Ok(v) = HeaderValue::from_bytes(bytes) {
-            let t = router.tenant(route, Some(&v));
+            let t = router.tenant(route, Some(v.as_bytes()));
             match &route.pinned {
                 Some(p) => assert_eq!(t.as_deref().ok(), Some(p), "a pin wins over the header"),
                 None if v.to_str().is_err() => {
