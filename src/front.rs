@@ -640,6 +640,15 @@ impl Fields {
     /// A `Connection`, in one pass over its tokens; whether it names anything besides close
     /// and keep-alive (fields to drop).
     pub(crate) fn note_connection(&mut self, value: &[u8]) -> bool {
+        // The usual values, whole: splitting and trimming cost more than the rest of a field.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return false;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return false;
+        }
         let mut names_others = false;
         for t in value.split(|b| *b == b',') {
             let t = t.trim_ascii();
