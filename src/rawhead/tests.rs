@@ -153,3 +153,14 @@ fn debug_shows_names_not_values() {
     assert!(shown.contains("Set-Cookie"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn visible_takes_what_header_value_to_str_takes() {
+    for b in 0u8..=255 {
+        let v = [b'a', b, b'z'];
+        let expected = HeaderValue::from_bytes(&v).is_ok_and(|h| h.to_str().is_ok());
+        assert_eq!(visible(&v).is_some(), expected, "byte {b:#04x}");
+    }
+    assert_eq!(visible(b"contoso.example:8080"), Some("contoso.example:8080"));
+    assert_eq!(visible(b""), Some(""));
+}
