@@ -386,7 +386,11 @@ pub fn visible(v: &[u8]) -> Option<&str> {
     let ok = v
         .iter()
         .fold(true, |ok, &b| ok & (b.wrapping_sub(32) < 95 || b == b'\t'));
-    if ok { std::str::from_utf8(v).ok() } else { None }
+    if ok {
+        std::str::from_utf8(v).ok()
+    } else {
+        None
+    }
 }
 
 /// Lines of fields (separated by CRLF), and the CRLF after the last.

@@ -223,7 +223,12 @@ async fn http2_upstreams_multiplex_concurrent_requests_on_one_connection() {
     assert_eq!(first.status(), 200);
     let body = json(first).await;
     assert_eq!(
-        (&body["authorizations"], &body["request_ids"], &body["keep"], &body["hop"]),
+        (
+            &body["authorizations"],
+            &body["request_ids"],
+            &body["keep"],
+            &body["hop"]
+        ),
         (&1.into(), &1.into(), &1.into(), &0.into()),
         "{body}"
     );

@@ -161,6 +161,9 @@ fn visible_takes_what_header_value_to_str_takes() {
         let expected = HeaderValue::from_bytes(&v).is_ok_and(|h| h.to_str().is_ok());
         assert_eq!(visible(&v).is_some(), expected, "byte {b:#04x}");
     }
-    assert_eq!(visible(b"contoso.example:8080"), Some("contoso.example:8080"));
+    assert_eq!(
+        visible(b"contoso.example:8080"),
+        Some("contoso.example:8080")
+    );
     assert_eq!(visible(b""), Some(""));
 }
