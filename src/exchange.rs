@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::upstream::UpBody;
+use crate::upstream::{Added, UpBody};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -149,10 +149,12 @@ impl Exchange<'_> {
     ) -> Result<Box<Response<UpBody>>, ProxyError> {
         let out = Outbound {
             route: self.route,
-            tenant_header: &self.rt.tenant_header,
-            bearer: token.header(),
-            request_id: self.request_id,
-            raw: self.raw,
+            added: Added {
+                raw: self.raw,
+                tenant_header: &self.rt.tenant_header,
+                bearer: token.header(),
+                request_id: self.request_id,
+            },
         };
         let replay = self
             .parts
@@ -167,7 +169,7 @@ impl Exchange<'_> {
             self.client,
             upstream,
             req,
-            &out,
+            &out.added,
             self.rt.request_timeout,
             false,
         )
@@ -178,7 +180,15 @@ impl Exchange<'_> {
             tracing::debug!(route = %self.route.name, "stale upstream connection; resending on a new one");
             let req = forward::build_request(self.parts, &out, body)?;
             let left = self.rt.request_timeout.saturating_sub(started.elapsed());
-            sent = Box::pin(forward::send(self.client, upstream, req, &out, left, true)).await;
+            sent = Box::pin(forward::send(
+                self.client,
+                upstream,
+                req,
+                &out.added,
+                left,
+                true,
+            ))
+            .await;
         }
         *latency = Some(started.elapsed());
         match sent? {

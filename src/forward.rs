@@ -42,31 +42,14 @@ pub type HttpClient = crate::upstream::Upstream;
 pub struct Outbound<'a> {
     /// The matched route.
     pub route: &'a Route,
-    /// The tenant header, removed.
-    pub tenant_header: &'a HeaderName,
-    /// `Authorization: Bearer ...`.
-    pub bearer: &'a HeaderValue,
-    /// The request ID, sent as `client-request-id`.
-    pub request_id: &'a HeaderValue,
-    /// The client's fields as they came (HTTP/1.1), when its header map is empty.
-    pub raw: Option<&'a crate::rawhead::RawHeaders>,
-}
-
-impl Outbound<'_> {
-    /// The fields the request is sent with besides its map's.
-    pub fn added(&self) -> crate::upstream::Added<'_> {
-        crate::upstream::Added {
-            raw: self.raw,
-            tenant_header: self.tenant_header,
-            bearer: self.bearer,
-            request_id: self.request_id,
-        }
-    }
+    /// The fields sent besides the map's: the client's as they came, the bearer and the
+    /// request ID (the tenant header is never forwarded).
+    pub added: crate::upstream::Added<'a>,
 }
 
 /// Builds the upstream request (origin-form URI) from the client's method, URI and headers
 /// (those of its map: the fields as they came, and the proxy's own, are added as it is sent;
-/// see `Outbound::added`).
+/// see `upstream::Added`).
 pub fn build_request(
     parts: &http::request::Parts,
     out: &Outbound<'_>,
@@ -107,7 +90,7 @@ fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
         let drop = HOP_BY_HOP.contains(name)
             || name == header::AUTHORIZATION
             || name == header::HOST
-            || name == out.tenant_header
+            || name == out.added.tenant_header
             || name == INBOUND_KEY_HEADER
             || name == CLIENT_REQUEST_ID
             || named_in_connection.contains(name);
@@ -152,15 +135,14 @@ pub async fn send(
     client: &HttpClient,
     upstream: &crate::routing::Upstream,
     req: Box<Request<RequestBody>>,
-    out: &Outbound<'_>,
+    added: &crate::upstream::Added<'_>,
     timeout: Duration,
     fresh: bool,
 ) -> Result<Sent, ProxyError> {
     let origin = (&upstream.scheme, &upstream.authority);
     let mut deadline = client.deadline(tokio::time::Instant::now() + timeout);
     // Pinned in place: boxing it cost an allocation and a copy of its 2 KiB per request.
-    let added = out.added();
-    let mut request = std::pin::pin!(client.request(origin, req, &added, fresh));
+    let mut request = std::pin::pin!(client.request(origin, req, added, fresh));
     let answered = std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(r) = request.as_mut().poll(cx) {
             return std::task::Poll::Ready(Some(r));

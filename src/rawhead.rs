@@ -289,11 +289,7 @@ impl RawHeaders {
     /// Writes a request's fields for the upstream: all but the private ones (see
     /// [`Known::private`]) and the tenant header (`tenant`, lower case).
     pub fn write_forwarded(&self, out: &mut Vec<u8>, tenant: &[u8]) {
-        let private = self.private;
-        self.write_lines(out, |i, name| {
-            private & (1 << i) != 0
-                || (name.len() == tenant.len() && name.eq_ignore_ascii_case(tenant))
-        });
+        self.write_lines(out, |i, name| !self.forwards(i, name, tenant));
     }
 
     /// The fields a request forwards (see [`write_forwarded`](Self::write_forwarded)).
@@ -301,9 +297,15 @@ impl RawHeaders {
         self.fields[..usize::from(self.len)]
             .iter()
             .enumerate()
-            .filter(move |(i, _)| self.private & (1 << i) == 0)
-            .map(|(_, f)| self.field(f))
-            .filter(move |(n, _)| !(n.len() == tenant.len() && n.eq_ignore_ascii_case(tenant)))
+            .map(|(i, f)| (i, self.field(f)))
+            .filter(move |(i, (name, _))| self.forwards(*i, name, tenant))
+            .map(|(_, field)| field)
+    }
+
+    /// Does a request forward its field `i`, named `name`?
+    fn forwards(&self, i: usize, name: &[u8], tenant: &[u8]) -> bool {
+        self.private & (1 << i) == 0
+            && !(name.len() == tenant.len() && name.eq_ignore_ascii_case(tenant))
     }
 
     /// The first value of a field named `name` (lower case), looked for one by one.

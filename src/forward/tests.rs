@@ -44,10 +44,12 @@ fn build(uri: &str, headers: &[(&str, &str)]) -> Request<RequestBody> {
     let route = r.route(p.uri.path()).unwrap().1;
     let out = Outbound {
         route,
-        tenant_header: &HeaderName::from_static("x-tenant-id"),
-        bearer: &HeaderValue::from_static("Bearer fresh"),
-        request_id: &HeaderValue::from_static("rid-1"),
-        raw: None,
+        added: crate::upstream::Added {
+            raw: None,
+            tenant_header: &HeaderName::from_static("x-tenant-id"),
+            bearer: &HeaderValue::from_static("Bearer fresh"),
+            request_id: &HeaderValue::from_static("rid-1"),
+        },
     };
     *build_request(&p, &out, RequestBody::Full(None)).unwrap()
 }
@@ -77,14 +79,16 @@ fn wire(uri: &str, headers: &[(&str, &str)], as_came: bool) -> Vec<(String, Stri
     };
     let out = Outbound {
         route,
-        tenant_header: &HeaderName::from_static("x-tenant-id"),
-        bearer: &HeaderValue::from_static("Bearer fresh"),
-        request_id: &HeaderValue::from_static("rid-1"),
-        raw: raw.as_deref(),
+        added: crate::upstream::Added {
+            raw: raw.as_deref(),
+            tenant_header: &HeaderName::from_static("x-tenant-id"),
+            bearer: &HeaderValue::from_static("Bearer fresh"),
+            request_id: &HeaderValue::from_static("rid-1"),
+        },
     };
     let req = build_request(&p, &out, RequestBody::Full(None)).unwrap();
     let mut head = Vec::new();
-    crate::upstream::request_head(&req, &out.added(), &route.upstream.authority, &mut head);
+    crate::upstream::request_head(&req, &out.added, &route.upstream.authority, &mut head);
     let text = String::from_utf8(head).unwrap();
     let lines: Vec<&str> = text.split("\r\n").collect();
     assert!(lines[0].starts_with("GET "), "{text}");
