@@ -12,7 +12,7 @@ use crate::body::{BodyDone, BodyTooLarge, ClientBody, RequestBody, ResponseBody}
 use crate::error::ProxyError;
 use crate::exchange::{Answer, Exchange};
 use crate::forward::{self, CLIENT_REQUEST_ID, INBOUND_KEY_HEADER};
-use crate::rawhead::{self, Known, RawHeaders, visible};
+use crate::rawhead::{self, Known, RawHeaders, visible, visible_bytes};
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
 
@@ -195,8 +195,11 @@ async fn proxy<'a>(
         Answer::Streamed(resp) => {
             trace.upstream_request_id =
                 rawhead::value(resp.headers(), resp.body().fields(), Known::RequestId);
-            let host = request_host(parts, named.host);
-            let rewrite = host.filter(|_| route.rewrite_links).map(|h| (route, h));
+            let rewrite = route
+                .rewrite_links
+                .then(|| request_host(parts, named.host))
+                .flatten()
+                .map(|h| (route, h));
             forward::into_client_response(resp, rewrite, parts.method == Method::HEAD).await
         }
         Answer::Read(resp) => {
@@ -302,9 +305,9 @@ fn check_request(
     }
     let host_header = named
         .host
-        .map(|v| visible(v).ok_or(ProxyError::BadHost))
+        .map(|v| visible_bytes(v).ok_or(ProxyError::BadHost))
         .transpose()?;
-    let authority = req.uri.authority().map(|a| a.as_str());
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
     let host = match (host_header, authority) {
         (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => return Err(ProxyError::BadHost),
         (Some(h), _) => h,
@@ -338,10 +341,11 @@ fn check_origin(rt: &Runtime, named: &Named<'_>) -> Result<(), ProxyError> {
     let Some(origin) = named.origin else {
         return Ok(());
     };
-    let origin = visible(origin).ok_or(ProxyError::BadOrigin)?;
+    let origin = visible_bytes(origin).ok_or(ProxyError::BadOrigin)?;
     let host = origin
-        .split_once("://")
-        .map(|(_, rest)| rest)
+        .windows(3)
+        .position(|w| w == b"://")
+        .map(|i| &origin[i + 3..])
         .ok_or(ProxyError::BadOrigin)?;
     if host_allowed(rt, host) {
         Ok(())
@@ -351,20 +355,21 @@ fn check_origin(rt: &Runtime, named: &Named<'_>) -> Result<(), ProxyError> {
 }
 
 /// Compares the host part (port ignored) with the allowed names.
-fn host_allowed(rt: &Runtime, host_port: &str) -> bool {
-    let host = match host_port.strip_prefix('[') {
+fn host_allowed(rt: &Runtime, host_port: &[u8]) -> bool {
+    let host = match host_port.strip_prefix(b"[") {
+        // `[v6]` with the brackets, without the port.
         Some(rest) => rest
-            .split_once(']')
-            .map_or(host_port, |(h, _)| &host_port[..h.len() + 2]),
-        // By bytes: ':' is ASCII, so the cut is on a character boundary.
-        None => match host_port.bytes().rposition(|b| b == b':') {
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(host_port, |i| &host_port[..i + 2]),
+        None => match host_port.iter().rposition(|&b| b == b':') {
             Some(i) => &host_port[..i],
             None => host_port,
         },
     };
     rt.allowed_hosts
         .iter()
-        .any(|a| a.eq_ignore_ascii_case(host))
+        .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
 }
 
 /// The client's `client-request-id` (`sent`) when it is sane, else a new UUID.

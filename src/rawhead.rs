@@ -384,15 +384,17 @@ impl RawHeaders {
 
 /// A header value as text, if it is visible ASCII (what `HeaderValue::to_str` accepts).
 pub fn visible(v: &[u8]) -> Option<&str> {
+    visible_bytes(v).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// A header value if it is visible ASCII, as bytes: `visible` without the conversion to text,
+/// which costs more than the check for a short value.
+pub fn visible_bytes(v: &[u8]) -> Option<&[u8]> {
     // Every byte looked at, without an early exit: the compiler then checks many at once.
     let ok = v
         .iter()
         .fold(true, |ok, &b| ok & (b.wrapping_sub(32) < 95 || b == b'\t'));
-    if ok {
-        std::str::from_utf8(v).ok()
-    } else {
-        None
-    }
+    ok.then_some(v)
 }
 
 /// Lines of fields (separated by CRLF), and the CRLF after the last.
