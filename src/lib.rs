@@ -243,10 +243,25 @@ pub async fn serve(
     Ok(())
 }
 
-/// `server.workers`, with 0 meaning one per CPU core.
-fn worker_count(configured: usize) -> usize {
+/// Workers when `server.workers` is 0: three per core, at most this many.
+pub const MAX_DEFAULT_WORKERS: usize = 64;
+
+/// `server.workers`, with 0 meaning three per CPU core (at most `MAX_DEFAULT_WORKERS`).
+///
+/// More workers than cores, for a proxy that shares its cores with its clients (scripts beside
+/// it, the app in its pod), as on a workstation, a server or a sidecar. With exactly one worker
+/// per core, a worker drains its ready connections, sleeps, and is woken again for nearly every
+/// request; on two shared cores that cost about as much CPU time as serving the request. With
+/// more workers, a worker waits its turn for a core while its connections' events gather, and
+/// serves them together. One more worker than cores did that too but left a long latency tail
+/// (a worker waiting its turn holds a third of the connections); three per core kept the tail
+/// at nginx's (BENCHMARKS.md, session 8). An idle worker costs a thread.
+pub fn worker_count(configured: usize) -> usize {
     match configured {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .saturating_mul(3)
+            .min(MAX_DEFAULT_WORKERS),
         n => n,
     }
 }

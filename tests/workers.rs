@@ -55,6 +55,17 @@ async fn every_connection_is_served_and_every_worker_drains_at_shutdown() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_is_three_workers_per_core() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let expected = (3 * cores).min(defender_proxy::MAX_DEFAULT_WORKERS);
+    assert_eq!(defender_proxy::worker_count(0), expected);
+    assert_eq!(defender_proxy::worker_count(2), 2);
+    let env = with_workers(0).await;
+    let counts = worker_connections(&env.metrics().await);
+    assert_eq!(counts.len(), expected, "{counts:?}");
+}
+
 #[tokio::test]
 async fn an_absurd_worker_count_is_a_config_error() {
     let text = common::config_text("http://127.0.0.1:1", &Setup::default())
