@@ -5,6 +5,8 @@
 #   dp            defender-proxy (release build, warm token, access log off)
 #   dp-limit      the same with a generous rate limit on the route (the limiter's cost)
 #   dp-log        the same with the access log on (written to /dev/null)
+#   dp-cores      dp with one worker per core (server.workers = nproc), not the default's three:
+#                 what the extra workers bring, in the same run
 #   tokio-floor   examples/floor.rs: a tokio proxy that only forwards (no checks, no token
 #                 lookup, GET and Content-Length only), the ceiling for defender-proxy's design
 # Each is driven by wrk (-c64), interleaved over ROUNDS rounds (each round starting with the
@@ -25,7 +27,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 TENANTS=${TENANTS:-10000}
-WORKERS=${WORKERS:-0}   # defender-proxy server.workers (0: one per core)
+WORKERS=${WORKERS:-0}   # defender-proxy server.workers (0: three per core)
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
@@ -41,7 +43,7 @@ WORK=$(mktemp -d)
 PIDS=()
 trap 'stop_all nginx upstream' EXIT
 
-FL=18111; UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
+FL=18111; DPW=18112; UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
 BURST=${BURST:-1000}
 BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
 BODY=${BODY//\'/}
@@ -79,6 +81,7 @@ config() { # port, extra route lines, access_log, extra tables, admin port
 config $DP "" false "" > "$WORK/dp.toml"
 config $DPL 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nper_hour = 1000000000\nmax_wait_secs = 0' > "$WORK/dpl.toml"
 config $DPLOG "" true "" > "$WORK/dplog.toml"
+dp_config $DPW "$UP" "" false "" "" "$(nproc)" > "$WORK/dpw.toml"
 config $DPT 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nmax_wait_secs = 0' > "$WORK/dpt.toml"
 
 start() { # name, config
@@ -87,9 +90,11 @@ start() { # name, config
   eval "PID_$1=$!"
 }
 start dp "$WORK/dp.toml"; start dpl "$WORK/dpl.toml"; start dplog "$WORK/dplog.toml"; start dpt "$WORK/dpt.toml"
-"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$( [ "$WORKERS" = 0 ] && nproc || echo "$WORKERS")" &
+start dpw "$WORK/dpw.toml"
+# The floor with as many workers as defender-proxy (its default: three per core).
+"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$( [ "$WORKERS" = 0 ] && echo $(( $(nproc) * 3 )) || echo "$WORKERS")" &
 PIDS+=($!); PID_floor=$!
-for port in $UP $NGX $DP $DPL $DPLOG $DPT $FL; do
+for port in $UP $NGX $DP $DPL $DPLOG $DPT $DPW $FL; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
 done
 
@@ -107,7 +112,7 @@ ticks() { # name
   local pids
   case $1 in
     nginx-proxy) pids=$(pgrep -P "$(cat "$WORK/nginx.pid")") ;;
-    dp) pids=$PID_dp ;; dp-limit) pids=$PID_dpl ;; dp-log) pids=$PID_dplog ;; tokio-floor) pids=$PID_floor ;;
+    dp) pids=$PID_dp ;; dp-limit) pids=$PID_dpl ;; dp-log) pids=$PID_dplog ;; dp-cores) pids=$PID_dpw ;; tokio-floor) pids=$PID_floor ;;
   esac
   for p in $pids; do cat /proc/"$p"/task/*/stat; done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t }'
 }
@@ -121,23 +126,24 @@ run_wrk() { # name, port
   P99[$1]="${P99[$1]:-} $(echo "$out" | awk '$1=="99%" {print $2}')"
 }
 # ORDER="..." runs them in another cyclic order (to see whether a proxy's place matters).
-read -r -a NAMES <<< "${ORDER:-nginx-proxy dp dp-limit dp-log tokio-floor}"
-declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [tokio-floor]=$FL)
+read -r -a NAMES <<< "${ORDER:-nginx-proxy dp dp-limit dp-log dp-cores tokio-floor}"
+declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [dp-cores]=$DPW [tokio-floor]=$FL)
 # A pause before each run lets the previous run's connections close and its processes go
 # idle; without it the run right after nginx-proxy's showed a p99 several times higher,
 # whichever proxy it was.
 # The order changes every round so that no proxy always runs right after the same one: round r
-# steps through the list by r (1, 2, 3, 4, 1, ...; with five proxies every step visits them
-# all), starting at the r-th. Rotating alone kept each proxy's predecessor: dp ran right after
-# nginx-proxy in two rounds of three, and whichever variant ran there came out 10-20 % slower
-# (dp-limit too, when ORDER put it there).
+# steps through the list by r (1, 2, 3, 4, 1, ...; a step that would not visit them all, with
+# six proxies 2, 3 and 4, becomes the next that does), starting at the r-th. Rotating alone
+# kept each proxy's predecessor: dp ran right after nginx-proxy in two rounds of three, and
+# whichever variant ran there came out 10-20 % slower (dp-limit too, when ORDER put it there).
 # A short unmeasured run on each first warms its pools and buffers.
 for n in "${NAMES[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:${PORT[$n]}/api/incidents" >/dev/null; done
 gcd() { local a=$1 b=$2; while [ "$b" -ne 0 ]; do set -- "$b" $((a % b)); a=$1; b=$2; done; echo "$a"; }
 N=${#NAMES[@]}
 for r in $(seq "$ROUNDS"); do
   step=$(( (r - 1) % (N > 1 ? N - 1 : 1) + 1 ))
-  [ "$(gcd "$step" "$N")" = 1 ] || step=1
+  # A step sharing a factor with N would skip some: take the next one that does not.
+  while [ "$(gcd "$step" "$N")" != 1 ]; do step=$(( step % (N - 1) + 1 )); done
   for i in $(seq 0 $((N - 1))); do
     n=${NAMES[$(( (r - 1 + i * step) % N ))]}
     sleep "${PAUSE:-3}"; run_wrk "$n" "${PORT[$n]}"
@@ -163,6 +169,7 @@ for n in "${NAMES[@]}"; do
     dp) rss=$(rss_kib "$PID_dp") ;;
     dp-limit) rss=$(rss_kib "$PID_dpl") ;;
     dp-log) rss=$(rss_kib "$PID_dplog") ;;
+    dp-cores) rss=$(rss_kib "$PID_dpw") ;;
     tokio-floor) rss=$(rss_kib "$PID_floor") ;;
   esac
   printf '%-12s %12.0f %10.2f %10.2f %12.1f %10.2f %10.2f %12.1f\n' "$n" "$rps" "$p50" "$p99" "$(echo "$rss/1024" | bc -l)" \
