@@ -329,8 +329,12 @@ fn spawn_worker(
     std::thread::Builder::new()
         .name(format!("worker-{i}"))
         .spawn(move || {
+            // Log lines (the access log) are written out when the worker goes idle, or
+            // together once many gather under load.
+            telemetry::buffer_logs();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(telemetry::flush_logs)
                 .build();
             match rt {
                 Ok(rt) => rt.block_on(async move {
@@ -344,6 +348,7 @@ fn spawn_worker(
                 }),
                 Err(e) => tracing::error!(worker = i, error = %e, "worker cannot start"),
             }
+            telemetry::flush_logs();
             let _ = done.send(());
         })?;
     Ok(finished)

@@ -337,6 +337,91 @@ impl LogFormat {
     }
 }
 
+/// A worker thread's log lines once they fill this many bytes are written out at once.
+pub const LOG_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A worker thread's log lines not yet written out, and where they go.
+struct Lines(Vec<u8>, fn(&[u8]));
+
+impl Lines {
+    fn write_out(&mut self) {
+        if !self.0.is_empty() {
+            (self.1)(&self.0);
+            self.0.clear();
+        }
+    }
+}
+
+fn to_stderr(lines: &[u8]) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), lines);
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.write_out();
+    }
+}
+
+thread_local! {
+    static LINES: std::cell::RefCell<Option<Lines>> = const { std::cell::RefCell::new(None) };
+}
+
+/// From now on, this thread's log lines are kept and written out together: by `flush_logs`
+/// (a worker calls it before its event loop goes idle), when `LOG_BUFFER_BYTES` gather, and
+/// when the thread ends. Under load, one write and one take of the stderr lock then serve
+/// many access-log lines, where each line took both.
+pub fn buffer_logs() {
+    buffer_logs_to(to_stderr);
+}
+
+fn buffer_logs_to(sink: fn(&[u8])) {
+    LINES.with(|l| *l.borrow_mut() = Some(Lines(Vec::with_capacity(LOG_BUFFER_BYTES), sink)));
+}
+
+/// Writes out the log lines this thread kept (none if it does not keep them).
+pub fn flush_logs() {
+    LINES.with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut()
+            && let Some(lines) = l.as_mut()
+        {
+            lines.write_out();
+        }
+    });
+}
+
+/// Where log lines go: the thread's kept lines (see `buffer_logs`), else stderr at once.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.write_all(b)?;
+        Ok(b.len())
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        let kept = LINES
+            .try_with(|l| {
+                let mut l = l.try_borrow_mut().ok()?;
+                let lines = l.as_mut()?;
+                lines.0.extend_from_slice(b);
+                if lines.0.len() >= LOG_BUFFER_BYTES {
+                    lines.write_out();
+                }
+                Some(())
+            })
+            .ok()
+            .flatten();
+        match kept {
+            Some(()) => Ok(()),
+            None => std::io::stderr().write_all(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Installs the global tracing subscriber (stderr). `RUST_LOG` overrides `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
@@ -349,7 +434,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogWriter);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -359,6 +444,55 @@ pub fn init_logging(format: LogFormat, level: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kept() -> Option<usize> {
+        LINES.with(|l| l.borrow().as_ref().map(|l| l.0.len()))
+    }
+
+    thread_local! {
+        static WRITTEN: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn count(lines: &[u8]) {
+        WRITTEN.with(|w| w.borrow_mut().push(lines.len()));
+    }
+
+    fn written() -> Vec<usize> {
+        WRITTEN.with(|w| w.borrow().clone())
+    }
+
+    #[test]
+    fn a_worker_thread_keeps_its_log_lines_until_it_flushes_or_many_gather() {
+        std::thread::spawn(|| {
+            use std::io::Write;
+            LogWriter.write_all(b"").unwrap();
+            assert_eq!(kept(), None, "a thread that did not ask writes through");
+            buffer_logs_to(count);
+            LogWriter.write_all(b"one line\n").unwrap();
+            LogWriter.write_all(b"two\n").unwrap();
+            assert_eq!(kept(), Some(13));
+            assert!(written().is_empty());
+            flush_logs();
+            assert_eq!(kept(), Some(0));
+            assert_eq!(written(), [13], "written out in one go");
+            flush_logs();
+            assert_eq!(written(), [13], "nothing to write");
+            let line = [b'x'; 1000];
+            for _ in 0..LOG_BUFFER_BYTES / 1000 {
+                LogWriter.write_all(&line).unwrap();
+            }
+            assert_eq!(kept(), Some(LOG_BUFFER_BYTES / 1000 * 1000));
+            LogWriter.write_all(&line).unwrap();
+            assert_eq!(kept(), Some(0));
+            assert_eq!(
+                written(),
+                [13, 17_000],
+                "written out once the buffer is full"
+            );
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn route_metrics_render_as_prometheus_text() {

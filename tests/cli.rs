@@ -266,6 +266,91 @@ async fn json_logs_are_one_object_per_line_with_an_access_line() {
     assert_eq!(access["tenant"], "home");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workers_access_lines_are_written_while_it_runs() {
+    // Worker threads keep their log lines and write them out together when they go idle:
+    // none may wait for the exit, and none may be lost.
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"")
+        .replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\nworkers = 4"),
+            1,
+        )
+        .replace("[cloud]", "[log]\nformat = \"json\"\n\n[cloud]");
+    let config = write_config(dir.path(), &text);
+    let log_path = dir.path().join("proxy.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "the proxy did not start");
+    // Sixteen clients at once, each on a connection of its own: they spread over the workers.
+    let sent: Vec<_> = (0..16)
+        .map(|i| {
+            let url = format!("{base}/api/incidents");
+            tokio::spawn(async move {
+                common::client()
+                    .get(url)
+                    .header("client-request-id", format!("worker-line-{i}"))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    for s in sent {
+        assert_eq!(s.await.unwrap().unwrap(), 200);
+    }
+    let logged = |logs: &str| {
+        (0..16)
+            .filter(|i| logs.contains(&format!("\"worker-line-{i}\"")))
+            .count()
+    };
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = logged(&std::fs::read_to_string(&log_path).unwrap());
+        if seen == 16 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        seen, 16,
+        "every access line is written while the proxy runs"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|_| panic!("whole lines, never two mixed: {line}"));
+    }
+    assert_eq!(logged(&logs), 16);
+}
+
 #[tokio::test]
 async fn the_health_command_probes_the_admin_listener() {
     let sb = sandbox_with(SandboxOptions::default()).await;
