@@ -28,7 +28,8 @@ nginx_proxy_conf $NGX $UP "$WORK" ngx > "$WORK/ngx.conf"
 nginx -c "$WORK/up.conf" -p "$WORK"; nginx -c "$WORK/ngx.conf" -p "$WORK"
 dp_config $DP $UP > "$WORK/dp.toml"
 "$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); DPPID=$!
-"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$(nproc)" & PIDS+=($!); FLPID=$!
+# As many workers as defender-proxy has by default (three per core).
+"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$(( $(nproc) * 3 ))" & PIDS+=($!); FLPID=$!
 for port in $UP $NGX $DP $FL; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
 done

@@ -45,7 +45,7 @@ measure() { # NAME PID: one wrk run against the proxy on $PX
 }
 printf '%-16s %9s %10s %10s %12s\n' name req/s user_us sys_us upstream_us
 for spin in $SPINS; do
-  FLOOR_SPIN=$spin "$FLOOR" 127.0.0.1:$PX 127.0.0.1:$UP "$(nproc)" & PIDS+=($!); P=$!
+  FLOOR_SPIN=$spin "$FLOOR" 127.0.0.1:$PX 127.0.0.1:$UP "$(( $(nproc) * 3 ))" & PIDS+=($!); P=$!
   measure "floor+spin$spin" $P
   kill $P; wait $P 2>/dev/null || true
 done
