@@ -254,8 +254,9 @@ pub const MAX_DEFAULT_WORKERS: usize = 64;
 /// request; on two shared cores that cost about as much CPU time as serving the request. With
 /// more workers, a worker waits its turn for a core while its connections' events gather, and
 /// serves them together. One more worker than cores did that too but left a long latency tail
-/// (a worker waiting its turn holds a third of the connections); three per core kept the tail
-/// at nginx's (BENCHMARKS.md, session 8). An idle worker costs a thread.
+/// (a worker waiting its turn holds a third of the connections); with three per core a waiting
+/// worker holds fewer, and the tail was shorter. Four and six per core served less
+/// (BENCHMARKS.md, session 8). An idle worker costs a thread.
 pub fn worker_count(configured: usize) -> usize {
     match configured {
         0 => std::thread::available_parallelism()

@@ -352,14 +352,14 @@ impl Lines {
     }
 }
 
-fn to_stderr(lines: &[u8]) {
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), lines);
-}
-
 impl Drop for Lines {
     fn drop(&mut self) {
         self.write_out();
     }
+}
+
+fn to_stderr(lines: &[u8]) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), lines);
 }
 
 thread_local! {
