@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::binary::{BIN, Proxy, free_port, write_config};
+use common::binary::{BIN, Proxy, free_port, listening, write_config};
 use common::{Setup, config_text};
 use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
 
@@ -180,17 +180,7 @@ async fn the_demo_serves_the_sandbox_through_the_proxy() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let up = listening(port).await;
     let http = common::client();
     let incidents = if up {
         http.get(format!("http://127.0.0.1:{port}/api/incidents?$top=2"))
@@ -292,18 +282,7 @@ async fn every_workers_access_lines_are_written_while_it_runs() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "the proxy did not start");
+    assert!(listening(port).await, "the proxy did not start");
     // Sixteen clients at once, each on a connection of its own: they spread over the workers.
     let sent: Vec<_> = (0..16)
         .map(|i| {

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderMap;
@@ -59,16 +58,11 @@ async fn start_oidc() -> (Oidc, u16) {
         .spawn()
         .expect("node is needed for this test");
     let oidc = Oidc(child);
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return (oidc, port);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("oidc-provider did not start");
+    assert!(
+        common::binary::listening(port).await,
+        "oidc-provider did not start"
+    );
+    (oidc, port)
 }
 
 /// An upstream that answers with the Authorization header it received.

@@ -25,6 +25,20 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether something listens on 127.0.0.1:`port` within five seconds.
+pub async fn listening(port: u16) -> bool {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 /// A running `defender-proxy run`.
 pub struct Proxy {
     /// The process.
@@ -63,14 +77,8 @@ impl Proxy {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Proxy { child, base };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        if listening(port).await {
+            return Proxy { child, base };
         }
         let _ = child.kill();
         let _ = child.wait();
