@@ -106,9 +106,24 @@ impl OriginKey {
 /// The connections to one origin.
 struct Origin {
     key: Arc<OriginKey>,
-    conns: Vec<Pooled>,
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    h1: Vec<Pooled>,
+    /// HTTP/2 connections (each serves many requests at once). Kept apart from `h1`: looking
+    /// for one among the HTTP/1.1 connections went over all of them on every request.
+    h2: Vec<Pooled>,
     /// When closed and expired connections were last dropped.
     swept: Instant,
+}
+
+impl Origin {
+    fn new(key: Arc<OriginKey>) -> Origin {
+        Origin {
+            key,
+            h1: Vec::new(),
+            h2: Vec::new(),
+            swept: Instant::now(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -249,14 +264,10 @@ impl Upstream {
         let i = match origins.iter().position(|o| o.key.is(scheme, authority)) {
             Some(i) => i,
             None => {
-                origins.push(Origin {
-                    key: Arc::new(OriginKey {
-                        scheme: scheme.clone(),
-                        authority: authority.clone(),
-                    }),
-                    conns: Vec::new(),
-                    swept: Instant::now(),
-                });
+                origins.push(Origin::new(Arc::new(OriginKey {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                })));
                 origins.len() - 1
             }
         };
@@ -270,12 +281,15 @@ impl Upstream {
         // once a second is enough (a connection taken is checked on its own below).
         if now.duration_since(origin.swept) >= SWEEP_EVERY {
             origin.swept = now;
-            origin.conns.retain(|c| match &c.sender {
+            origin.h2.retain(|c| match &c.sender {
                 Sender::H2(s) => !s.is_closed(),
-                Sender::H1(_) => now.duration_since(c.since) <= IDLE_TIMEOUT,
+                Sender::H1(_) => false,
             });
+            origin
+                .h1
+                .retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT);
         }
-        let h2 = origin.conns.iter().find_map(|c| match &c.sender {
+        let h2 = origin.h2.iter().find_map(|c| match &c.sender {
             Sender::H2(s) if s.is_ready() => Some(s.clone()),
             _ => None,
         });
@@ -283,12 +297,7 @@ impl Upstream {
             return (Some(Sender::H2(s)), key);
         }
         // The most recently used first; one the upstream has closed meanwhile is dropped.
-        while let Some(i) = origin
-            .conns
-            .iter()
-            .rposition(|c| matches!(c.sender, Sender::H1(_)))
-        {
-            let pooled = origin.conns.remove(i);
+        while let Some(pooled) = origin.h1.pop() {
             if let Sender::H1(mut conn) = pooled.sender {
                 if now.duration_since(pooled.since) <= IDLE_TIMEOUT && conn.idle_usable() {
                     return (Some(Sender::H1(conn)), key);
@@ -385,17 +394,16 @@ fn checkin_into(origins: &Mutex<Vec<Origin>>, key: &Arc<OriginKey>, pooled: Pool
     {
         Some(i) => i,
         None => {
-            origins.push(Origin {
-                key: key.clone(),
-                conns: Vec::new(),
-                swept: Instant::now(),
-            });
+            origins.push(Origin::new(key.clone()));
             origins.len() - 1
         }
     };
-    let conns = &mut origins[i].conns;
-    if conns.len() < MAX_IDLE_PER_ORIGIN {
-        conns.push(pooled);
+    let origin = &mut origins[i];
+    if origin.h1.len() + origin.h2.len() < MAX_IDLE_PER_ORIGIN {
+        match pooled.sender {
+            Sender::H1(_) => origin.h1.push(pooled),
+            Sender::H2(_) => origin.h2.push(pooled),
+        }
     }
 }
 
