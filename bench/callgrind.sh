@@ -25,10 +25,8 @@ UP=18131; PX=18132
 PID=""
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -f "$WORK/up.pid" ] && kill "$(cat "$WORK/up.pid")"; [ -n "${KEEP:-}" ] && cp "$WORK"/cg.out.* "$KEEP"; rm -rf "$WORK"; }
 trap cleanup EXIT
-for port in $UP $PX; do
-  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
-done
-BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
+ports_free $UP $PX
+BODY=$(json_body)
 upstream_conf $UP "$WORK" "$BODY" 1 "${UP_HEADERS:-0}" > "$WORK/up.conf"
 dp_config $PX $UP "" false "" "" 1 > "$WORK/dp.toml"
 nginx -c "$WORK/up.conf" -p "$WORK"

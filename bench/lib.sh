@@ -74,6 +74,20 @@ http {
 NGINX
 }
 
+# Exits with an error if anything answers on one of the ports on 127.0.0.1.
+#   ports_free PORT...
+ports_free() {
+  local port
+  for port in "$@"; do
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
+  done
+}
+
+# The upstream's answer in the benchmarks: 1 KiB of JSON.
+json_body() {
+  python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")'
+}
+
 # Installs wrk and nginx from Debian when either is missing.
 need_wrk_nginx() {
   if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then

@@ -45,7 +45,7 @@ trap 'stop_all nginx upstream' EXIT
 
 FL=18111; DPW=18112; UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
 BURST=${BURST:-1000}
-BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
+BODY=$(json_body)
 BODY=${BODY//\'/}
 
 # Two nginx instances, so that nginx as a proxy, like defender-proxy, runs in processes of its

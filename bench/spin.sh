@@ -17,10 +17,8 @@ WORK=$(mktemp -d); chmod 755 "$WORK"
 UP=18171; PX=18172
 PIDS=()
 trap 'stop_all up' EXIT
-for port in $UP $PX; do
-  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
-done
-BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
+ports_free $UP $PX
+BODY=$(json_body)
 upstream_conf $UP "$WORK" "$BODY" > "$WORK/up.conf"
 nginx -c "$WORK/up.conf" -p "$WORK"
 dp_config $PX $UP > "$WORK/dp.toml"

@@ -18,10 +18,8 @@ WORK=$(mktemp -d); chmod 755 "$WORK"
 PIDS=()
 trap 'stop_all up ngx' EXIT
 UP=18151; NGX=18152; BASE=18160
-for port in $UP $NGX; do
-  if curl -s -o /dev/null "http://127.0.0.1:$port/"; then echo "port $port is taken" >&2; exit 1; fi
-done
-BODY=$(python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")')
+ports_free $UP $NGX
+BODY=$(json_body)
 upstream_conf $UP "$WORK" "$BODY" > "$WORK/up.conf"
 nginx_proxy_conf $NGX $UP "$WORK" ngx > "$WORK/ngx.conf"
 nginx -c "$WORK/up.conf" -p "$WORK"; nginx -c "$WORK/ngx.conf" -p "$WORK"
