@@ -182,11 +182,12 @@ fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 const REWRITE_WHOLE_BYTES: u64 = 256 * 1024;
 
 /// The upstream's answer for the client: hop-by-hop headers removed, body streamed, paging
-/// links and `Location` rewritten when `rewrite` gives the route and the client's Host. The
-/// rewriter is only built when there is something to rewrite.
-pub async fn into_client_response(
+/// links and `Location` rewritten when `rewrite` gives the route and the client's Host (asked
+/// for only when there is something to rewrite; `None`: nothing is rewritten). The rewriter
+/// is only built when there is something to rewrite.
+pub async fn into_client_response<'h>(
     resp: Box<Response<UpBody>>,
-    rewrite: Option<(&Route, &str)>,
+    rewrite: Option<(&Route, &(dyn Fn() -> Option<&'h str> + Sync))>,
     head: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, mut body) = (*resp).into_parts();
@@ -196,9 +197,12 @@ pub async fn into_client_response(
     let Some((route, host)) = rewrite else {
         return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     };
-    if let Some(location) =
-        field(&parts.headers, &body, Known::Location).and_then(|v| std::str::from_utf8(v).ok())
-    {
+    let location =
+        field(&parts.headers, &body, Known::Location).and_then(|v| std::str::from_utf8(v).ok());
+    if let Some(location) = location {
+        let Some(host) = host() else {
+            return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+        };
         if let Some(v) = route
             .link_rewriter(host)
             .rewrite_location(location)
@@ -215,12 +219,16 @@ pub async fn into_client_response(
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
         let fields = body.take_fields();
         let whole = read_whole(body).await?;
-        if !crate::rewrite::may_contain_link(&whole) {
+        let host = match crate::rewrite::may_contain_link(&whole) {
+            true => host(),
+            false => None,
+        };
+        let Some(host) = host else {
             return Ok(Response::from_parts(
                 parts,
                 ResponseBody::Full(Some(whole), fields),
             ));
-        }
+        };
         // The map's length replaces the raw one.
         let mut state = RewriteState::new(route.link_rewriter(host));
         let mut out = state.push(&whole).to_vec();
@@ -233,6 +241,9 @@ pub async fn into_client_response(
             ResponseBody::Full(Some(out.into()), fields),
         ));
     }
+    let Some(host) = host() else {
+        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+    };
     // The length changes as the body streams: no Content-Length, from either set of fields.
     rawhead::materialize(&mut parts.headers, body.take_fields());
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -195,11 +195,11 @@ async fn proxy<'a>(
         Answer::Streamed(resp) => {
             trace.upstream_request_id =
                 rawhead::value(resp.headers(), resp.body().fields(), Known::RequestId);
+            // The client's Host is looked at only when there is a link to rewrite.
+            let host = || request_host(parts, named.host);
             let rewrite = route
                 .rewrite_links
-                .then(|| request_host(parts, named.host))
-                .flatten()
-                .map(|h| (route, h));
+                .then_some((route, &host as &(dyn Fn() -> Option<_> + Sync)));
             forward::into_client_response(resp, rewrite, parts.method == Method::HEAD).await
         }
         Answer::Read(resp) => {
