@@ -182,9 +182,9 @@ fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 const REWRITE_WHOLE_BYTES: u64 = 256 * 1024;
 
 /// The upstream's answer for the client: hop-by-hop headers removed, body streamed, paging
-/// links and `Location` rewritten when `rewrite` gives the route and the client's Host (asked
-/// for only when there is something to rewrite; `None`: nothing is rewritten). The rewriter
-/// is only built when there is something to rewrite.
+/// links and `Location` rewritten when `rewrite` gives the route and the client's Host. The
+/// Host is asked for, and the rewriter built, only when there is something to rewrite; when
+/// the Host is `None`, the answer goes on as it came.
 pub async fn into_client_response<'h>(
     resp: Box<Response<UpBody>>,
     rewrite: Option<(&Route, &(dyn Fn() -> Option<&'h str> + Sync))>,
@@ -194,14 +194,15 @@ pub async fn into_client_response<'h>(
     // An HTTP/1.1 answer's own fields travel with its body (hop-by-hop ones left out already),
     // see `crate::rawhead`; the map has those of an HTTP/2 answer.
     strip_hop_by_hop(&mut parts.headers);
+    let as_it_came = |parts, body| Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
     let Some((route, host)) = rewrite else {
-        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+        return as_it_came(parts, body);
     };
     let location =
         field(&parts.headers, &body, Known::Location).and_then(|v| std::str::from_utf8(v).ok());
     if let Some(location) = location {
         let Some(host) = host() else {
-            return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+            return as_it_came(parts, body);
         };
         if let Some(v) = route
             .link_rewriter(host)
@@ -212,18 +213,15 @@ pub async fn into_client_response<'h>(
         }
     }
     if head || !is_json(field(&parts.headers, &body, Known::ContentType)) || body.is_end_stream() {
-        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+        return as_it_came(parts, body);
     }
     let length =
         field(&parts.headers, &body, Known::ContentLength).and_then(crate::front::parse_length);
     if length.is_some_and(|n| n <= REWRITE_WHOLE_BYTES) {
         let fields = body.take_fields();
         let whole = read_whole(body).await?;
-        let host = match crate::rewrite::may_contain_link(&whole) {
-            true => host(),
-            false => None,
-        };
-        let Some(host) = host else {
+        let link = crate::rewrite::may_contain_link(&whole);
+        let Some(host) = link.then(host).flatten() else {
             return Ok(Response::from_parts(
                 parts,
                 ResponseBody::Full(Some(whole), fields),
@@ -242,7 +240,7 @@ pub async fn into_client_response<'h>(
         ));
     }
     let Some(host) = host() else {
-        return Ok(Response::from_parts(parts, ResponseBody::Upstream(body)));
+        return as_it_came(parts, body);
     };
     // The length changes as the body streams: no Content-Length, from either set of fields.
     rawhead::materialize(&mut parts.headers, body.take_fields());
