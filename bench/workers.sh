@@ -71,12 +71,11 @@ for e in $WS; do
   [ "$bin" != "$BIN" ] && NAME[$e]+="@$(basename "$bin")"
   dp_config "${PORT[$e]}" $UP "" false "" "" "$w" > "$WORK/dp$port.toml"
   "$bin" run --config "$WORK/dp$port.toml" >/dev/null 2>"$WORK/dp$port.log" & PIDS+=($!); PID[$e]=$!
+  # Served once before the change, so that every worker thread exists when it is made.
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:${PORT[$e]}/api/incidents" && break; sleep 0.05; done
   tweak "${PID[$e]}" "$change"
 done
-for port in $NGX "${PORT[@]}"; do
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
-done
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$NGX/api/incidents" && break; sleep 0.05; done
 snap() { # ticks of user and system time, voluntary and involuntary switches, of all threads
   local p t
   for p in $1; do for t in /proc/"$p"/task/*; do
