@@ -23,8 +23,9 @@ hz=$(getconf CLK_TCK)
 for r in $(seq "$ROUNDS"); do
   for bin in "$1" "$2"; do
     if curl -s -o /dev/null "http://127.0.0.1:$PX/"; then echo "port $PX is taken" >&2; exit 1; fi
-    "$bin" run --config "$WORK/dp.toml" 2>/dev/null & PID=$!
+    setsid "$bin" run --config "$WORK/dp.toml" 2>/dev/null & PID=$!
     for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" && break; sleep 0.05; done
+    own_session "$PID"  # as nginx's daemon (lib.sh)
     read -r u0 s0 < <(ticks "$PID")
     out=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$PX/api/incidents")
     read -r u1 s1 < <(ticks "$PID")

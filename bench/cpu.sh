@@ -25,12 +25,14 @@ upstream_conf $UP "$WORK" "$BODY" > "$WORK/up.conf"
 nginx_proxy_conf $NGX $UP "$WORK" ngx > "$WORK/ngx.conf"
 nginx -c "$WORK/up.conf" -p "$WORK"; nginx -c "$WORK/ngx.conf" -p "$WORK"
 dp_config $DP $UP > "$WORK/dp.toml"
-"$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); DPPID=$!
-# As many workers as defender-proxy has by default (three per core).
-"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$(( $(nproc) * 3 ))" & PIDS+=($!); FLPID=$!
+# Each in a session of its own, as nginx's daemon (see own_session in lib.sh).
+setsid "$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); DPPID=$!
+# As many workers as defender-proxy has by default (one per core).
+setsid "$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$(nproc)" & PIDS+=($!); FLPID=$!
 for port in $UP $NGX $DP $FL; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
 done
+own_session $DPPID; own_session $FLPID
 pids() { case $1 in nginx-proxy) pgrep -P "$(cat "$WORK/ngx.pid")" ;; dp) echo $DPPID ;; tokio-floor) echo $FLPID ;; esac; }
 port() { case $1 in nginx-proxy) echo $NGX ;; dp) echo $DP ;; tokio-floor) echo $FL ;; esac; }
 snap() { # ticks of user and system time, voluntary and involuntary switches, of all threads

@@ -74,6 +74,18 @@ http {
 NGINX
 }
 
+# The proxies under test each run in a session of their own, as nginx's daemon puts itself
+# (setsid): with the kernel's autogroup scheduling (kernel.sched_autogroup_enabled, on here),
+# the CPUs are shared between sessions first and between a session's threads after. Started
+# in the script's session, defender-proxy shared one share with wrk while nginx-proxy and the
+# upstream had one each: until session 10 every benchmark here ran it so. Start a proxy with
+# `setsid CMD ... &` and, once it serves, check with `own_session PID`.
+own_session() { # pid
+  local sid
+  sid=$(ps -o sid= -p "$1" | tr -d ' ')
+  [ "$sid" = "$1" ] || { echo "process $1 is not in a session of its own (session ${sid:-gone})" >&2; exit 1; }
+}
+
 # Exits with an error if anything answers on one of the ports on 127.0.0.1.
 #   ports_free PORT...
 ports_free() {

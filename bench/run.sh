@@ -5,10 +5,11 @@
 #   dp            defender-proxy (release build, warm token, access log off)
 #   dp-limit      the same with a generous rate limit on the route (the limiter's cost)
 #   dp-log        the same with the access log on (written to /dev/null)
-#   dp-cores      dp with one worker per core (server.workers = nproc), not the default's three:
-#                 what the extra workers bring, in the same run
+#   dp-x3         dp with three workers per core (server.workers = 3 × nproc), the default
+#                 until session 10: what more workers than cores bring, in the same run
 #   tokio-floor   examples/floor.rs: a tokio proxy that only forwards (no checks, no token
 #                 lookup, GET and Content-Length only), the ceiling for defender-proxy's design
+# Every proxy runs in a session of its own, as nginx's daemon does (see own_session in lib.sh).
 # Each is driven by wrk (-c64), interleaved over ROUNDS rounds (each round starting with the
 # next one); prints req/s, p50, p99 and peak RSS side by side with ratios to nginx, and the CPU
 # time (user + system) each proxy spent per request. Then memory with 10,000 tenants.
@@ -27,7 +28,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 TENANTS=${TENANTS:-10000}
-WORKERS=${WORKERS:-0}   # defender-proxy server.workers (0: three per core)
+WORKERS=${WORKERS:-0}   # defender-proxy server.workers (0: one per core)
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
@@ -81,22 +82,23 @@ config() { # port, extra route lines, access_log, extra tables, admin port
 config $DP "" false "" > "$WORK/dp.toml"
 config $DPL 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nper_hour = 1000000000\nmax_wait_secs = 0' > "$WORK/dpl.toml"
 config $DPLOG "" true "" > "$WORK/dplog.toml"
-dp_config $DPW "$UP" "" false "" "" "$(nproc)" > "$WORK/dpw.toml"
+dp_config $DPW "$UP" "" false "" "" "$(( $(nproc) * 3 ))" > "$WORK/dpw.toml"
 config $DPT 'rate_limit = "generous"' false $'[rate_limit.generous]\nper_minute = 1000000000\nmax_wait_secs = 0' > "$WORK/dpt.toml"
 
 start() { # name, config
-  "$BIN" run --config "$2" >/dev/null 2>"$WORK/$1.log" &
+  setsid "$BIN" run --config "$2" >/dev/null 2>"$WORK/$1.log" &
   PIDS+=($!)
   eval "PID_$1=$!"
 }
 start dp "$WORK/dp.toml"; start dpl "$WORK/dpl.toml"; start dplog "$WORK/dplog.toml"; start dpt "$WORK/dpt.toml"
 start dpw "$WORK/dpw.toml"
-# The floor with as many workers as defender-proxy (its default: three per core).
-"$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$( [ "$WORKERS" = 0 ] && echo $(( $(nproc) * 3 )) || echo "$WORKERS")" &
+# The floor with as many workers as defender-proxy (its default: one per core).
+setsid "$FLOOR" 127.0.0.1:$FL 127.0.0.1:$UP "$( [ "$WORKERS" = 0 ] && nproc || echo "$WORKERS")" &
 PIDS+=($!); PID_floor=$!
 for port in $UP $NGX $DP $DPL $DPLOG $DPT $DPW $FL; do
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/api/incidents" && break; sleep 0.05; done
 done
+for p in "${PIDS[@]}"; do own_session "$p"; done
 
 rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 nginx_rss_kib() { # the largest worker's peak
@@ -112,7 +114,7 @@ ticks() { # name
   local pids
   case $1 in
     nginx-proxy) pids=$(pgrep -P "$(cat "$WORK/nginx.pid")") ;;
-    dp) pids=$PID_dp ;; dp-limit) pids=$PID_dpl ;; dp-log) pids=$PID_dplog ;; dp-cores) pids=$PID_dpw ;; tokio-floor) pids=$PID_floor ;;
+    dp) pids=$PID_dp ;; dp-limit) pids=$PID_dpl ;; dp-log) pids=$PID_dplog ;; dp-x3) pids=$PID_dpw ;; tokio-floor) pids=$PID_floor ;;
   esac
   for p in $pids; do cat /proc/"$p"/task/*/stat; done | awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t }'
 }
@@ -126,8 +128,8 @@ run_wrk() { # name, port
   P99[$1]="${P99[$1]:-} $(echo "$out" | awk '$1=="99%" {print $2}')"
 }
 # ORDER="..." runs them in another cyclic order (to see whether a proxy's place matters).
-read -r -a NAMES <<< "${ORDER:-nginx-proxy dp dp-limit dp-log dp-cores tokio-floor}"
-declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [dp-cores]=$DPW [tokio-floor]=$FL)
+read -r -a NAMES <<< "${ORDER:-nginx-proxy dp dp-limit dp-log dp-x3 tokio-floor}"
+declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [dp-x3]=$DPW [tokio-floor]=$FL)
 # A pause before each run lets the previous run's connections close and its processes go
 # idle; without it the run right after nginx-proxy's showed a p99 several times higher,
 # whichever proxy it was.
@@ -169,7 +171,7 @@ for n in "${NAMES[@]}"; do
     dp) rss=$(rss_kib "$PID_dp") ;;
     dp-limit) rss=$(rss_kib "$PID_dpl") ;;
     dp-log) rss=$(rss_kib "$PID_dplog") ;;
-    dp-cores) rss=$(rss_kib "$PID_dpw") ;;
+    dp-x3) rss=$(rss_kib "$PID_dpw") ;;
     tokio-floor) rss=$(rss_kib "$PID_floor") ;;
   esac
   printf '%-12s %12.0f %10.2f %10.2f %12.1f %10.2f %10.2f %12.1f\n' "$n" "$rps" "$p50" "$p99" "$(echo "$rss/1024" | bc -l)" \
@@ -196,7 +198,7 @@ echo "tenants: $TENANTS distinct tenants with cached tokens and rate-limit bucke
 # A cold burst: a fresh proxy with no token yet gets BURST requests at once, each on its own
 # connection. One token request should serve them all.
 config $DPC "" false "" $DPCA > "$WORK/dpc.toml"
-"$BIN" run --config "$WORK/dpc.toml" >/dev/null 2>"$WORK/dpc.log" &
+setsid "$BIN" run --config "$WORK/dpc.toml" >/dev/null 2>"$WORK/dpc.log" &
 PIDS+=($!); PID_dpc=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$DPCA/healthz" && break; sleep 0.05; done
 burst=$("$LOADGEN" burst "http://127.0.0.1:$DPC/api/incidents" "$BURST")
@@ -207,7 +209,7 @@ echo "cold burst: $burst token_requests=$fetches"
 mkdir -p "$WORK/big" && truncate -s 1G "$WORK/big/file1g" && chmod -R a+rX "$WORK/big"
 DPC=18110
 config $DPC "" false "" > "$WORK/dpm.toml"
-"$BIN" run --config "$WORK/dpm.toml" >/dev/null 2>"$WORK/dpm.log" &
+setsid "$BIN" run --config "$WORK/dpm.toml" >/dev/null 2>"$WORK/dpm.log" &
 PIDS+=($!); PID_dpc=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$DPC/api/incidents" && break; sleep 0.05; done
 rss_before=$(rss_kib "$PID_dpc")

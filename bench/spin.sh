@@ -32,6 +32,7 @@ TCK=$(getconf CLK_TCK)
 measure() { # NAME PID: one wrk run against the proxy on $PX
   local name=$1 pid=$2 u0 s0 u1 s1 o0 o1 req
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" && break; sleep 0.05; done
+  own_session "$pid"  # as nginx's daemon (lib.sh)
   wrk -t2 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$PX/api/incidents" >/dev/null # warm-up
   read -r u0 s0 < <(ticks "$pid"); read -r o0 < <(ticks $UPPIDS | awk '{print $1 + $2}')
   wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PX/api/incidents" >"$WORK/wrk.out"
@@ -43,10 +44,10 @@ measure() { # NAME PID: one wrk run against the proxy on $PX
 }
 printf '%-16s %9s %10s %10s %12s\n' name req/s user_us sys_us upstream_us
 for spin in $SPINS; do
-  FLOOR_SPIN=$spin "$FLOOR" 127.0.0.1:$PX 127.0.0.1:$UP "$(( $(nproc) * 3 ))" & PIDS+=($!); P=$!
+  FLOOR_SPIN=$spin setsid "$FLOOR" 127.0.0.1:$PX 127.0.0.1:$UP "$(nproc)" & PIDS+=($!); P=$!
   measure "floor+spin$spin" $P
   kill $P; wait $P 2>/dev/null || true
 done
-"$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); P=$!
+setsid "$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/dp.log" & PIDS+=($!); P=$!
 measure dp $P
 echo "(per request; times in µs; upstream: the nginx upstream's user + system time; wrk -t2 -c$CONNECTIONS -d${DURATION}s each)"

@@ -14,6 +14,9 @@
 #   6:pin          threads pinned round-robin to the CPUs the proxy may use (taskset)
 #   6:batch        SCHED_BATCH: no wakeup preemption (chrt -b)
 #   6:slice=NS     an EEVDF slice of NS nanoseconds (sched_setattr; Linux 6.12 or later)
+#   6:shared       started in this script's session, so scheduled as one group with wrk (as
+#                  every benchmark here ran it until session 10; see own_session in lib.sh);
+#                  the others each run in a session of their own, as nginx's daemons do
 #   6@/path/bin    that binary (to compare builds: another allocator, LTO, a branch)
 #   WS="6 6:pin 6:batch 6:slice=100000" bench/workers.sh
 set -euo pipefail
@@ -36,7 +39,7 @@ nginx -c "$WORK/up.conf" -p "$WORK"; nginx -c "$WORK/ngx.conf" -p "$WORK"
 tweak() { # pid tweak
   local cpus t i=0
   case $2 in
-    "") ;;
+    ""|shared) ;;
     pin)
       read -r -a cpus < <(taskset -pc "$1" | sed 's/.*: //' | python3 -c 'import sys
 out = []
@@ -70,9 +73,11 @@ for e in $WS; do
   PORT[$e]=$port; port=$((port + 1)); NAME[$e]="dp-w$spec"
   [ "$bin" != "$BIN" ] && NAME[$e]+="@$(basename "$bin")"
   dp_config "${PORT[$e]}" $UP "" false "" "" "$w" > "$WORK/dp$port.toml"
-  "$bin" run --config "$WORK/dp$port.toml" >/dev/null 2>"$WORK/dp$port.log" & PIDS+=($!); PID[$e]=$!
+  launch=(setsid); [ "$change" = shared ] && launch=()
+  "${launch[@]}" "$bin" run --config "$WORK/dp$port.toml" >/dev/null 2>"$WORK/dp$port.log" & PIDS+=($!); PID[$e]=$!
   # Served once before the change, so that every worker thread exists when it is made.
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:${PORT[$e]}/api/incidents" && break; sleep 0.05; done
+  [ "$change" = shared ] || own_session "${PID[$e]}"
   tweak "${PID[$e]}" "$change"
 done
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$NGX/api/incidents" && break; sleep 0.05; done

@@ -243,25 +243,22 @@ pub async fn serve(
     Ok(())
 }
 
-/// Workers when `server.workers` is 0: three per core, at most this many.
+/// Workers when `server.workers` is 0: one per core, at most this many.
 pub const MAX_DEFAULT_WORKERS: usize = 64;
 
-/// `server.workers`, with 0 meaning three per CPU core (at most `MAX_DEFAULT_WORKERS`).
+/// `server.workers`, with 0 meaning one per CPU core (at most `MAX_DEFAULT_WORKERS`; the
+/// cores this process may use, so a container's CPU limit counts).
 ///
-/// More workers than cores, for a proxy that shares its cores with its clients (scripts beside
-/// it, the app in its pod), as on a workstation, a server or a sidecar. With exactly one worker
-/// per core, a worker drains its ready connections, sleeps, and is woken again for nearly every
-/// request; on two shared cores that cost about as much CPU time as serving the request. With
-/// more workers, a worker waits its turn for a core while its connections' events gather, and
-/// serves them together. One more worker than cores did that too but left a long latency tail
-/// (a worker waiting its turn holds a third of the connections); with three per core a waiting
-/// worker holds fewer, and the tail was shorter. Four and six per core served less
-/// (BENCHMARKS.md, session 8). An idle worker costs a thread.
+/// One per core, as nginx's `worker_processes auto`. Sessions 7 to 9 measured three per core
+/// as faster, but those benchmarks started the proxy in the load generator's session, and with
+/// the kernel's autogroup scheduling a session's threads share one share of the CPUs: more
+/// threads took more of it from wrk. In a session of its own, as a service, a pod's container
+/// or nginx's daemon, two workers on two cores served 19–37 % more than six, and slept as
+/// seldom as nginx's workers (BENCHMARKS.md, session 10). An idle worker costs a thread.
 pub fn worker_count(configured: usize) -> usize {
     match configured {
         0 => std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .saturating_mul(3)
             .min(MAX_DEFAULT_WORKERS),
         n => n,
     }

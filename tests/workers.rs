@@ -56,9 +56,9 @@ async fn every_connection_is_served_and_every_worker_drains_at_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_is_three_workers_per_core() {
+async fn the_default_is_one_worker_per_core() {
     let cores = std::thread::available_parallelism().unwrap().get();
-    let expected = (3 * cores).min(defender_proxy::MAX_DEFAULT_WORKERS);
+    let expected = cores.min(defender_proxy::MAX_DEFAULT_WORKERS);
     assert_eq!(defender_proxy::worker_count(0), expected);
     assert_eq!(defender_proxy::worker_count(2), 2);
     let env = with_workers(0).await;

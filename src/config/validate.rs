@@ -89,7 +89,7 @@ fn validate_server(config: &Config) -> Result<(), ConfigError> {
     if config.server.workers > 256 {
         return Err(ConfigError::new(
             "server.workers",
-            "must be 0 (three per core) to 256",
+            "must be 0 (one per core) to 256",
         ));
     }
     let s = &config.server;
