@@ -382,19 +382,43 @@ async fn read_more(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Err(HeadError::Io),
         }
-        tokio::select! {
-            // In this order: no random draw per wait.
-            biased;
-            r = stream.readable() => r.map_err(|_| HeadError::Io)?,
-            _ = &mut waits.sleep => {
+        match std::future::poll_fn(|cx| waits.poll(stream, idle, cx)).await {
+            Woke::Readable(r) => r.map_err(|_| HeadError::Io)?,
+            Woke::Timer => {
                 if tokio::time::Instant::now() >= waits.deadline {
                     return Err(HeadError::Io);
                 }
                 let deadline = waits.deadline;
                 waits.sleep.as_mut().reset(deadline);
             }
-            _ = &mut waits.stopped, if idle => return Ok(false),
+            Woke::Stopped => return Ok(false),
         }
+    }
+}
+
+/// What ended a wait for more of a head.
+enum Woke {
+    Readable(io::Result<()>),
+    Timer,
+    Stopped,
+}
+
+impl Waits {
+    /// The socket first, then the timer, then (when `idle`) the stop: no random draw per
+    /// wait. The socket's readiness is polled, not awaited as `readable()`: that future joins
+    /// and leaves the socket's list of waiters, under its lock, on every wait, where
+    /// `poll_read_ready` keeps the one waker of the one task that reads the socket.
+    fn poll(&mut self, stream: &TcpStream, idle: bool, cx: &mut Context<'_>) -> Poll<Woke> {
+        if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+            return Poll::Ready(Woke::Readable(r));
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::Timer);
+        }
+        if idle && self.stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::Stopped);
+        }
+        Poll::Pending
     }
 }
 
