@@ -54,6 +54,19 @@ impl RawConn {
         if !self.buf.is_empty() {
             return false;
         }
+        // Over plain TCP, the socket's readiness says it without registering a waker: nothing
+        // seen since the answer was read through, nothing arrived. Seen: the probe below
+        // tells a close or stray bytes from readiness left over by a read that filled the
+        // buffer.
+        if let MaybeHttpsStream::Http(tcp) = self.io.inner() {
+            let seen = tcp
+                .inner()
+                .try_io(tokio::io::Interest::READABLE, || Ok(()))
+                .is_ok();
+            if !seen {
+                return true;
+            }
+        }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut probe = [0u8; 1];
         let mut rb = ReadBuf::new(&mut probe);
