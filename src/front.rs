@@ -422,6 +422,22 @@ impl Waits {
     }
 }
 
+/// Reads what the socket has into `buf`, waiting (registering `cx`) while it has nothing.
+pub(crate) fn poll_read_buf(
+    stream: &TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match try_read_buf(stream, buf) {
+            // The readiness is cleared: the next poll registers `cx`.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 /// Reads what the socket has into `buf`, without waiting. As tokio's own `AsyncRead` does, a
 /// read that left room in the buffer counts as having drained the socket, and the socket is
 /// marked not ready: the next wait then goes to the event loop instead of to a `recv` that

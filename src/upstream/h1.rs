@@ -81,6 +81,10 @@ impl RawConn {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
+        // Plain TCP is read directly, not through the TLS wrapper's and hyper's read buffers.
+        if let MaybeHttpsStream::Http(tcp) = self.io.inner() {
+            return crate::front::poll_read_buf(tcp.inner(), &mut self.buf, cx);
+        }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
