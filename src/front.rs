@@ -1145,7 +1145,7 @@ pub(crate) fn write_hex_line(buf: &mut [u8; 20], len: usize) -> usize {
     digits + 2
 }
 
-async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         match stream.try_write(buf) {
             Ok(n) => buf = &buf[n..],

@@ -244,6 +244,10 @@ fn method_has_body(m: &Method) -> bool {
 }
 
 async fn write_head(conn: &mut RawConn, head: &[u8]) -> std::io::Result<()> {
+    // Plain TCP is written directly, not through the TLS wrapper (nothing to flush).
+    if let MaybeHttpsStream::Http(tcp) = conn.io.inner() {
+        return crate::front::write_all(tcp.inner(), head).await;
+    }
     conn.io.write_all(head).await?;
     conn.io.flush().await
 }
