@@ -101,7 +101,7 @@ enum Kind {
 /// Sorts a field by its name (any case): by length first, so that most names are compared
 /// with one candidate at most.
 fn kind(name: &[u8]) -> Kind {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    let is = |s: &str| is_name(name, s.as_bytes());
     match name.len() {
         2 if is("te") => Kind::Hop,
         4 if is("date") => Kind::Known(Known::Date),
@@ -125,6 +125,51 @@ fn kind(name: &[u8]) -> Kind {
         20 if is("x-defender-proxy-key") => Kind::Known(Known::InboundKey),
         _ => Kind::Other,
     }
+}
+
+/// Whether `name` is `lower` (lowercase ASCII) in any case, eight bytes at a time: what
+/// `eq_ignore_ascii_case` says, for about a quarter of the instructions on names of 10 to 20
+/// bytes (each field of both heads is sorted by its name).
+#[inline]
+fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    let n = lower.len();
+    if name.len() != n {
+        return false;
+    }
+    if n < 8 {
+        let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+        a[..n].copy_from_slice(name);
+        b[..n].copy_from_slice(lower);
+        return lowercase8(u64::from_le_bytes(a)) == u64::from_le_bytes(b);
+    }
+    // Words at 0, 8, ... and the last eight bytes (which may overlap the word before).
+    let word = |s: &[u8], at: usize| s[at..].first_chunk::<8>().map(|w| u64::from_le_bytes(*w));
+    let mut at = 0;
+    loop {
+        let at_most = at.min(n - 8);
+        if word(name, at_most).map(lowercase8) != word(lower, at_most) {
+            return false;
+        }
+        if at_most == n - 8 {
+            return true;
+        }
+        at += 8;
+    }
+}
+
+/// The eight bytes of `x` with ASCII uppercase letters made lowercase, and every other byte
+/// as it is.
+#[inline]
+const fn lowercase8(x: u64) -> u64 {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Per byte, below 0x80 (no carry into the next byte): the high bit of b + 0x3f is set
+    // when b >= b'A', that of b + 0x25 when b > b'Z'.
+    let b = x & !HIGH;
+    let at_least_a = b.wrapping_add(0x3f3f_3f3f_3f3f_3f3f);
+    let past_z = b.wrapping_add(0x2525_2525_2525_2525);
+    let upper = at_least_a & !past_z & !x & HIGH;
+    // 0x80 >> 2 is the 0x20 that makes an uppercase letter lowercase.
+    x | (upper >> 2)
 }
 
 /// The forwardable fields of a head, by position in the head's bytes.

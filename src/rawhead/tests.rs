@@ -167,3 +167,67 @@ fn visible_takes_what_header_value_to_str_takes() {
     );
     assert_eq!(visible(b""), Some(""));
 }
+
+#[test]
+fn names_compare_as_eq_ignore_ascii_case_does() {
+    let known: &[&str] = &[
+        "te",
+        "date",
+        "host",
+        "origin",
+        "expect",
+        "upgrade",
+        "trailer",
+        "location",
+        "connection",
+        "keep-alive",
+        "request-id",
+        "content-type",
+        "authorization",
+        "content-length",
+        "sec-fetch-site",
+        "proxy-connection",
+        "transfer-encoding",
+        "client-request-id",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "x-defender-proxy-key",
+    ];
+    for lower in known {
+        let lower = lower.as_bytes();
+        let upper = lower.to_ascii_uppercase();
+        assert!(is_name(lower, lower) && is_name(&upper, lower));
+        // Every byte value at every place, in the name as written and in capitals: the same
+        // answer as the standard comparison (bytes past the letters included: 0x80 and up,
+        // and those one bit away from a letter or '-', such as CR for '-').
+        for base in [lower.to_vec(), upper] {
+            for at in 0..base.len() {
+                for b in 0..=255u8 {
+                    let mut name = base.clone();
+                    name[at] = b;
+                    assert_eq!(
+                        is_name(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{:?} against {:?}",
+                        String::from_utf8_lossy(&name),
+                        String::from_utf8_lossy(lower)
+                    );
+                }
+            }
+        }
+        // One byte shorter or longer is another name.
+        assert!(!is_name(&lower[1..], lower));
+        assert!(!is_name(&[lower, b"x"].concat(), lower));
+    }
+}
+
+#[test]
+fn lowercase8_changes_only_uppercase_letters() {
+    for b in 0..=255u8 {
+        for at in 0..8 {
+            let x = u64::from(b) << (8 * at) | 0x4141_4141_4141_4141 & !(0xff << (8 * at));
+            let want = u64::from_le_bytes(x.to_le_bytes().map(|c| c.to_ascii_lowercase()));
+            assert_eq!(lowercase8(x), want, "byte {b:#x} at {at}");
+        }
+    }
+}
