@@ -367,9 +367,10 @@ fn host_allowed(rt: &Runtime, host_port: &[u8]) -> bool {
             None => host_port,
         },
     };
+    // The allowed names are kept lowercase.
     rt.allowed_hosts
         .iter()
-        .any(|a| a.as_bytes().eq_ignore_ascii_case(host))
+        .any(|a| crate::rawhead::is_name(host, a.as_bytes()))
 }
 
 /// The client's `client-request-id` (`sent`) when it is sane, else a new UUID.

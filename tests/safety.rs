@@ -52,6 +52,20 @@ async fn a_foreign_host_header_is_refused() {
     )
     .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // Host names have no case (RFC 9110 §4.2.3); one letter off is still another host.
+    let ok = raw(
+        env.proxy.proxy_addr,
+        b"GET /api/incidents HTTP/1.1\r\nHost: LocalHost:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_refused(
+        &env,
+        "GET /api/incidents HTTP/1.1\r\nHost: localhosu:8080\r\nConnection: close\r\n\r\n",
+        "400",
+        "BadHost",
+    )
+    .await;
 }
 
 #[tokio::test]
