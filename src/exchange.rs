@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::upstream::{Added, UpBody};
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
@@ -50,7 +50,7 @@ pub struct Exchange<'a> {
     /// Its fields as they came (HTTP/1.1), when its header map is empty.
     pub raw: Option<&'a crate::rawhead::RawHeaders>,
     /// The request ID.
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a crate::proxy::RequestId,
     /// The route's credential.
     pub source: &'a Arc<CredentialSource>,
     /// The tenant's ID (the token is for it, with the route's scope and credential).

@@ -133,9 +133,9 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
 }
 
 /// The answer to a request the proxy could not parse, with a request ID of its own.
-fn refusal(e: ProxyError) -> (Response<ResponseBody>, HeaderValue) {
+fn refusal(e: ProxyError) -> (Response<ResponseBody>, crate::proxy::RequestId) {
     let id = crate::proxy::request_id(None);
-    (e.into_response(id.to_str().unwrap_or("-")), id)
+    (e.into_response(id.as_str()), id)
 }
 
 /// Before closing a connection whose client may still be sending: stop writing and read
@@ -203,7 +203,7 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
             let req = Box::new(req.map(ClientBody::Hyper));
             let (mut resp, id) = crate::catch_panic(worker, req, None).await;
             if let Some(id) = id {
-                crate::proxy::set_request_id(&mut resp, id);
+                crate::proxy::set_request_id(&mut resp, &id);
             }
             let (mut parts, mut body) = resp.into_parts();
             // hyper writes the header map only.
@@ -975,7 +975,7 @@ async fn write_response(
     stream: &TcpStream,
     resp: Response<ResponseBody>,
     mode: &ResponseMode,
-    request_id: Option<&HeaderValue>,
+    request_id: Option<&crate::proxy::RequestId>,
     out: &mut Vec<u8>,
 ) -> io::Result<bool> {
     if out.capacity() > MAX_KEPT_HEAD {

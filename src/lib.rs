@@ -555,10 +555,7 @@ pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
     req: Box<http::Request<body::ClientBody>>,
     raw: Option<Box<rawhead::RawHeaders>>,
-) -> (
-    http::Response<body::ResponseBody>,
-    Option<http::HeaderValue>,
-) {
+) -> (http::Response<body::ResponseBody>, Option<proxy::RequestId>) {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(proxy::handle(&worker, req, raw))
         .catch_unwind()

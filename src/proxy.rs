@@ -41,7 +41,7 @@ pub async fn handle(
     worker: &Worker,
     req: Box<Request<ClientBody>>,
     raw: Option<Box<RawHeaders>>,
-) -> (Response<ResponseBody>, HeaderValue) {
+) -> (Response<ResponseBody>, RequestId) {
     let state = &*worker.state;
     let rt = worker.runtime();
     // Read only for the access log: a clock read is not free.
@@ -74,15 +74,15 @@ pub async fn handle(
     )
     .await;
     state.metrics.add_inflight(worker.index, -1);
-    let rid = request_id.to_str().unwrap_or("-");
+    // Its text only where needed: checking that it is text costs as much as making it.
     let (mut resp, error) = match result {
         Ok(resp) => (resp, None),
         Err(e) => {
             let code = e.status_and_code().1;
             if matches!(e, ProxyError::Internal) {
-                tracing::error!(request_id = rid, "internal error");
+                tracing::error!(request_id = request_id.as_str(), "internal error");
             }
-            (e.into_response(rid), Some(code))
+            (e.into_response(request_id.as_str()), Some(code))
         }
     };
     match trace.route {
@@ -108,7 +108,7 @@ pub async fn handle(
             &method,
             &path,
             &resp,
-            rid,
+            request_id.as_str(),
             error,
             started.elapsed(),
         );
@@ -117,9 +117,10 @@ pub async fn handle(
 }
 
 /// Sets `client-request-id` to the request ID unless the response has one (from the upstream).
-pub fn set_request_id(resp: &mut Response<ResponseBody>, request_id: HeaderValue) {
+pub fn set_request_id(resp: &mut Response<ResponseBody>, request_id: &RequestId) {
     if !rawhead::contains(resp.headers(), resp.body().fields(), Known::ClientRequestId) {
-        resp.headers_mut().insert(CLIENT_REQUEST_ID, request_id);
+        resp.headers_mut()
+            .insert(CLIENT_REQUEST_ID, request_id.to_header_value());
     }
 }
 
@@ -168,7 +169,7 @@ async fn proxy<'a>(
     rt: &'a Runtime,
     request: Incoming<'_>,
     incoming: ClientBody,
-    request_id: &HeaderValue,
+    request_id: &RequestId,
     body_done: &BodyDone,
     trace: &mut Trace<'a>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -374,21 +375,88 @@ fn host_allowed(rt: &Runtime, host_port: &[u8]) -> bool {
 }
 
 /// The client's `client-request-id` (`sent`) when it is sane, else a new UUID.
-pub(crate) fn request_id(sent: Option<HeaderValue>) -> HeaderValue {
+pub(crate) fn request_id(sent: Option<HeaderValue>) -> RequestId {
     if let Some(v) = sent {
         let ok = (1..=128).contains(&v.len())
             && v.as_bytes()
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if ok {
-            return v;
+            return RequestId(Id::Sent(v));
         }
     }
-    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut buf);
-    // One allocation that clones share (the ID goes upstream and back to the client): a
-    // value copied from a slice is promoted, with a second allocation, when first cloned.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .unwrap_or(HeaderValue::from_static("-"))
+    RequestId(Id::Made(uuid_v4_text(fastrand::u128(..).to_le_bytes())))
 }
+
+/// Two lowercase hex digits for each byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [digits[i >> 4], digits[i & 15]];
+        i += 1;
+    }
+    pairs
+};
+
+/// A random (version 4) UUID made of `random`, as hyphenated lowercase text: as the `uuid`
+/// crate writes it, with a table of digit pairs (a third of its instructions).
+fn uuid_v4_text(mut random: [u8; 16]) -> [u8; 36] {
+    random[6] = (random[6] & 0x0f) | 0x40; // version 4
+    random[8] = (random[8] & 0x3f) | 0x80; // RFC 9562 variant
+    // Where each byte's two digits go: 8-4-4-4-12.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let mut out = [b'-'; 36];
+    for (b, at) in random.iter().zip(AT) {
+        out[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+    out
+}
+
+/// A request's ID (`client-request-id`): the client's when sane, else one made here. Kept
+/// as text, not as a header value: one made here would cost an allocation and two checks
+/// of its bytes per request, and it only goes into heads as bytes and into logs as text.
+#[derive(Clone)]
+pub struct RequestId(Id);
+
+#[derive(Clone)]
+enum Id {
+    /// Sane as checked: ASCII letters, digits, `-`, `_` and `.`.
+    Sent(HeaderValue),
+    /// A hyphenated lowercase UUID.
+    Made([u8; 36]),
+}
+
+impl RequestId {
+    /// Its bytes, as they go into a head.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Id::Sent(v) => v.as_bytes(),
+            Id::Made(b) => b,
+        }
+    }
+
+    /// Its text (for logs and error bodies).
+    pub fn as_str(&self) -> &str {
+        // ASCII either way.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// As a header value (for the header maps of HTTP/2).
+    pub fn to_header_value(&self) -> HeaderValue {
+        match &self.0 {
+            Id::Sent(v) => v.clone(),
+            Id::Made(b) => HeaderValue::from_bytes(b).unwrap_or(HeaderValue::from_static("-")),
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -38,7 +38,7 @@ pub struct Added<'a> {
     /// `Authorization: Bearer ...`.
     pub bearer: &'a http::HeaderValue,
     /// `client-request-id`.
-    pub request_id: &'a http::HeaderValue,
+    pub request_id: &'a crate::proxy::RequestId,
 }
 
 impl Added<'_> {
@@ -57,7 +57,10 @@ impl Added<'_> {
             }
         }
         headers.insert(http::header::AUTHORIZATION, self.bearer.clone());
-        headers.insert(crate::forward::CLIENT_REQUEST_ID, self.request_id.clone());
+        headers.insert(
+            crate::forward::CLIENT_REQUEST_ID,
+            self.request_id.to_header_value(),
+        );
     }
 }
 

@@ -48,7 +48,7 @@ fn build(uri: &str, headers: &[(&str, &str)]) -> Request<RequestBody> {
             raw: None,
             tenant_header: &HeaderName::from_static("x-tenant-id"),
             bearer: &HeaderValue::from_static("Bearer fresh"),
-            request_id: &HeaderValue::from_static("rid-1"),
+            request_id: &crate::proxy::request_id(Some(HeaderValue::from_static("rid-1"))),
         },
     };
     *build_request(&p, &out, RequestBody::Full(None)).unwrap()
@@ -83,7 +83,7 @@ fn wire(uri: &str, headers: &[(&str, &str)], as_came: bool) -> Vec<(String, Stri
             raw: raw.as_deref(),
             tenant_header: &HeaderName::from_static("x-tenant-id"),
             bearer: &HeaderValue::from_static("Bearer fresh"),
-            request_id: &HeaderValue::from_static("rid-1"),
+            request_id: &crate::proxy::request_id(Some(HeaderValue::from_static("rid-1"))),
         },
     };
     let req = build_request(&p, &out, RequestBody::Full(None)).unwrap();
