@@ -58,8 +58,10 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
     let mut out = Vec::with_capacity(512);
     let mut first = true;
     let mut waits = Waits::new(&stop);
+    // The box the fields of each request's head are read into, reused.
+    let mut spare = None;
     loop {
-        let parsed = match read_head(&stream, &mut buf, &mut waits, first).await {
+        let parsed = match read_head(&stream, &mut buf, &mut waits, first, &mut spare).await {
             Ok(Head::Request(parsed)) => parsed,
             Ok(Head::Http2) => {
                 if let Ok(stream) = Arc::try_unwrap(stream) {
@@ -88,7 +90,12 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
             http10,
             reader,
         } = parsed;
-        let (mut resp, request_id) = crate::catch_panic(worker.clone(), request, raw).await;
+        let (mut resp, request_id) =
+            crate::catch_panic(worker.clone(), request, raw.as_deref()).await;
+        spare = raw.map(|mut raw| {
+            raw.release();
+            raw
+        });
         let mut keep_alive = keep_alive && !stop.is_cancelled();
         // The proxy's own say (`Connection: close` when a body was left unread); never sent as
         // it is, the answer's framing decides the header.
@@ -332,6 +339,7 @@ async fn read_head(
     buf: &mut BytesMut,
     waits: &mut Waits,
     first: bool,
+    spare: &mut Option<Box<RawHeaders>>,
 ) -> Result<Head, HeadError> {
     waits.deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     loop {
@@ -349,7 +357,7 @@ async fn read_head(
                     continue;
                 }
             }
-            if let Some(parsed) = parse_head(stream, buf)? {
+            if let Some(parsed) = parse_head(stream, buf, spare)? {
                 return Ok(Head::Request(parsed));
             }
             if buf.len() > MAX_HEAD_BYTES {
@@ -456,7 +464,11 @@ fn try_read_buf(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 }
 
 /// Parses the head at the start of `buf`, if whole; takes it (and nothing more) out of `buf`.
-fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
+fn parse_head(
+    stream: &Arc<TcpStream>,
+    buf: &mut BytesMut,
+    spare: &mut Option<Box<RawHeaders>>,
+) -> Result<Option<Parsed>, HeadError> {
     let bad = |why| Err(HeadError::Refused(ProxyError::BadRequest(why)));
     // Uninitialised: httparse writes only the headers it finds.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -489,7 +501,7 @@ fn parse_head(stream: &Arc<TcpStream>, buf: &mut BytesMut) -> Result<Option<Pars
         Err(_) => return bad("the request target is not a valid URI"),
     };
     // The fields as they came when they fit (the usual case), else a header map.
-    let (raw, fields) = match RawHeaders::parse(head.clone(), &spans) {
+    let (raw, fields) = match RawHeaders::parse_into(spare.take(), head.clone(), &spans) {
         Ok(Some((raw, fields))) => (Some(raw), fields),
         Ok(None) => match header_fields(&head, &spans) {
             Ok(f) => (None, f),

@@ -554,7 +554,7 @@ impl Drop for Ended {
 pub(crate) async fn catch_panic(
     worker: Arc<Worker>,
     req: Box<http::Request<body::ClientBody>>,
-    raw: Option<Box<rawhead::RawHeaders>>,
+    raw: Option<&rawhead::RawHeaders>,
 ) -> (http::Response<body::ResponseBody>, Option<proxy::RequestId>) {
     use futures_util::FutureExt;
     match std::panic::AssertUnwindSafe(proxy::handle(&worker, req, raw))

@@ -40,14 +40,13 @@ struct Trace<'a> {
 pub async fn handle(
     worker: &Worker,
     req: Box<Request<ClientBody>>,
-    raw: Option<Box<RawHeaders>>,
+    raw: Option<&RawHeaders>,
 ) -> (Response<ResponseBody>, RequestId) {
     let state = &*worker.state;
     let rt = worker.runtime();
     // Read only for the access log: a clock read is not free.
     let started = rt.access_log.then(Instant::now);
     let (parts, incoming) = (*req).into_parts();
-    let raw = raw.as_deref();
     let named = Named::of(&parts.headers, raw, rt.tenant_header.as_str().as_bytes());
     let request_id = request_id(named.client_request_id.and_then(|v| match raw {
         Some(raw) => raw.shared(v),

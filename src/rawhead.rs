@@ -202,6 +202,13 @@ impl std::fmt::Debug for RawHeaders {
 }
 
 impl RawHeaders {
+    /// Lets go of the head's bytes (shared with the connection's read buffer, which can then
+    /// reuse its memory) and of its fields, keeping the box for the next head.
+    pub(crate) fn release(&mut self) {
+        self.head = Bytes::new();
+        self.len = 0;
+    }
+
     /// The fields of `head` at `spans` (as httparse found and checked them), with what they
     /// say about the framing, in one pass. Left out: the hop-by-hop fields, those the
     /// `Connection` field names, and `Content-Length` next to `Transfer-Encoding` (framed by the
@@ -212,17 +219,37 @@ impl RawHeaders {
         head: Bytes,
         spans: &[Span],
     ) -> Result<Option<(Box<RawHeaders>, Fields)>, &'static str> {
+        Self::parse_into(None, head, spans)
+    }
+
+    /// As [`parse`](Self::parse), into `spare` (the box of an earlier head, see
+    /// [`release`](Self::release)) when there is one: a connection's requests reuse one.
+    pub(crate) fn parse_into(
+        spare: Option<Box<RawHeaders>>,
+        head: Bytes,
+        spans: &[Span],
+    ) -> Result<Option<(Box<RawHeaders>, Fields)>, &'static str> {
         if spans.len() > MAX_FIELDS || head.len() > usize::from(u16::MAX) {
             return Ok(None);
         }
         let mut framing = Fields::new(HeaderMap::new());
-        let mut raw = Box::new(RawHeaders {
-            head,
-            fields: [Field::default(); MAX_FIELDS],
-            len: 0,
-            known: [0; KNOWN],
-            private: 0,
-        });
+        let mut raw = match spare {
+            // Fields past `len` are never read: they need no clearing.
+            Some(mut raw) => {
+                raw.head = head;
+                raw.len = 0;
+                raw.known = [0; KNOWN];
+                raw.private = 0;
+                raw
+            }
+            None => Box::new(RawHeaders {
+                head,
+                fields: [Field::default(); MAX_FIELDS],
+                len: 0,
+                known: [0; KNOWN],
+                private: 0,
+            }),
+        };
         let mut named_by_connection = false;
         for &(n, nl, v, vl) in spans {
             let name = &raw.head[n..n + nl];

@@ -241,3 +241,45 @@ async fn requests_trickling_in_on_a_kept_alive_connection_are_all_served() {
     .expect("every request answered");
     assert_eq!(env.sandbox.api_requests(), 3);
 }
+
+/// A connection reads each head's fields into the box the head before used: a request must
+/// carry its own fields only, and its own ID.
+#[tokio::test]
+async fn each_request_on_a_kept_alive_connection_carries_only_its_own_fields() {
+    let env = start(Setup::default()).await;
+    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap();
+    let first = "GET /api/_test/echo/one HTTP/1.1\r\nHost: 127.0.0.1\r\nX-First: 1\r\n\
+                 X-Also-First: 2\r\nClient-Request-Id: first-request\r\nAccept: text/plain\r\n\r\n";
+    let second = "GET /api/_test/echo/two HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Second: 3\r\n\r\n";
+    let mut answers = Vec::new();
+    for request in [first, second] {
+        s.write_all(request.as_bytes()).await.unwrap();
+        answers.push(read_answer(&mut s).await);
+    }
+    let echoed = |answer: &str| -> serde_json::Value {
+        serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+    };
+    let (one, two) = (echoed(&answers[0]), echoed(&answers[1]));
+    assert_eq!(one["headers"]["x-first"][0], "1", "{one}");
+    assert_eq!(
+        one["headers"]["client-request-id"][0], "first-request",
+        "{one}"
+    );
+    assert!(
+        answers[0].contains("client-request-id: first-request"),
+        "{}",
+        answers[0]
+    );
+    assert_eq!(two["headers"]["x-second"][0], "3", "{two}");
+    for name in ["x-first", "x-also-first", "accept"] {
+        assert!(
+            two["headers"].get(name).is_none(),
+            "{name} carried over: {two}"
+        );
+    }
+    let id = two["headers"]["client-request-id"][0].as_str().unwrap();
+    assert_ne!(id, "first-request", "{two}");
+    assert_eq!(id.len(), 36, "a new UUID: {two}");
+}
