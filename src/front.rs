@@ -494,7 +494,8 @@ fn parse_head(
     };
     let http10 = version == 0;
     let target = (offset(target.as_bytes()), target.len());
-    let spans = header_spans(base, req.headers);
+    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
+    let spans = header_spans(base, req.headers, &mut few);
     let head = buf.split_to(len).freeze();
     let uri = match Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) {
         Ok(u) => u,
@@ -573,27 +574,35 @@ pub(crate) type Span = (usize, usize, usize, usize);
 
 /// Spans kept on the stack for this many headers (most heads have fewer), else on the heap:
 /// zeroing room for the most headers allowed cost more than the parsing.
-const FEW_HEADERS: usize = 16;
+pub(crate) const FEW_HEADERS: usize = 16;
+
+/// Room on the caller's stack for the spans of a head with few headers: filled in place, not
+/// returned (a returned array of them was copied, 512 bytes a head).
+pub(crate) type FewSpans = [Span; FEW_HEADERS];
 
 /// The spans of a head's headers.
-#[allow(clippy::large_enum_variant)] // on the stack on purpose, see FEW_HEADERS
-pub(crate) enum Spans {
-    Few([Span; FEW_HEADERS], usize),
+pub(crate) enum Spans<'a> {
+    Few(&'a [Span]),
     Many(Vec<Span>),
 }
 
-impl std::ops::Deref for Spans {
+impl std::ops::Deref for Spans<'_> {
     type Target = [Span];
     fn deref(&self) -> &[Span] {
         match self {
-            Spans::Few(a, n) => &a[..*n],
+            Spans::Few(s) => s,
             Spans::Many(v) => v,
         }
     }
 }
 
-/// The spans of httparse's `parsed` headers in the buffer starting at `base`.
-pub(crate) fn header_spans(base: usize, parsed: &[httparse::Header<'_>]) -> Spans {
+/// The spans of httparse's `parsed` headers in the buffer starting at `base`, in `few` when
+/// they fit.
+pub(crate) fn header_spans<'a>(
+    base: usize,
+    parsed: &[httparse::Header<'_>],
+    few: &'a mut FewSpans,
+) -> Spans<'a> {
     let span = |h: &httparse::Header<'_>| {
         (
             h.name.as_ptr() as usize - base,
@@ -603,11 +612,10 @@ pub(crate) fn header_spans(base: usize, parsed: &[httparse::Header<'_>]) -> Span
         )
     };
     if parsed.len() <= FEW_HEADERS {
-        let mut few = [(0, 0, 0, 0); FEW_HEADERS];
         for (s, h) in few.iter_mut().zip(parsed) {
             *s = span(h);
         }
-        Spans::Few(few, parsed.len())
+        Spans::Few(&few[..parsed.len()])
     } else {
         Spans::Many(parsed.iter().map(span).collect())
     }

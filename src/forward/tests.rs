@@ -69,7 +69,9 @@ fn wire(uri: &str, headers: &[(&str, &str)], as_came: bool) -> Vec<(String, Stri
         let mut slots = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut slots);
         assert!(req.parse(&head).unwrap().is_complete());
-        let spans = crate::front::header_spans(head.as_ptr() as usize, req.headers).to_vec();
+        let mut few = [(0, 0, 0, 0); crate::front::FEW_HEADERS];
+        let spans =
+            crate::front::header_spans(head.as_ptr() as usize, req.headers, &mut few).to_vec();
         let (raw, _) = crate::rawhead::RawHeaders::parse(head.clone(), &spans)
             .unwrap()
             .unwrap();

@@ -99,7 +99,8 @@ fn fields_of(head: &str) -> Fields {
     let mut slots = [httparse::EMPTY_HEADER; 16];
     let mut req = httparse::Request::new(&mut slots);
     assert!(req.parse(&bytes).unwrap().is_complete());
-    let spans = header_spans(bytes.as_ptr() as usize, req.headers);
+    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
+    let spans = header_spans(bytes.as_ptr() as usize, req.headers, &mut few);
     header_fields(&bytes, &spans).unwrap()
 }
 

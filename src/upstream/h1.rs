@@ -21,7 +21,8 @@ use tokio::net::TcpStream;
 use super::{Failure, Origin, OriginKey, Pooled, Sender};
 use crate::body::{BoxError, RequestBody};
 use crate::front::{
-    Fields, Framing, decode, header_fields, header_spans, push_content_length, write_hex_line,
+    FEW_HEADERS, Fields, Framing, decode, header_fields, header_spans, push_content_length,
+    write_hex_line,
 };
 use crate::rawhead::RawHeaders;
 
@@ -346,7 +347,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     let Ok(status) = StatusCode::from_u16(code) else {
         return bad("the upstream's status is not valid");
     };
-    let spans = header_spans(buf.as_ptr() as usize, resp.headers);
+    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
+    let spans = header_spans(buf.as_ptr() as usize, resp.headers, &mut few);
     let head = buf.split_to(len).freeze();
     // The fields stay in the head's bytes (forwarded as they came), unless there are too many.
     let (raw, fields) = match RawHeaders::parse(head.clone(), &spans) {
