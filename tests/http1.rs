@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Setup, raw, start};
+use common::{Setup, TestEnv, raw, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -52,9 +52,7 @@ async fn a_badly_framed_chunked_body_is_refused_and_not_forwarded() {
 #[tokio::test]
 async fn expect_100_continue_gets_a_continue_before_the_body_is_sent() {
     let env = start(Setup::default()).await;
-    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
-        .await
-        .unwrap();
+    let mut s = connect(&env).await;
     s.write_all(b"POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -158,9 +156,7 @@ async fn http2_with_prior_knowledge_is_served() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
     let env = start(Setup::default()).await;
-    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
-        .await
-        .unwrap();
+    let mut s = connect(&env).await;
     s.write_all(b"GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
@@ -178,6 +174,13 @@ async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
 }
 
 /// Reads one answer (head and a `Content-Length` body) off `stream`.
+/// A connection of its own to the proxy.
+async fn connect(env: &TestEnv) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(env.proxy.proxy_addr)
+        .await
+        .unwrap()
+}
+
 async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
@@ -204,9 +207,7 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
 #[tokio::test]
 async fn requests_trickling_in_on_a_kept_alive_connection_are_all_served() {
     let env = start(Setup::default()).await;
-    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
-        .await
-        .unwrap();
+    let mut s = connect(&env).await;
     s.set_nodelay(true).unwrap();
     let pieces: [&[&str]; 3] = [
         &[
@@ -247,9 +248,7 @@ async fn requests_trickling_in_on_a_kept_alive_connection_are_all_served() {
 #[tokio::test]
 async fn each_request_on_a_kept_alive_connection_carries_only_its_own_fields() {
     let env = start(Setup::default()).await;
-    let mut s = tokio::net::TcpStream::connect(env.proxy.proxy_addr)
-        .await
-        .unwrap();
+    let mut s = connect(&env).await;
     let first = "GET /api/_test/echo/one HTTP/1.1\r\nHost: 127.0.0.1\r\nX-First: 1\r\n\
                  X-Also-First: 2\r\nClient-Request-Id: first-request\r\nAccept: text/plain\r\n\r\n";
     let second = "GET /api/_test/echo/two HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Second: 3\r\n\r\n";
