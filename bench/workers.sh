@@ -4,8 +4,8 @@
 # its two cores with the load generator and the upstream. For each run: requests per second,
 # p99, the proxy's user and system time per request (µs, /proc/PID/task/*/stat) and its
 # voluntary (went to sleep) and involuntary (preempted) context switches per request; the same
-# for nginx-proxy's workers. Interleaved rounds: every proxy runs once per round, each round
-# starting one further along the list.
+# for nginx-proxy's workers. Interleaved rounds: every proxy runs once per round, in an order
+# that changes from round to round (see below).
 #
 #   bench/workers.sh        # WS="2 3 4 6" ROUNDS=3 DURATION=5 (seconds) CONNECTIONS=64
 #
@@ -103,12 +103,20 @@ run() { # name port [pid]
   fi
 }
 printf '%-20s %9s %9s %9s %9s %9s %9s\n' name req/s p99 user_us sys_us vol_cs invol_cs
-# Each round starts one further along the list (nginx-proxy first in the first round): the
-# run right after nginx-proxy's tends to come out slower, whichever it is.
+# The run right after nginx-proxy's tends to come out slower, whichever it is, so no entry
+# may always follow the same one. As in bench/run.sh, round r steps through the list by r
+# (1, 2, ..., wrapping; a step that would not visit them all is skipped), starting at the
+# r-th. Until session 10 the rounds only rotated: each kept its predecessor, and with two
+# entries the first ran right after nginx-proxy in three rounds of four, which made the
+# second look 5-14 % faster than the same or an equal build.
 read -r -a ALL <<< "nginx-proxy $WS"
+N=${#ALL[@]}
+gcd() { local a=$1 b=$2; while [ "$b" -ne 0 ]; do set -- "$b" $((a % b)); a=$1; b=$2; done; echo "$a"; }
 for r in $(seq 0 $((ROUNDS - 1))); do
-  for i in $(seq 0 $((${#ALL[@]} - 1))); do
-    e=${ALL[$(( (r + i) % ${#ALL[@]} ))]}
+  step=$(( r % (N > 1 ? N - 1 : 1) + 1 ))
+  while [ "$(gcd "$step" "$N")" != 1 ]; do step=$(( step % (N - 1) + 1 )); done
+  for i in $(seq 0 $((N - 1))); do
+    e=${ALL[$(( (r + i * step) % N ))]}
     if [ "$e" = nginx-proxy ]; then
       run nginx-proxy $NGX "$(pgrep -P "$(cat "$WORK/ngx.pid")" | tr '\n' ' ')"
     else
