@@ -86,6 +86,23 @@ own_session() { # pid
   [ "$sid" = "$1" ] || { echo "process $1 is not in a session of its own (session ${sid:-gone})" >&2; exit 1; }
 }
 
+# The order of round R (from 0) over N entries, as indices: the run right after another tends
+# to come out slower or faster, so no entry may always follow the same one. Round R steps
+# through the list by R + 1 (wrapping to 1 after N - 1; a step sharing a factor with N, which
+# would not visit them all, becomes the next that does), starting at the R-th.
+#   round_order N R     # prints e.g. "2 0 1"
+round_order() {
+  local n=$1 r=$2 step i a b t
+  step=$(( r % (n > 1 ? n - 1 : 1) + 1 ))
+  while :; do
+    a=$step; b=$n; while [ "$b" -ne 0 ]; do t=$((a % b)); a=$b; b=$t; done
+    [ "$a" = 1 ] && break
+    step=$(( step % (n - 1) + 1 ))
+  done
+  for i in $(seq 0 $((n - 1))); do printf '%s ' $(( (r + i * step) % n )); done
+  echo
+}
+
 # Exits with an error if anything answers on one of the ports on 127.0.0.1.
 #   ports_free PORT...
 ports_free() {

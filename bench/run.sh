@@ -133,21 +133,15 @@ declare -A PORT=([nginx-proxy]=$NGX [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG [dp
 # A pause before each run lets the previous run's connections close and its processes go
 # idle; without it the run right after nginx-proxy's showed a p99 several times higher,
 # whichever proxy it was.
-# The order changes every round so that no proxy always runs right after the same one: round r
-# steps through the list by r (1, 2, 3, 4, 1, ...; a step that would not visit them all, with
-# six proxies 2, 3 and 4, becomes the next that does), starting at the r-th. Rotating alone
+# The order changes every round so that no proxy always runs right after the same one
+# (round_order in lib.sh; with six proxies steps 2, 3 and 4 become 5). Rotating alone
 # kept each proxy's predecessor: dp ran right after nginx-proxy in two rounds of three, and
 # whichever variant ran there came out 10-20 % slower (dp-limit too, when ORDER put it there).
 # A short unmeasured run on each first warms its pools and buffers.
 for n in "${NAMES[@]}"; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:${PORT[$n]}/api/incidents" >/dev/null; done
-gcd() { local a=$1 b=$2; while [ "$b" -ne 0 ]; do set -- "$b" $((a % b)); a=$1; b=$2; done; echo "$a"; }
-N=${#NAMES[@]}
-for r in $(seq "$ROUNDS"); do
-  step=$(( (r - 1) % (N > 1 ? N - 1 : 1) + 1 ))
-  # A step sharing a factor with N would skip some: take the next one that does not.
-  while [ "$(gcd "$step" "$N")" != 1 ]; do step=$(( step % (N - 1) + 1 )); done
-  for i in $(seq 0 $((N - 1))); do
-    n=${NAMES[$(( (r - 1 + i * step) % N ))]}
+for r in $(seq 0 $((ROUNDS - 1))); do
+  for i in $(round_order ${#NAMES[@]} "$r"); do
+    n=${NAMES[$i]}
     sleep "${PAUSE:-3}"; run_wrk "$n" "${PORT[$n]}"
   done
 done

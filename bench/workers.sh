@@ -103,20 +103,14 @@ run() { # name port [pid]
   fi
 }
 printf '%-20s %9s %9s %9s %9s %9s %9s\n' name req/s p99 user_us sys_us vol_cs invol_cs
-# The run right after nginx-proxy's tends to come out slower, whichever it is, so no entry
-# may always follow the same one. As in bench/run.sh, round r steps through the list by r
-# (1, 2, ..., wrapping; a step that would not visit them all is skipped), starting at the
-# r-th. Until session 10 the rounds only rotated: each kept its predecessor, and with two
-# entries the first ran right after nginx-proxy in three rounds of four, which made the
-# second look 5-14 % faster than the same or an equal build.
+# The order changes every round (round_order in lib.sh, as bench/run.sh's). Until session 10
+# the rounds only rotated: each entry kept its predecessor, and with two entries the first ran
+# right after nginx-proxy in three rounds of four, which made the second look 3-14 % faster
+# than the same or an equal build.
 read -r -a ALL <<< "nginx-proxy $WS"
-N=${#ALL[@]}
-gcd() { local a=$1 b=$2; while [ "$b" -ne 0 ]; do set -- "$b" $((a % b)); a=$1; b=$2; done; echo "$a"; }
 for r in $(seq 0 $((ROUNDS - 1))); do
-  step=$(( r % (N > 1 ? N - 1 : 1) + 1 ))
-  while [ "$(gcd "$step" "$N")" != 1 ]; do step=$(( step % (N - 1) + 1 )); done
-  for i in $(seq 0 $((N - 1))); do
-    e=${ALL[$(( (r + i * step) % N ))]}
+  for i in $(round_order ${#ALL[@]} "$r"); do
+    e=${ALL[$i]}
     if [ "$e" = nginx-proxy ]; then
       run nginx-proxy $NGX "$(pgrep -P "$(cat "$WORK/ngx.pid")" | tr '\n' ' ')"
     else

@@ -1028,7 +1028,7 @@ async fn write_response(
         has_date = raw.get(Known::Date).is_some();
         has_id = raw.get(Known::ClientRequestId).is_some();
         raw.write_to(out, |name| {
-            (!mode.head_only && name.eq_ignore_ascii_case(b"content-length"))
+            (!mode.head_only && rawhead::is_name(name, b"content-length"))
                 || rawhead::overridden(&parts.headers, name)
         });
     }

@@ -376,8 +376,7 @@ impl RawHeaders {
 
     /// Does a request forward its field `i`, named `name`?
     fn forwards(&self, i: usize, name: &[u8], tenant: &[u8]) -> bool {
-        self.private & (1 << i) == 0
-            && !(name.len() == tenant.len() && name.eq_ignore_ascii_case(tenant))
+        self.private & (1 << i) == 0 && !is_name(name, tenant)
     }
 
     /// The first value of a field named `name` (lower case), looked for one by one.
@@ -479,9 +478,8 @@ fn push_lines(out: &mut Vec<u8>, lines: &[u8]) {
 /// proxy's own few fields.
 pub fn overridden(map: &HeaderMap, name: &[u8]) -> bool {
     !map.is_empty()
-        && map.keys().any(|k| {
-            k.as_str().len() == name.len() && k.as_str().as_bytes().eq_ignore_ascii_case(name)
-        })
+        // A map's names are lowercase.
+        && map.keys().any(|k| is_name(name, k.as_str().as_bytes()))
 }
 
 /// The first value of a known field in a response's fields: the map's, else the raw ones'.

@@ -59,11 +59,8 @@ impl RawConn {
         // seen since the answer was read through, nothing arrived. Seen: the probe below
         // tells a close or stray bytes from readiness left over by a read that filled the
         // buffer.
-        if let MaybeHttpsStream::Http(tcp) = self.io.inner() {
-            let seen = tcp
-                .inner()
-                .try_io(tokio::io::Interest::READABLE, || Ok(()))
-                .is_ok();
+        if let Some(tcp) = plain_tcp(&self.io) {
+            let seen = tcp.try_io(tokio::io::Interest::READABLE, || Ok(())).is_ok();
             if !seen {
                 return true;
             }
@@ -82,15 +79,23 @@ impl RawConn {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
-        // Plain TCP is read directly, not through the TLS wrapper's and hyper's read buffers.
-        if let MaybeHttpsStream::Http(tcp) = self.io.inner() {
-            return crate::front::poll_read_buf(tcp.inner(), &mut self.buf, cx);
+        if let Some(tcp) = plain_tcp(&self.io) {
+            return crate::front::poll_read_buf(tcp, &mut self.buf, cx);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     async fn fill(&mut self) -> std::io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// The socket of `io` when it is plain TCP: read and written directly, not through the TLS
+/// wrapper's and hyper's buffers.
+fn plain_tcp(io: &TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>) -> Option<&TcpStream> {
+    match io.inner() {
+        MaybeHttpsStream::Http(tcp) => Some(tcp.inner()),
+        MaybeHttpsStream::Https(_) => None,
     }
 }
 
@@ -245,9 +250,9 @@ fn method_has_body(m: &Method) -> bool {
 }
 
 async fn write_head(conn: &mut RawConn, head: &[u8]) -> std::io::Result<()> {
-    // Plain TCP is written directly, not through the TLS wrapper (nothing to flush).
-    if let MaybeHttpsStream::Http(tcp) = conn.io.inner() {
-        return crate::front::write_all(tcp.inner(), head).await;
+    // Nothing to flush over plain TCP.
+    if let Some(tcp) = plain_tcp(&conn.io) {
+        return crate::front::write_all(tcp, head).await;
     }
     conn.io.write_all(head).await?;
     conn.io.flush().await
