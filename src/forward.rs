@@ -129,25 +129,35 @@ pub enum Sent {
     Stale,
 }
 
-/// Sends a request to `upstream`, waiting at most `timeout` for the answer's head; `fresh`
-/// asks for a new connection.
+/// Sends a request to `upstream`, waiting at most `timeout` from `now` (the caller's reading
+/// of the clock, just taken) for the answer's head; `fresh` asks for a new connection.
 pub async fn send(
     client: &HttpClient,
     upstream: &crate::routing::Upstream,
     req: Box<Request<RequestBody>>,
     added: &crate::upstream::Added<'_>,
-    timeout: Duration,
+    (now, timeout): (tokio::time::Instant, Duration),
     fresh: bool,
 ) -> Result<Sent, ProxyError> {
     let origin = (&upstream.scheme, &upstream.authority);
-    let mut deadline = client.deadline(tokio::time::Instant::now() + timeout);
+    let at = now + timeout;
+    // Kept by the HTTP/1 front's connection timer when there is one (see `crate::deadline`);
+    // else a timer of its own, taken at the first wait.
+    let mut own = None;
     // Pinned in place: boxing it cost an allocation and a copy of its 2 KiB per request.
-    let mut request = std::pin::pin!(client.request(origin, req, added, fresh));
+    let mut request = std::pin::pin!(client.request(origin, req, added, fresh, now));
     let answered = std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(r) = request.as_mut().poll(cx) {
             return std::task::Poll::Ready(Some(r));
         }
-        deadline.poll_elapsed(cx).map(|()| None)
+        match crate::deadline::wait_until(at) {
+            Some(true) => std::task::Poll::Ready(None),
+            Some(false) => std::task::Poll::Pending,
+            None => own
+                .get_or_insert_with(|| client.deadline(at))
+                .poll_elapsed(cx)
+                .map(|()| None),
+        }
     })
     .await;
     match answered {

@@ -10,6 +10,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -57,9 +58,12 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
     // Where answer heads are written, reused from answer to answer.
     let mut out = Vec::with_capacity(512);
     let mut first = true;
-    let mut waits = Waits::new(&stop);
+    let mut waits = Waits::new(&stop, &worker.state.stopping);
     // The box the fields of each request's head are read into, reused.
     let mut spare = None;
+    // The connection's reference to the current config: checked for a reload with one plain
+    // load per request; cloning the shared `Arc` per request made every core write its count.
+    let mut config = arc_swap::Cache::new(&worker.state.runtime);
     loop {
         let parsed = match read_head(&stream, &mut buf, &mut waits, first, &mut spare).await {
             Ok(Head::Request(parsed)) => parsed,
@@ -90,13 +94,15 @@ pub async fn serve(worker: Arc<Worker>, stream: TcpStream, stop: CancellationTok
             http10,
             reader,
         } = parsed;
-        let (mut resp, request_id) =
-            crate::catch_panic(worker.clone(), request, raw.as_deref()).await;
+        let (mut resp, request_id) = {
+            let handled = crate::catch_panic(&worker, config.load(), request, raw.as_deref());
+            waits.keep(std::pin::pin!(handled)).await
+        };
         spare = raw.map(|mut raw| {
             raw.release();
             raw
         });
-        let mut keep_alive = keep_alive && !stop.is_cancelled();
+        let mut keep_alive = keep_alive && !worker.state.stopping.load(Relaxed);
         // The proxy's own say (`Connection: close` when a body was left unread); never sent as
         // it is, the answer's framing decides the header.
         if resp
@@ -208,7 +214,8 @@ async fn serve_h2(worker: Arc<Worker>, stream: TcpStream, read: Bytes, stop: Can
         let worker = worker.clone();
         async move {
             let req = Box::new(req.map(ClientBody::Hyper));
-            let (mut resp, id) = crate::catch_panic(worker, req, None).await;
+            let rt = worker.runtime();
+            let (mut resp, id) = crate::catch_panic(&worker, &rt, req, None).await;
             if let Some(id) = id {
                 crate::proxy::set_request_id(&mut resp, &id);
             }
@@ -314,22 +321,64 @@ struct Parsed {
 /// What a connection waits on besides its socket, made once for the connection: waiting
 /// for the next head arms no new timer and registers no new waiter (which cost more than
 /// parsing the head).
-struct Waits {
+struct Waits<'a> {
     /// When the head being read must be whole.
     deadline: tokio::time::Instant,
     /// Fires at or before `deadline`; moved on only when it fires early.
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Wakes the connection's task when the proxy stops; polled once, to register it.
     stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    stop_registered: bool,
+    /// Set before the stop token is cancelled: what an idle wait checks on each wake-up.
+    /// (Polling `stopped` on every wait took its lock and the token's, four locked
+    /// instructions per request.)
+    stopping: &'a std::sync::atomic::AtomicBool,
 }
 
-impl Waits {
-    fn new(stop: &CancellationToken) -> Waits {
+impl Waits<'_> {
+    fn new<'a>(stop: &CancellationToken, stopping: &'a std::sync::atomic::AtomicBool) -> Waits<'a> {
         let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
         Waits {
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             stopped: Box::pin(stop.clone().cancelled_owned()),
+            stop_registered: false,
+            stopping,
         }
+    }
+}
+
+impl Waits<'_> {
+    /// Polls a request, keeping its upstream deadline on the connection's timer (see
+    /// `crate::deadline`).
+    async fn keep<T>(&mut self, mut request: Pin<&mut impl Future<Output = T>>) -> T {
+        let mut expired = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                let (r, wanted) = crate::deadline::poll_kept(expired, || request.as_mut().poll(cx));
+                if r.is_ready() {
+                    return r;
+                }
+                expired = false;
+                let Some(at) = wanted else {
+                    return Poll::Pending;
+                };
+                // The timer is never moved to a later time here: it fires first at the head's
+                // deadline (30 s after the wait for this request began) and is moved on then.
+                if self.sleep.deadline() > at {
+                    self.sleep.as_mut().reset(at);
+                }
+                loop {
+                    match self.sleep.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(()) if tokio::time::Instant::now() >= at => break,
+                        Poll::Ready(()) => self.sleep.as_mut().reset(at),
+                    }
+                }
+                expired = true;
+            }
+        })
+        .await
     }
 }
 
@@ -337,11 +386,16 @@ impl Waits {
 async fn read_head(
     stream: &Arc<TcpStream>,
     buf: &mut BytesMut,
-    waits: &mut Waits,
+    waits: &mut Waits<'_>,
     first: bool,
     spare: &mut Option<Box<RawHeaders>>,
 ) -> Result<Head, HeadError> {
     waits.deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    if waits.sleep.deadline() > waits.deadline {
+        // Kept for a request's upstream deadline past this one (see `Waits::keep`).
+        let deadline = waits.deadline;
+        waits.sleep.as_mut().reset(deadline);
+    }
     loop {
         if !buf.is_empty() {
             if first {
@@ -376,7 +430,7 @@ async fn read_head(
 async fn read_more(
     stream: &TcpStream,
     buf: &mut BytesMut,
-    waits: &mut Waits,
+    waits: &mut Waits<'_>,
     idle: bool,
 ) -> Result<bool, HeadError> {
     loop {
@@ -411,7 +465,7 @@ enum Woke {
     Stopped,
 }
 
-impl Waits {
+impl Waits<'_> {
     /// The socket first, then the timer, then (when `idle`) the stop: no random draw per
     /// wait. The socket's readiness is polled, not awaited as `readable()`: that future joins
     /// and leaves the socket's list of waiters, under its lock, on every wait, where
@@ -423,8 +477,18 @@ impl Waits {
         if self.sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Woke::Timer);
         }
-        if idle && self.stopped.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Woke::Stopped);
+        if idle {
+            if self.stopping.load(Relaxed) {
+                return Poll::Ready(Woke::Stopped);
+            }
+            // Its waker stays registered until the stop: it is this task's, and the task
+            // is the connection's for its whole life.
+            if !self.stop_registered {
+                if self.stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Stopped);
+                }
+                self.stop_registered = true;
+            }
         }
         Poll::Pending
     }

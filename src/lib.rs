@@ -10,6 +10,7 @@ pub mod body;
 pub mod check;
 pub mod cloud;
 pub mod config;
+mod deadline;
 pub mod demo;
 pub mod egress;
 pub mod error;
@@ -66,6 +67,10 @@ pub struct AppState {
     pub reloads: reload::ReloadStats,
     /// Rate-limit buckets, shared across reloads.
     pub limiter: ratelimit::Limiter,
+    /// Set when the proxy starts to drain: a kept-alive connection then closes after the
+    /// answer it is writing. A plain flag, read on every request (the stop token's own check
+    /// takes its lock).
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Why the proxy could not start or run.
@@ -149,6 +154,7 @@ impl AppState {
             cancel,
             reloads: reload::ReloadStats::default(),
             limiter,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
@@ -221,6 +227,9 @@ pub async fn serve(
         .map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));
     shutdown.await;
     tracing::info!("shutting down: no new connections; draining in-flight requests");
+    state
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     stop.cancel();
     let drained = tokio::time::timeout(grace, async {
         let _ = proxy.await;
@@ -552,12 +561,13 @@ impl Drop for Ended {
 /// Runs the request path, turning a panic into a 500 instead of a dropped connection; the
 /// response, and the request ID for it (see `proxy::handle`).
 pub(crate) async fn catch_panic(
-    worker: Arc<Worker>,
+    worker: &Worker,
+    rt: &Runtime,
     req: Box<http::Request<body::ClientBody>>,
     raw: Option<&rawhead::RawHeaders>,
 ) -> (http::Response<body::ResponseBody>, Option<proxy::RequestId>) {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(proxy::handle(&worker, req, raw))
+    match std::panic::AssertUnwindSafe(proxy::handle(worker, rt, req, raw))
         .catch_unwind()
         .await
     {

@@ -36,14 +36,15 @@ struct Trace<'a> {
 /// the response: the writer sends it as `client-request-id` when the response has none (set
 /// in the response's map, it cost the map's first allocation on every request).
 ///
-/// `raw`: the request's fields as they came (HTTP/1.1), when its header map is empty.
+/// `rt`: the current config (the request keeps it to its end). `raw`: the request's fields as
+/// they came (HTTP/1.1), when its header map is empty.
 pub async fn handle(
     worker: &Worker,
+    rt: &Runtime,
     req: Box<Request<ClientBody>>,
     raw: Option<&RawHeaders>,
 ) -> (Response<ResponseBody>, RequestId) {
     let state = &*worker.state;
-    let rt = worker.runtime();
     // Read only for the access log: a clock read is not free.
     let started = rt.access_log.then(Instant::now);
     let (parts, incoming) = (*req).into_parts();
@@ -64,7 +65,7 @@ pub async fn handle(
     };
     let result = proxy(
         worker,
-        &rt,
+        rt,
         request,
         incoming,
         &request_id,
@@ -102,7 +103,7 @@ pub async fn handle(
     }
     if let (Some(path), Some(started)) = (path_for_log, started) {
         log_access(
-            &rt,
+            rt,
             &trace,
             &method,
             &path,

@@ -218,16 +218,18 @@ impl Upstream {
 
     /// Sends `req` (origin-form) to `origin` (scheme, authority) and returns the answer's head
     /// with its body streaming. `fresh` skips the idle connections (for a resend after a stale
-    /// one failed).
+    /// one failed). `now` is the caller's reading of the clock, just taken (the pool's age
+    /// checks use it).
     pub async fn request(
         &self,
         origin: (&Scheme, &Authority),
         req: Box<Request<RequestBody>>,
         added: &Added<'_>,
         fresh: bool,
+        now: Instant,
     ) -> Result<Box<Response<UpBody>>, Failure> {
         let mut req = req;
-        let (pooled, key) = self.checkout(origin, fresh);
+        let (pooled, key) = self.checkout(origin, fresh, now);
         if let Some(sender) = pooled {
             match self.send(sender, req, added, &key, true).await {
                 Ok(resp) => return Ok(resp),
@@ -262,6 +264,7 @@ impl Upstream {
         &self,
         (scheme, authority): (&Scheme, &Authority),
         fresh: bool,
+        now: Instant,
     ) -> (Option<Sender>, Arc<OriginKey>) {
         let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
         let i = match origins.iter().position(|o| o.key.is(scheme, authority)) {
@@ -279,7 +282,6 @@ impl Upstream {
         if fresh {
             return (None, key);
         }
-        let now = Instant::now();
         // Sweeping the whole pool on every request cost more than the rest of the checkout;
         // once a second is enough (a connection taken is checked on its own below).
         if now.duration_since(origin.swept) >= SWEEP_EVERY {

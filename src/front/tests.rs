@@ -123,3 +123,48 @@ fn a_connection_header_saying_only_close_or_keep_alive_is_not_kept() {
     assert_eq!(f.headers[header::CONNECTION], "close, x-hop");
     assert!(f.close);
 }
+
+/// A request whose send waits for an answer until `at`: how long it waited, or that it gave up.
+async fn kept_send(at: tokio::time::Instant) -> &'static str {
+    std::future::poll_fn(|_| match crate::deadline::wait_until(at) {
+        Some(true) => Poll::Ready("timed out"),
+        Some(false) => Poll::Pending,
+        None => Poll::Ready("not kept"),
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_connection_timer_keeps_an_upstream_deadline_past_the_heads() {
+    let stop = CancellationToken::new();
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let mut waits = Waits::new(&stop, &stopping);
+    let start = tokio::time::Instant::now();
+    // Past the head's deadline (30 s): the timer fires there first and is moved on.
+    let at = start + Duration::from_secs(45);
+    assert_eq!(waits.keep(std::pin::pin!(kept_send(at))).await, "timed out");
+    assert_eq!(tokio::time::Instant::now(), at);
+    // Before the head's deadline: the timer is moved back.
+    let mut waits = Waits::new(&stop, &stopping);
+    let at = tokio::time::Instant::now() + Duration::from_secs(2);
+    assert_eq!(waits.keep(std::pin::pin!(kept_send(at))).await, "timed out");
+    assert_eq!(tokio::time::Instant::now(), at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_on_something_else_is_not_timed_out_by_the_connection() {
+    let stop = CancellationToken::new();
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let mut waits = Waits::new(&stop, &stopping);
+    let start = tokio::time::Instant::now();
+    // A wait of its own (a token fetch, say) longer than the head's deadline.
+    let own = async {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        "done"
+    };
+    assert_eq!(waits.keep(std::pin::pin!(own)).await, "done");
+    assert_eq!(
+        tokio::time::Instant::now(),
+        start + Duration::from_secs(100)
+    );
+}

@@ -183,13 +183,16 @@ impl TokenCache {
     }
 
     /// A usable token for (`source`, `tenant`, `scope`), looked up for worker `worker`: in
-    /// its own table first, else in the shared cache (fetching if needed).
+    /// its own table first, else in the shared cache (fetching if needed). `now` is the
+    /// caller's reading of the clock, taken just before: the worker's own table is checked
+    /// against it (one clock reading per request instead of one per layer).
     pub async fn get_on(
         &self,
         worker: usize,
         source: &Arc<CredentialSource>,
         tenant: &Arc<str>,
         scope: &Arc<str>,
+        now: Instant,
     ) -> Result<Arc<Token>, TokenError> {
         // Read before the shared lookup: a token found there is kept only if no store or
         // drop happened since (one that did would bump the epoch past this).
@@ -199,7 +202,6 @@ impl TokenCache {
             let mut local = lock(self.locals.get(worker));
             local.check(epoch);
             if let Some(e) = &local.entries[i] {
-                let now = Instant::now();
                 if e.credential == source.id
                     && *e.tenant == **tenant
                     && *e.scope == **scope

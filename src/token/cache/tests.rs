@@ -224,7 +224,7 @@ async fn a_cancelled_waiter_does_not_cause_a_second_fetch() {
 #[tokio::test(start_paused = true)]
 async fn a_token_dropped_after_a_401_leaves_every_workers_table() {
     let (cache, source, key) = setup_workers(3600, 2);
-    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope);
+    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope, Instant::now());
     let first = on(0).await.unwrap();
     assert_eq!(on(1).await.unwrap().header(), first.header());
     assert_eq!(on(1).await.unwrap().header(), first.header());
@@ -240,7 +240,7 @@ async fn a_token_dropped_after_a_401_leaves_every_workers_table() {
 #[tokio::test(start_paused = true)]
 async fn a_workers_table_hands_out_no_token_due_for_refresh() {
     let (cache, source, key) = setup_workers(60, 2);
-    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope);
+    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope, Instant::now());
     let first = on(0).await.unwrap();
     // The fetch bumped the epoch; this lookup puts the token in worker 0's table.
     assert_eq!(on(0).await.unwrap().header(), first.header());
@@ -254,7 +254,7 @@ async fn a_workers_table_hands_out_no_token_due_for_refresh() {
     assert_eq!(on(0).await.unwrap().header(), "Bearer tok-t1-2");
     // Past the usable time of a short token, a new one is fetched first.
     let (cache, source, key) = setup_workers(6, 1);
-    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope);
+    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope, Instant::now());
     let first = on(0).await.unwrap();
     assert_eq!(on(0).await.unwrap().header(), first.header());
     tokio::time::advance(Duration::from_millis(5_100)).await;
@@ -270,7 +270,10 @@ async fn tenants_sharing_a_table_entry_get_their_own_tokens() {
     for round in 0..2 {
         for i in 0..200 {
             let tenant: Arc<str> = format!("tenant-{i}").into();
-            let token = cache.get_on(0, &source, &tenant, &key.scope).await.unwrap();
+            let token = cache
+                .get_on(0, &source, &tenant, &key.scope, Instant::now())
+                .await
+                .unwrap();
             let value = token.header().to_str().unwrap();
             assert!(
                 value.starts_with(&format!("Bearer tok-{tenant}-")),
@@ -278,7 +281,10 @@ async fn tenants_sharing_a_table_entry_get_their_own_tokens() {
             );
         }
         let other: Arc<str> = "other/.default".into();
-        let token = cache.get_on(0, &source, &key.tenant, &other).await.unwrap();
+        let token = cache
+            .get_on(0, &source, &key.tenant, &other, Instant::now())
+            .await
+            .unwrap();
         assert!(
             token
                 .header()
