@@ -326,6 +326,10 @@ struct Waits<'a> {
     deadline: tokio::time::Instant,
     /// Fires at or before `deadline`; moved on only when it fires early.
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The timer was polled (so this task's waker is on it) and not moved since: until it
+    /// fires, it is checked with a plain load, not polled (a poll registers the waker again,
+    /// two locked instructions).
+    armed: bool,
     /// Wakes the connection's task when the proxy stops; polled once, to register it.
     stopped: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     stop_registered: bool,
@@ -341,6 +345,7 @@ impl Waits<'_> {
         Waits {
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            armed: false,
             stopped: Box::pin(stop.clone().cancelled_owned()),
             stop_registered: false,
             stopping,
@@ -349,6 +354,21 @@ impl Waits<'_> {
 }
 
 impl Waits<'_> {
+    /// Whether the timer has fired; else its waker is this task's.
+    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.armed && !self.sleep.is_elapsed() {
+            return false;
+        }
+        self.armed = self.sleep.as_mut().poll(cx).is_pending();
+        !self.armed
+    }
+
+    /// Moves the timer to `at`.
+    fn reset(&mut self, at: tokio::time::Instant) {
+        self.sleep.as_mut().reset(at);
+        self.armed = false;
+    }
+
     /// Polls a request, keeping its upstream deadline on the connection's timer (see
     /// `crate::deadline`).
     async fn keep<T>(&mut self, mut request: Pin<&mut impl Future<Output = T>>) -> T {
@@ -366,14 +386,16 @@ impl Waits<'_> {
                 // The timer is never moved to a later time here: it fires first at the head's
                 // deadline (30 s after the wait for this request began) and is moved on then.
                 if self.sleep.deadline() > at {
-                    self.sleep.as_mut().reset(at);
+                    self.reset(at);
                 }
                 loop {
-                    match self.sleep.as_mut().poll(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(()) if tokio::time::Instant::now() >= at => break,
-                        Poll::Ready(()) => self.sleep.as_mut().reset(at),
+                    if !self.fired(cx) {
+                        return Poll::Pending;
                     }
+                    if tokio::time::Instant::now() >= at {
+                        break;
+                    }
+                    self.reset(at);
                 }
                 expired = true;
             }
@@ -393,8 +415,7 @@ async fn read_head(
     waits.deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     if waits.sleep.deadline() > waits.deadline {
         // Kept for a request's upstream deadline past this one (see `Waits::keep`).
-        let deadline = waits.deadline;
-        waits.sleep.as_mut().reset(deadline);
+        waits.reset(waits.deadline);
     }
     loop {
         if !buf.is_empty() {
@@ -450,8 +471,7 @@ async fn read_more(
                 if tokio::time::Instant::now() >= waits.deadline {
                     return Err(HeadError::Io);
                 }
-                let deadline = waits.deadline;
-                waits.sleep.as_mut().reset(deadline);
+                waits.reset(waits.deadline);
             }
             Woke::Stopped => return Ok(false),
         }
@@ -474,7 +494,7 @@ impl Waits<'_> {
         if let Poll::Ready(r) = stream.poll_read_ready(cx) {
             return Poll::Ready(Woke::Readable(r));
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        if self.fired(cx) {
             return Poll::Ready(Woke::Timer);
         }
         if idle {

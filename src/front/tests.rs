@@ -124,6 +124,14 @@ fn a_connection_header_saying_only_close_or_keep_alive_is_not_kept() {
     assert!(f.close);
 }
 
+/// `f`'s output, or a failure after 1,000 s (of the paused clock): a timer that never fires
+/// fails the test instead of hanging it.
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(1000), f)
+        .await
+        .expect("still waiting after 1,000 s")
+}
+
 /// A request whose send waits for an answer until `at`: how long it waited, or that it gave up.
 async fn kept_send(at: tokio::time::Instant) -> &'static str {
     std::future::poll_fn(|_| match crate::deadline::wait_until(at) {
@@ -142,12 +150,18 @@ async fn the_connection_timer_keeps_an_upstream_deadline_past_the_heads() {
     let start = tokio::time::Instant::now();
     // Past the head's deadline (30 s): the timer fires there first and is moved on.
     let at = start + Duration::from_secs(45);
-    assert_eq!(waits.keep(std::pin::pin!(kept_send(at))).await, "timed out");
+    assert_eq!(
+        within(waits.keep(std::pin::pin!(kept_send(at)))).await,
+        "timed out"
+    );
     assert_eq!(tokio::time::Instant::now(), at);
     // Before the head's deadline: the timer is moved back.
     let mut waits = Waits::new(&stop, &stopping);
     let at = tokio::time::Instant::now() + Duration::from_secs(2);
-    assert_eq!(waits.keep(std::pin::pin!(kept_send(at))).await, "timed out");
+    assert_eq!(
+        within(waits.keep(std::pin::pin!(kept_send(at)))).await,
+        "timed out"
+    );
     assert_eq!(tokio::time::Instant::now(), at);
 }
 
@@ -162,9 +176,42 @@ async fn a_request_waiting_on_something_else_is_not_timed_out_by_the_connection(
         tokio::time::sleep(Duration::from_secs(100)).await;
         "done"
     };
-    assert_eq!(waits.keep(std::pin::pin!(own)).await, "done");
+    assert_eq!(within(waits.keep(std::pin::pin!(own))).await, "done");
     assert_eq!(
         tokio::time::Instant::now(),
         start + Duration::from_secs(100)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_not_whole_in_time_ends_the_connection_after_a_request_was_kept() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let server = Arc::new(listener.accept().await.unwrap().0);
+    let stop = CancellationToken::new();
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let mut waits = Waits::new(&stop, &stopping);
+    // A request whose upstream deadline was kept on the connection's timer first.
+    let at = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert_eq!(
+        within(waits.keep(std::pin::pin!(kept_send(at)))).await,
+        "timed out"
+    );
+    // Then the next head comes in part and stalls: the connection ends at the head's deadline.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut buf, mut spare) = (BytesMut::with_capacity(1024), None);
+    let start = tokio::time::Instant::now();
+    let read = read_head(&server, &mut buf, &mut waits, false, &mut spare);
+    let r = tokio::time::timeout(Duration::from_secs(100), read).await;
+    assert!(
+        matches!(r, Ok(Err(HeadError::Io))),
+        "the stalled head was not cut"
+    );
+    assert_eq!(start.elapsed(), HEAD_TIMEOUT);
 }
