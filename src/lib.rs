@@ -208,20 +208,40 @@ pub async fn serve(
             hard.clone(),
         )?);
     }
-    let first = Arc::new(Worker::new(state.clone(), 0));
     let intake = Intake {
         inbox: inboxes
             .pop()
             .ok_or_else(|| RunError::Setup("no worker".into()))?,
         balance,
     };
-    let proxy = tokio::spawn(serve_proxy(
-        first,
-        TcpListener::from_std(listener)?,
-        intake,
-        stop.clone(),
-        hard.clone(),
-    ));
+    // Worker 0 runs on the caller's event loop when that is single-threaded (the binary's
+    // is); on a multi-threaded one (a test's, a library user's) it gets a thread of its own
+    // like the others, since a worker's tasks and its upstream pool stay on one thread.
+    let proxy = if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread
+    {
+        let first = Arc::new(Worker::new(state.clone(), 0));
+        let serve = serve_proxy(
+            first,
+            TcpListener::from_std(listener)?,
+            intake,
+            stop.clone(),
+            hard.clone(),
+        );
+        tokio::spawn(serve)
+    } else {
+        let done = spawn_worker(
+            0,
+            state.clone(),
+            listener,
+            intake,
+            stop.clone(),
+            hard.clone(),
+        )?;
+        tokio::spawn(async move {
+            let _ = done.await;
+        })
+    };
     let admin = listeners
         .admin
         .map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));

@@ -4,9 +4,11 @@
 //! request that a reused keep-alive connection never took — so a request costs a lock-free
 //! (per worker) lookup in a short list instead of a general-purpose pool.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -92,9 +94,7 @@ impl Pooled {
     }
 }
 
-/// An upstream's scheme and authority, this worker's own reference: connections going back
-/// to their pool hold one, and cloning it writes only this worker's memory (the route's
-/// `Authority` is shared by all workers).
+/// An upstream's scheme and authority.
 pub(crate) struct OriginKey {
     scheme: Scheme,
     authority: Authority,
@@ -108,7 +108,7 @@ impl OriginKey {
 
 /// The connections to one origin.
 struct Origin {
-    key: Arc<OriginKey>,
+    key: OriginKey,
     /// Idle HTTP/1.1 connections, the most recently used last.
     h1: Vec<Pooled>,
     /// HTTP/2 connections (each serves many requests at once). Kept apart from `h1`: looking
@@ -119,7 +119,7 @@ struct Origin {
 }
 
 impl Origin {
-    fn new(key: Arc<OriginKey>) -> Origin {
+    fn new(key: OriginKey) -> Origin {
         Origin {
             key,
             h1: Vec::new(),
@@ -177,8 +177,53 @@ impl Drop for Deadline<'_> {
 /// One worker's upstream connections.
 pub struct Upstream {
     connector: HttpsConnector<EgressConnector>,
-    origins: Arc<Mutex<Vec<Origin>>>,
+    /// Its pool's key in the thread's pools (see `POOLS`).
+    id: u64,
     timers: Timers,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The idle connections of each `Upstream` used on this thread, by its id: a worker's
+    /// requests and their answers' bodies all run on its thread, so its pool is the thread's
+    /// own and taking or giving back a connection takes no lock and counts no reference (the
+    /// `Mutex` and the `Arc`s a pool shared between threads needed were ten locked
+    /// instructions per request). A connection stays on the thread that opened it; a body
+    /// finished on another thread (none is, in the proxy) closes its connection.
+    static POOLS: RefCell<Vec<(u64, Vec<Origin>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on pool `id`'s origins on this thread (made when `make`); `None` when there is
+/// none, or when the thread is ending.
+fn with_origins<R>(id: u64, make: bool, f: impl FnOnce(&mut Vec<Origin>) -> R) -> Option<R> {
+    POOLS
+        .try_with(|pools| {
+            let mut pools = pools.try_borrow_mut().ok()?;
+            let i = match pools.iter().position(|(k, _)| *k == id) {
+                Some(i) => i,
+                None if make => {
+                    pools.push((id, Vec::new()));
+                    pools.len() - 1
+                }
+                None => return None,
+            };
+            Some(f(&mut pools[i].1))
+        })
+        .ok()
+        .flatten()
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        // Its idle connections close (those on other threads' pools close with the thread).
+        let gone = POOLS.try_with(|pools| {
+            let mut pools = pools.try_borrow_mut().ok()?;
+            let i = pools.iter().position(|(k, _)| *k == self.id)?;
+            Some(pools.swap_remove(i))
+        });
+        drop(gone);
+    }
 }
 
 impl Upstream {
@@ -196,7 +241,7 @@ impl Upstream {
             .wrap_connector(EgressConnector::from_env(http));
         Upstream {
             connector,
-            origins: Arc::new(Mutex::new(Vec::new())),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             timers: Timers::default(),
         }
     }
@@ -229,9 +274,9 @@ impl Upstream {
         now: Instant,
     ) -> Result<Box<Response<UpBody>>, Failure> {
         let mut req = req;
-        let (pooled, key) = self.checkout(origin, fresh, now);
+        let (pooled, at) = self.checkout(origin, fresh, now);
         if let Some(sender) = pooled {
-            match self.send(sender, req, added, &key, true).await {
+            match self.send(sender, req, added, origin, at, true).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Failed(e)) => {
                     return Err(Failure {
@@ -247,8 +292,10 @@ impl Upstream {
         }
         // Boxed: connecting (TCP, TLS, handshake) is rare next to reuse, and its future is large;
         // inline, every request's future would carry (and move) it.
-        let sender = Box::pin(self.connect(&key)).await.map_err(Failure::from)?;
-        match self.send(sender, req, added, &key, false).await {
+        let sender = Box::pin(self.connect(origin, at))
+            .await
+            .map_err(Failure::from)?;
+        match self.send(sender, req, added, origin, at, false).await {
             Ok(resp) => Ok(resp),
             Err(SendError::Failed(e)) => Err(Failure::from(e)),
             Err(SendError::Raw(f)) => Err(f),
@@ -258,69 +305,70 @@ impl Upstream {
         }
     }
 
-    /// A ready connection to the origin, if one is idle (and not `fresh` asked), and the
-    /// origin's key.
+    /// A ready connection to the origin, if one is idle (and not `fresh` asked), and where
+    /// the origin is in this thread's pool (`None`: no pool here, connections are not kept).
     fn checkout(
         &self,
         (scheme, authority): (&Scheme, &Authority),
         fresh: bool,
         now: Instant,
-    ) -> (Option<Sender>, Arc<OriginKey>) {
-        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
-        let i = match origins.iter().position(|o| o.key.is(scheme, authority)) {
-            Some(i) => i,
-            None => {
-                origins.push(Origin::new(Arc::new(OriginKey {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                })));
-                origins.len() - 1
+    ) -> (Option<Sender>, Option<usize>) {
+        with_origins(self.id, true, |origins| {
+            let i = match origins.iter().position(|o| o.key.is(scheme, authority)) {
+                Some(i) => i,
+                None => {
+                    origins.push(Origin::new(OriginKey {
+                        scheme: scheme.clone(),
+                        authority: authority.clone(),
+                    }));
+                    origins.len() - 1
+                }
+            };
+            let origin = &mut origins[i];
+            if fresh {
+                return (None, Some(i));
             }
-        };
-        let origin = &mut origins[i];
-        let key = origin.key.clone();
-        if fresh {
-            return (None, key);
-        }
-        // Sweeping the whole pool on every request cost more than the rest of the checkout;
-        // once a second is enough (a connection taken is checked on its own below).
-        if now.duration_since(origin.swept) >= SWEEP_EVERY {
-            origin.swept = now;
-            origin.h2.retain(|c| match &c.sender {
-                Sender::H2(s) => !s.is_closed(),
-                Sender::H1(_) => false,
+            // Sweeping the whole pool on every request cost more than the rest of the
+            // checkout; once a second is enough (a connection taken is checked on its own
+            // below).
+            if now.duration_since(origin.swept) >= SWEEP_EVERY {
+                origin.swept = now;
+                origin.h2.retain(|c| match &c.sender {
+                    Sender::H2(s) => !s.is_closed(),
+                    Sender::H1(_) => false,
+                });
+                origin
+                    .h1
+                    .retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT);
+            }
+            let h2 = origin.h2.iter().find_map(|c| match &c.sender {
+                Sender::H2(s) if s.is_ready() => Some(s.clone()),
+                _ => None,
             });
-            origin
-                .h1
-                .retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT);
-        }
-        let h2 = origin.h2.iter().find_map(|c| match &c.sender {
-            Sender::H2(s) if s.is_ready() => Some(s.clone()),
-            _ => None,
-        });
-        if let Some(s) = h2 {
-            return (Some(Sender::H2(s)), key);
-        }
-        // The most recently used first; one the upstream has closed meanwhile is dropped.
-        while let Some(pooled) = origin.h1.pop() {
-            if let Sender::H1(mut conn) = pooled.sender {
-                if now.duration_since(pooled.since) <= IDLE_TIMEOUT && conn.idle_usable() {
-                    return (Some(Sender::H1(conn)), key);
+            if let Some(s) = h2 {
+                return (Some(Sender::H2(s)), Some(i));
+            }
+            // The most recently used first; one the upstream has closed meanwhile is dropped.
+            while let Some(pooled) = origin.h1.pop() {
+                if let Sender::H1(mut conn) = pooled.sender {
+                    if now.duration_since(pooled.since) <= IDLE_TIMEOUT && conn.idle_usable() {
+                        return (Some(Sender::H1(conn)), Some(i));
+                    }
                 }
             }
-        }
-        (None, key)
+            (None, Some(i))
+        })
+        .unwrap_or((None, None))
     }
 
-    /// Puts a connection in the pool.
-    fn checkin(&self, key: &Arc<OriginKey>, sender: Sender) {
-        checkin_into(&self.origins, key, Pooled::new(sender));
-    }
-
-    async fn connect(&self, key: &Arc<OriginKey>) -> Result<Sender, BoxError> {
+    async fn connect(
+        &self,
+        (scheme, authority): (&Scheme, &Authority),
+        at: Option<usize>,
+    ) -> Result<Sender, BoxError> {
         let uri = Uri::builder()
-            .scheme(key.scheme.clone())
-            .authority(key.authority.clone())
+            .scheme(scheme.clone())
+            .authority(authority.clone())
             .path_and_query(PathAndQuery::from_static("/"))
             .build()?;
         let mut connector = self.connector.clone();
@@ -336,7 +384,7 @@ impl Upstream {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.checkin(key, Sender::H2(sender.clone()));
+            checkin(self.id, at, Pooled::new(Sender::H2(sender.clone())));
             Sender::H2(sender)
         } else {
             Sender::H1(Box::new(h1::RawConn::new(io)))
@@ -351,7 +399,8 @@ impl Upstream {
         sender: Sender,
         mut req: Box<Request<RequestBody>>,
         added: &Added<'_>,
-        key: &Arc<OriginKey>,
+        (scheme, authority): (&Scheme, &Authority),
+        at: Option<usize>,
         reused: bool,
     ) -> Result<Box<Response<UpBody>>, SendError> {
         match sender {
@@ -359,8 +408,8 @@ impl Upstream {
                 // HTTP/2 names the scheme and authority in the request.
                 let pq = req.uri().path_and_query().cloned();
                 let uri = Uri::builder()
-                    .scheme(key.scheme.clone())
-                    .authority(key.authority.clone())
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
                     .path_and_query(pq.unwrap_or_else(|| PathAndQuery::from_static("/")))
                     .build()
                     .map_err(|e| SendError::Failed(e.into()))?;
@@ -377,10 +426,10 @@ impl Upstream {
             }
             Sender::H1(conn) => {
                 let home = h1::Home {
-                    origins: self.origins.clone(),
-                    key: key.clone(),
+                    upstream: self.id,
+                    origin: at,
                 };
-                match h1::send(conn, req, added, home, reused).await {
+                match h1::send(conn, req, added, authority, home, reused).await {
                     h1::Outcome::Answer(resp) => Ok(resp),
                     h1::Outcome::Unsent(req) => Err(SendError::Unsent(req)),
                     h1::Outcome::Failed(f) => Err(SendError::Raw(f)),
@@ -390,26 +439,23 @@ impl Upstream {
     }
 }
 
-/// Puts a connection in `origins`' pool (unless the pool is full).
-fn checkin_into(origins: &Mutex<Vec<Origin>>, key: &Arc<OriginKey>, pooled: Pooled) {
-    let mut origins = origins.lock().unwrap_or_else(|e| e.into_inner());
-    let i = match origins
-        .iter()
-        .position(|o| Arc::ptr_eq(&o.key, key) || o.key.is(&key.scheme, &key.authority))
-    {
-        Some(i) => i,
-        None => {
-            origins.push(Origin::new(key.clone()));
-            origins.len() - 1
+/// Puts a connection in pool `upstream`'s origin `at` on this thread (unless the pool is full,
+/// or not here: then the connection closes).
+fn checkin(upstream: u64, at: Option<usize>, pooled: Pooled) {
+    let Some(i) = at else { return };
+    let rejected = with_origins(upstream, false, |origins| {
+        let origin = origins.get_mut(i)?;
+        if origin.h1.len() + origin.h2.len() >= MAX_IDLE_PER_ORIGIN {
+            return Some(pooled);
         }
-    };
-    let origin = &mut origins[i];
-    if origin.h1.len() + origin.h2.len() < MAX_IDLE_PER_ORIGIN {
         match pooled.sender {
             Sender::H1(_) => origin.h1.push(pooled),
             Sender::H2(_) => origin.h2.push(pooled),
         }
-    }
+        None
+    });
+    // Closed outside the pool's borrow.
+    drop(rejected);
 }
 
 /// Why a request got no answer.
@@ -479,6 +525,27 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         Upstream::new(tls)
+    }
+
+    #[test]
+    fn a_pool_is_its_threads_own_and_goes_with_its_upstream() {
+        let up = upstream();
+        let (scheme, authority) = (Scheme::HTTP, Authority::from_static("127.0.0.1:9"));
+        let (idle, at) = up.checkout((&scheme, &authority), false, Instant::now());
+        assert!(idle.is_none());
+        assert_eq!(at, Some(0));
+        let id = up.id;
+        assert_eq!(with_origins(id, false, |o| o.len()), Some(1));
+        // Another thread has no pool of this upstream's: a connection given back there closes.
+        std::thread::spawn(move || assert_eq!(with_origins(id, false, |o| o.len()), None))
+            .join()
+            .unwrap();
+        drop(up);
+        assert_eq!(
+            with_origins(id, false, |o| o.len()),
+            None,
+            "dropped with its upstream"
+        );
     }
 
     async fn elapsed(d: &mut Deadline<'_>) {

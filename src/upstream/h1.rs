@@ -3,7 +3,6 @@
 //! and the connection goes back to the pool when its answer's body has been read to the end.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -18,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Failure, Origin, OriginKey, Pooled, Sender};
+use super::{Failure, Pooled, Sender};
 use crate::body::{BoxError, RequestBody};
 use crate::front::{
     FEW_HEADERS, Fields, Framing, decode, header_fields, header_spans, push_content_length,
@@ -102,13 +101,14 @@ fn plain_tcp(io: &TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>) -> Option<&TcpS
 /// Where a connection goes back to when its answer has been read.
 #[derive(Clone)]
 pub(super) struct Home {
-    pub(super) origins: Arc<Mutex<Vec<Origin>>>,
-    pub(super) key: Arc<OriginKey>,
+    /// The `Upstream`'s pool, and the origin's place in it (see `super::POOLS`).
+    pub(super) upstream: u64,
+    pub(super) origin: Option<usize>,
 }
 
 impl Home {
     fn checkin(&self, conn: Box<RawConn>) {
-        super::checkin_into(&self.origins, &self.key, Pooled::new(Sender::H1(conn)));
+        super::checkin(self.upstream, self.origin, Pooled::new(Sender::H1(conn)));
     }
 }
 
@@ -126,6 +126,7 @@ pub(super) async fn send(
     mut conn: Box<RawConn>,
     req: Box<Request<RequestBody>>,
     added: &super::Added<'_>,
+    authority: &Authority,
     home: Home,
     reused: bool,
 ) -> Outcome {
@@ -133,7 +134,7 @@ pub(super) async fn send(
     // The connection's own buffer, kept for its next request.
     let mut head = std::mem::take(&mut conn.out);
     head.clear();
-    let rest = request_head(&req, added, &home.key.authority, &mut head);
+    let rest = request_head(&req, added, authority, &mut head);
     let written = write_head(&mut conn, &head).await;
     if head.capacity() <= MAX_KEPT_HEAD {
         conn.out = head;
