@@ -9,6 +9,8 @@
 #   bench/callgrind.sh [BINARY]     # DURATION=5s TOP=25; BINARY defaults to the release build
 #   KEEP=FILE bench/callgrind.sh    # also keeps the callgrind output (for callgrind_annotate)
 #   UP_HEADERS=10 bench/callgrind.sh  # the upstream's answer has 10 more fields
+#   LOCKED=1 bench/callgrind.sh     # also counts locked instructions (bench/locked.py)
+#   PROXY=nginx bench/callgrind.sh  # nginx-proxy instead (one worker process, same load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -30,8 +32,17 @@ BODY=$(json_body)
 upstream_conf $UP "$WORK" "$BODY" 1 "${UP_HEADERS:-0}" > "$WORK/up.conf"
 dp_config $PX $UP "" false "" "" 1 > "$WORK/dp.toml"
 nginx -c "$WORK/up.conf" -p "$WORK"
-valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run --config "$WORK/dp.toml" \
-  >/dev/null 2>"$WORK/valgrind.log" & PID=$!
+VG=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out")
+[ -n "${LOCKED:-}" ] && VG+=(--dump-instr=yes)
+if [ "${PROXY:-dp}" = nginx ]; then
+  # One worker process in the foreground, so that valgrind follows it.
+  nginx_proxy_conf $PX $UP "$WORK" ngx |
+    sed 's/^worker_processes auto;/worker_processes 1; daemon off; master_process off;/' > "$WORK/ngx.conf"
+  BIN=$(command -v nginx)
+  "${VG[@]}" "$BIN" -c "$WORK/ngx.conf" -p "$WORK" >/dev/null 2>"$WORK/valgrind.log" & PID=$!
+else
+  "${VG[@]}" "$BIN" run --config "$WORK/dp.toml" >/dev/null 2>"$WORK/valgrind.log" & PID=$!
+fi
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" && break; sleep 0.2; done
 curl -sf -o /dev/null "http://127.0.0.1:$PX/api/incidents" || { echo "the proxy does not answer 200" >&2; exit 1; }
 callgrind_control -z "$PID" >/dev/null 2>&1     # count from here: warm token, warm pool
@@ -44,6 +55,7 @@ file=$(ls -t "$WORK"/cg.out.* | head -1)
 total=$(callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "binary: $BIN"
 echo "requests: $n  instructions: $total  per request: $((total / n))"
+[ -n "${LOCKED:-}" ] && python3 bench/locked.py "$file" "$n" "${TOP_LOCKED:-12}"
 echo "most expensive functions of the proxy (inclusive instructions per request):"
 callgrind_annotate --auto=no --inclusive=yes --threshold=100 "$file" 2>/dev/null | sed 's/,//g' |
   awk -v n="$n" '$1 ~ /^[0-9]+$/ && /defender_proxy::/ {

@@ -74,9 +74,20 @@ impl Exchange<'_> {
             self.admit().await?;
             // Read after the queue, so a long wait never leaves the token expired when sent;
             // the token's check, the upstream deadline and the pool's checks share the one
-            // reading (each reading of the clock costs about 20 ns).
+            // reading (each reading of the clock costs about 20 ns). A token that had to be
+            // fetched (or waited for) is followed by a new reading: the upstream's time starts
+            // when the request is sent.
             let now = Instant::now();
-            let token = self.token(now).await?;
+            let (token, now) = match self.state.tokens.get_local(
+                self.worker,
+                self.source,
+                self.tenant,
+                &self.route.scope,
+                now,
+            ) {
+                Some(token) => (token, now),
+                None => (self.token(now).await?, Instant::now()),
+            };
             let body = next.take().ok_or(ProxyError::Internal)?;
             let replay = body.try_clone();
             let resp = self.send(&token, body, latency, now).await?;

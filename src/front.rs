@@ -351,9 +351,7 @@ impl Waits<'_> {
             stopping,
         }
     }
-}
 
-impl Waits<'_> {
     /// Whether the timer has fired; else its waker is this task's.
     fn fired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.armed && !self.sleep.is_elapsed() {

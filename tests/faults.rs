@@ -78,6 +78,21 @@ async fn a_slow_token_endpoint_delays_but_does_not_fail() {
 }
 
 #[tokio::test]
+async fn the_upstreams_time_starts_when_the_request_is_sent_not_before_its_token() {
+    // A token fetch of 1.5 s, then an upstream answering in 1 s, with a 2 s request timeout:
+    // the upstream had its 2 s (the fetch's time is not taken from it).
+    let env = start(Setup {
+        server: "request_timeout_secs = 2".into(),
+        ..Setup::default()
+    })
+    .await;
+    env.sandbox
+        .set_token_fault_times(TokenFault::Delay { millis: 1500 }, 1);
+    let resp = env.get("/api/_test/slow?millis=1000").await;
+    assert_eq!(resp.status(), 200, "{:?}", TestEnv::code(&resp));
+}
+
+#[tokio::test]
 async fn an_upstream_that_breaks_mid_body_ends_the_client_body_with_an_error() {
     let env = start(Setup::default()).await;
     env.sandbox.set_api_fault_times(ApiFault::ResetMidBody, 1);

@@ -197,22 +197,10 @@ impl TokenCache {
         // Read before the shared lookup: a token found there is kept only if no store or
         // drop happened since (one that did would bump the epoch past this).
         let epoch = self.epoch.load(Ordering::Acquire);
-        let i = local_index(source.id, tenant);
-        {
-            let mut local = lock(self.locals.get(worker));
-            local.check(epoch);
-            if let Some(e) = &local.entries[i] {
-                if e.credential == source.id
-                    && *e.tenant == **tenant
-                    && *e.scope == **scope
-                    && now < e.token.refresh_at
-                    && e.token.is_usable(now)
-                {
-                    self.stats.hits.incr(worker);
-                    return Ok(e.token.clone());
-                }
-            }
+        if let Some(token) = self.local_hit(worker, epoch, source, tenant, scope, now) {
+            return Ok(token);
         }
+        let i = local_index(source.id, tenant);
         let key = TokenKey {
             credential: source.id,
             tenant: tenant.clone(),
@@ -231,6 +219,44 @@ impl TokenCache {
             }
         }
         Ok(token)
+    }
+
+    /// The token for (`source`, `tenant`, `scope`) in worker `worker`'s own table, if it is
+    /// there and usable at `now`: what `get_on` finds without waiting.
+    pub fn get_local(
+        &self,
+        worker: usize,
+        source: &Arc<CredentialSource>,
+        tenant: &Arc<str>,
+        scope: &Arc<str>,
+        now: Instant,
+    ) -> Option<Arc<Token>> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        self.local_hit(worker, epoch, source, tenant, scope, now)
+    }
+
+    fn local_hit(
+        &self,
+        worker: usize,
+        epoch: u64,
+        source: &Arc<CredentialSource>,
+        tenant: &Arc<str>,
+        scope: &Arc<str>,
+        now: Instant,
+    ) -> Option<Arc<Token>> {
+        let mut local = lock(self.locals.get(worker));
+        local.check(epoch);
+        let e = local.entries[local_index(source.id, tenant)].as_ref()?;
+        let hit = e.credential == source.id
+            && *e.tenant == **tenant
+            && *e.scope == **scope
+            && now < e.token.refresh_at
+            && e.token.is_usable(now);
+        if !hit {
+            return None;
+        }
+        self.stats.hits.incr(worker);
+        Some(e.token.clone())
     }
 
     /// Marks every worker's own table out of date.
