@@ -31,23 +31,23 @@ fn bump(c: &AtomicU64, n: u64) {
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.record(d, |c, n| {
+            c.fetch_add(n, Ordering::Relaxed);
+        });
     }
 
     /// Records one observation in a histogram that one thread alone writes (see `bump`).
     fn observe_own(&self, d: Duration) {
+        self.record(d, bump);
+    }
+
+    fn record(&self, d: Duration, add: impl Fn(&AtomicU64, u64)) {
         let secs = d.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            bump(&self.buckets[i], 1);
+            add(&self.buckets[i], 1);
         }
-        bump(&self.count, 1);
-        bump(&self.sum_micros, d.as_micros() as u64);
+        add(&self.count, 1);
+        add(&self.sum_micros, d.as_micros() as u64);
     }
 
     /// Writes the family lines for one label set, summing `parts`.
