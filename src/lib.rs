@@ -306,10 +306,10 @@ pub struct Worker {
     runtime: std::sync::Mutex<Arc<WorkerRuntime>>,
 }
 
-/// A worker's own reference to a config: a request holds one of these, so that taking and
-/// dropping it counts in memory only this worker writes. (Every request cloning the shared
+/// A worker's own reference to a config: an HTTP/2 request holds one of these, so that taking
+/// and dropping it counts in memory only this worker writes. (Every request cloning the shared
 /// `Arc<Runtime>` made both cores write its count, which cost more than the rest of the
-/// lookup.)
+/// lookup.) An HTTP/1 connection keeps a reference of its own instead (`front::serve`).
 pub struct WorkerRuntime(Arc<Runtime>);
 
 impl std::ops::Deref for WorkerRuntime {
