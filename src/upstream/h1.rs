@@ -20,10 +20,11 @@ use tokio::net::TcpStream;
 use super::{Failure, Pooled, Sender};
 use crate::body::{BoxError, RequestBody};
 use crate::front::{
-    FEW_HEADERS, Fields, Framing, decode, header_fields, header_spans, push_content_length,
-    write_hex_line,
+    FEW_HEADERS, Fields, Framing, decode, header_fields, push_content_length, write_hex_line,
 };
 use crate::rawhead::RawHeaders;
+
+mod head;
 
 /// An answer's head may take this many bytes, and this many headers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -337,24 +338,16 @@ async fn read_head(conn: &mut RawConn) -> Result<ParsedHead, ReadError> {
 
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     let bad = |why| Err(ReadError::Bad(why));
-    // Uninitialised: httparse writes only the headers it finds.
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
-    {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return bad("the upstream's answer is not valid HTTP/1.1"),
+    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
+    let (line, spans) = match head::parse(buf, &mut few, MAX_HEADERS) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(head::Invalid) => return bad("the upstream's answer is not valid HTTP/1.1"),
     };
-    let (Some(code), Some(version)) = (resp.code, resp.version) else {
-        return bad("the upstream's status line is not valid");
-    };
-    let Ok(status) = StatusCode::from_u16(code) else {
+    let (len, version) = (line.len, line.version);
+    let Ok(status) = StatusCode::from_u16(line.code) else {
         return bad("the upstream's status is not valid");
     };
-    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
-    let spans = header_spans(buf.as_ptr() as usize, resp.headers, &mut few);
     let head = buf.split_to(len).freeze();
     // The fields stay in the head's bytes (forwarded as they came), unless there are too many.
     let (raw, fields) = match RawHeaders::parse(head.clone(), &spans) {
