@@ -86,11 +86,11 @@ struct Pooled {
 }
 
 impl Pooled {
-    fn new(sender: Sender) -> Pooled {
-        Pooled {
-            sender,
-            since: Instant::now(),
-        }
+    /// `since`: when the connection went idle, or (for an HTTP/1.1 connection back from an
+    /// answer) when its request was sent. That is earlier, so the connection is let go
+    /// sooner, never kept past the idle timeout; and it spares each answer a clock reading.
+    fn new(sender: Sender, since: Instant) -> Pooled {
+        Pooled { sender, since }
     }
 }
 
@@ -276,7 +276,7 @@ impl Upstream {
         let mut req = req;
         let (pooled, at) = self.checkout(origin, fresh, now);
         if let Some(sender) = pooled {
-            match self.send(sender, req, added, origin, at, true).await {
+            match self.send(sender, req, added, origin, (at, now), true).await {
                 Ok(resp) => return Ok(resp),
                 Err(SendError::Failed(e)) => {
                     return Err(Failure {
@@ -295,7 +295,10 @@ impl Upstream {
         let sender = Box::pin(self.connect(origin, at))
             .await
             .map_err(Failure::from)?;
-        match self.send(sender, req, added, origin, at, false).await {
+        match self
+            .send(sender, req, added, origin, (at, now), false)
+            .await
+        {
             Ok(resp) => Ok(resp),
             Err(SendError::Failed(e)) => Err(Failure::from(e)),
             Err(SendError::Raw(f)) => Err(f),
@@ -384,7 +387,11 @@ impl Upstream {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            checkin(self.id, at, Pooled::new(Sender::H2(sender.clone())));
+            checkin(
+                self.id,
+                at,
+                Pooled::new(Sender::H2(sender.clone()), Instant::now()),
+            );
             Sender::H2(sender)
         } else {
             Sender::H1(Box::new(h1::RawConn::new(io)))
@@ -392,15 +399,16 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Sends on `sender`, giving back a request the connection never took. `reused`: the
-    /// connection came from the pool.
+    /// Sends on `sender`, giving back a request the connection never took. `at`: the origin's
+    /// place in the pool; `now`: the caller's clock reading. `reused`: the connection came
+    /// from the pool.
     async fn send(
         &self,
         sender: Sender,
         mut req: Box<Request<RequestBody>>,
         added: &Added<'_>,
         (scheme, authority): (&Scheme, &Authority),
-        at: Option<usize>,
+        (at, now): (Option<usize>, Instant),
         reused: bool,
     ) -> Result<Box<Response<UpBody>>, SendError> {
         match sender {
@@ -428,6 +436,7 @@ impl Upstream {
                 let home = h1::Home {
                     upstream: self.id,
                     origin: at,
+                    sent: now,
                 };
                 match h1::send(conn, req, added, authority, home, reused).await {
                     h1::Outcome::Answer(resp) => Ok(resp),
@@ -580,6 +589,75 @@ mod tests {
         let mut d = up.deadline(start + Duration::from_secs(90));
         elapsed(&mut d).await;
         assert_eq!(Instant::now() - start, Duration::from_secs(90));
+    }
+
+    /// An HTTP/1.1 connection's idle time counts from when its request was sent: an answer
+    /// that took 50 s leaves it 10 s of the 60 it may idle, not 60 from the answer.
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_counts_from_the_send() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut first = true;
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        if first && n == 1 {
+                            tokio::time::sleep(Duration::from_secs(50)).await;
+                        }
+                        first = false;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        s.write_all(answer).await.unwrap();
+                    }
+                });
+            }
+        });
+        let up = upstream();
+        let tenant = http::HeaderName::from_static("x-tenant-id");
+        let bearer = http::HeaderValue::from_static("Bearer t");
+        let id = crate::proxy::request_id(None);
+        let added = Added {
+            raw: None,
+            tenant_header: &tenant,
+            bearer: &bearer,
+            request_id: &id,
+        };
+        let get = |uri: &str| {
+            Box::new(
+                Request::get(format!("http://{authority}{uri}"))
+                    .body(RequestBody::Full(None))
+                    .unwrap(),
+            )
+        };
+        let send = async |uri: &str| {
+            let resp = up
+                .request((&Scheme::HTTP, &authority), get(uri), &added, false, Instant::now())
+                .await
+                .unwrap();
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+        };
+        // A quick exchange first: the connection is reused by one soon after.
+        send("/a").await;
+        send("/b").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Idle past the timeout: the next request opens the server's second connection, whose
+        // first answer takes 50 s.
+        tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        let sent = Instant::now();
+        send("/slow").await;
+        assert_eq!(Instant::now() - sent, Duration::from_secs(50));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // 11 s after the answer, 61 s after the send: not reused.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        send("/c").await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

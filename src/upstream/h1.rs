@@ -105,11 +105,18 @@ pub(super) struct Home {
     /// The `Upstream`'s pool, and the origin's place in it (see `super::POOLS`).
     pub(super) upstream: u64,
     pub(super) origin: Option<usize>,
+    /// When the request was sent (the caller's clock reading): the connection's idle time
+    /// counts from there.
+    pub(super) sent: tokio::time::Instant,
 }
 
 impl Home {
     fn checkin(&self, conn: Box<RawConn>) {
-        super::checkin(self.upstream, self.origin, Pooled::new(Sender::H1(conn)));
+        super::checkin(
+            self.upstream,
+            self.origin,
+            Pooled::new(Sender::H1(conn), self.sent),
+        );
     }
 }
 
