@@ -1,5 +1,5 @@
 //! The client side of the proxy over HTTP/1.x: one task per connection parses each request
-//! head (httparse), frames the body, runs the request path and writes the answer, with no
+//! head (`h1parse`), frames the body, runs the request path and writes the answer, with no
 //! other task in between. HTTP/2 with prior knowledge is handed to hyper.
 //!
 //! Written here rather than taken from hyper for two reasons: a request that carries both
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Worker;
 use crate::body::{BoxError, ClientBody, ResponseBody};
 use crate::error::ProxyError;
+use crate::h1parse;
 use crate::rawhead::{self, Known, RawHeaders};
 
 /// A request head (request line and headers) may take this many bytes...
@@ -552,32 +553,25 @@ fn parse_head(
     spare: &mut Option<Box<RawHeaders>>,
 ) -> Result<Option<Parsed>, HeadError> {
     let bad = |why| Err(HeadError::Refused(ProxyError::BadRequest(why)));
-    // Uninitialised: httparse writes only the headers it finds.
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => {
+    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
+    let (line, spans) = match h1parse::parse_request(buf, &mut few, MAX_HEADERS) {
+        Ok(Some((line, _))) if line.len > MAX_HEAD_BYTES => {
             return Err(HeadError::Refused(ProxyError::HeadersTooLarge));
         }
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(h1parse::Invalid::TooManyFields) => {
             return Err(HeadError::Refused(ProxyError::HeadersTooLarge));
         }
-        Err(_) => return bad("the request line or a header is not valid HTTP/1.1"),
+        Err(h1parse::Invalid::Syntax) => {
+            return bad("the request line or a header is not valid HTTP/1.1");
+        }
     };
-    let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| s.as_ptr() as usize - base;
-    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
-        return bad("the request line is not valid HTTP/1.1");
-    };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+    let (len, target) = (line.len, line.target);
+    let Ok(method) = Method::from_bytes(&buf[line.method.0..][..line.method.1]) else {
         return bad("the method is not valid");
     };
-    let http10 = version == 0;
-    let target = (offset(target.as_bytes()), target.len());
-    let mut few = [(0, 0, 0, 0); FEW_HEADERS];
-    let spans = header_spans(base, req.headers, &mut few);
+    let http10 = line.version == 0;
     let head = buf.split_to(len).freeze();
     let uri = match Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1)) {
         Ok(u) => u,
@@ -678,31 +672,6 @@ impl std::ops::Deref for Spans<'_> {
     }
 }
 
-/// The spans of httparse's `parsed` headers in the buffer starting at `base`, in `few` when
-/// they fit.
-pub(crate) fn header_spans<'a>(
-    base: usize,
-    parsed: &[httparse::Header<'_>],
-    few: &'a mut FewSpans,
-) -> Spans<'a> {
-    let span = |h: &httparse::Header<'_>| {
-        (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        )
-    };
-    if parsed.len() <= FEW_HEADERS {
-        for (s, h) in few.iter_mut().zip(parsed) {
-            *s = span(h);
-        }
-        Spans::Few(&few[..parsed.len()])
-    } else {
-        Spans::Many(parsed.iter().map(span).collect())
-    }
-}
-
 /// A head's headers, and what they say about the body's framing and the connection.
 pub(crate) struct Fields {
     pub(crate) headers: HeaderMap,
@@ -724,7 +693,7 @@ pub(crate) fn header_fields(head: &Bytes, spans: &[Span]) -> Result<Fields, &'st
     for &(n, nl, v, vl) in spans {
         let name =
             HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "a header name is not valid")?;
-        // httparse has checked the value's bytes; this checks them again.
+        // The head's parser has checked the value's bytes; this checks them again.
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
             .map_err(|_| "a header value is not valid")?;
         if f.note(name.as_str().as_bytes(), value.as_bytes())? {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod front;
+mod h1parse;
 pub mod login;
 pub mod proxy;
 pub mod ratelimit;

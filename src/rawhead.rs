@@ -209,7 +209,7 @@ impl RawHeaders {
         self.len = 0;
     }
 
-    /// The fields of `head` at `spans` (as httparse found and checked them), with what they
+    /// The fields of `head` at `spans` (as `h1parse` found and checked them), with what they
     /// say about the framing, in one pass. Left out: the hop-by-hop fields, those the
     /// `Connection` field names, and `Content-Length` next to `Transfer-Encoding` (framed by the
     /// coding, RFC 9112 §6.3). `Ok(None)` when the head has more than [`MAX_FIELDS`] fields or
@@ -400,7 +400,7 @@ impl RawHeaders {
                 continue;
             }
             run = match run {
-                // The next line: CRLF after the last value, then this name. (httparse also
+                // The next line: CRLF after the last value, then this name. (The parser also
                 // takes a bare LF; such lines are copied one by one.)
                 Some((a, b)) if start == b + 2 && &self.head[b..start] == b"\r\n" => Some((a, end)),
                 Some((a, b)) => {
@@ -442,7 +442,8 @@ impl RawHeaders {
     pub fn merge_into(&self, map: &mut HeaderMap) {
         let had: Vec<HeaderName> = map.keys().cloned().collect();
         for (n, v) in self.iter() {
-            // httparse has checked both; a field these refuse cannot have come through it.
+            // The head's parser has checked both: a field these refuse cannot have come
+            // through it.
             let (Ok(name), Some(value)) = (HeaderName::from_bytes(n), self.shared(v)) else {
                 continue;
             };

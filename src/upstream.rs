@@ -52,7 +52,8 @@ impl Added<'_> {
         }
         if let Some(raw) = self.raw {
             for (n, v) in raw.forwarded(self.tenant_header.as_str().as_bytes()) {
-                // httparse has checked both; a field these refuse cannot have come through it.
+                // The head's parser has checked both: a field these refuse cannot have come
+                // through it.
                 if let (Ok(name), Some(value)) = (http::HeaderName::from_bytes(n), raw.shared(v)) {
                     headers.append(name, value);
                 }
@@ -637,10 +638,18 @@ mod tests {
         };
         let send = async |uri: &str| {
             let resp = up
-                .request((&Scheme::HTTP, &authority), get(uri), &added, false, Instant::now())
+                .request(
+                    (&Scheme::HTTP, &authority),
+                    get(uri),
+                    &added,
+                    false,
+                    Instant::now(),
+                )
                 .await
                 .unwrap();
-            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
             assert_eq!(&body.to_bytes()[..], b"ok");
         };
         // A quick exchange first: the connection is reused by one soon after.

@@ -66,12 +66,11 @@ fn wire(uri: &str, headers: &[(&str, &str)], as_came: bool) -> Vec<(String, Stri
             .map(|(k, v)| format!("{k}: {v}\r\n"))
             .collect();
         let head = bytes::Bytes::from(format!("GET {uri} HTTP/1.1\r\n{fields}\r\n"));
-        let mut slots = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut slots);
-        assert!(req.parse(&head).unwrap().is_complete());
         let mut few = [(0, 0, 0, 0); crate::front::FEW_HEADERS];
-        let spans =
-            crate::front::header_spans(head.as_ptr() as usize, req.headers, &mut few).to_vec();
+        let (_, spans) = crate::h1parse::parse_request(&head, &mut few, 64)
+            .unwrap()
+            .unwrap();
+        let spans = spans.to_vec();
         let (raw, _) = crate::rawhead::RawHeaders::parse(head.clone(), &spans)
             .unwrap()
             .unwrap();

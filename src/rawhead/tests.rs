@@ -1,13 +1,12 @@
 use super::*;
 
-/// The spans httparse finds in `head` (a whole answer head).
+/// The spans the answer parser finds in `head` (a whole answer head).
 fn parsed(head: &'static [u8]) -> (Bytes, Vec<Span>) {
-    let mut slots = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut slots);
-    assert!(resp.parse(head).unwrap().is_complete());
     let mut few = [(0, 0, 0, 0); crate::front::FEW_HEADERS];
-    let spans = crate::front::header_spans(head.as_ptr() as usize, resp.headers, &mut few).to_vec();
-    (Bytes::from_static(head), spans)
+    let (_, spans) = crate::h1parse::parse_response(head, &mut few, 64)
+        .unwrap()
+        .unwrap();
+    (Bytes::from_static(head), spans.to_vec())
 }
 
 fn raw(head: &'static [u8]) -> (Box<RawHeaders>, Fields) {

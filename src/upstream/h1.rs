@@ -22,9 +22,8 @@ use crate::body::{BoxError, RequestBody};
 use crate::front::{
     FEW_HEADERS, Fields, Framing, decode, header_fields, push_content_length, write_hex_line,
 };
+use crate::h1parse;
 use crate::rawhead::RawHeaders;
-
-mod head;
 
 /// An answer's head may take this many bytes, and this many headers.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -346,10 +345,10 @@ async fn read_head(conn: &mut RawConn) -> Result<ParsedHead, ReadError> {
 fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     let bad = |why| Err(ReadError::Bad(why));
     let mut few = [(0, 0, 0, 0); FEW_HEADERS];
-    let (line, spans) = match head::parse(buf, &mut few, MAX_HEADERS) {
+    let (line, spans) = match h1parse::parse_response(buf, &mut few, MAX_HEADERS) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return Ok(None),
-        Err(head::Invalid) => return bad("the upstream's answer is not valid HTTP/1.1"),
+        Err(_) => return bad("the upstream's answer is not valid HTTP/1.1"),
     };
     let (len, version) = (line.len, line.version);
     let Ok(status) = StatusCode::from_u16(line.code) else {
