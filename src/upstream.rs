@@ -102,8 +102,11 @@ pub(crate) struct OriginKey {
 }
 
 impl OriginKey {
+    /// Authorities compare in any case (`Authority`'s own `==`, a byte at a time); the same
+    /// bytes, as a route's own authority always has, are told first at once.
     fn is(&self, scheme: &Scheme, authority: &Authority) -> bool {
-        self.authority == *authority && self.scheme == *scheme
+        (self.authority.as_str() == authority.as_str() || self.authority == *authority)
+            && self.scheme == *scheme
     }
 }
 
@@ -335,7 +338,8 @@ impl Upstream {
             // Sweeping the whole pool on every request cost more than the rest of the
             // checkout; once a second is enough (a connection taken is checked on its own
             // below).
-            if now.duration_since(origin.swept) >= SWEEP_EVERY {
+            // (Instants compared, not their difference: that costs a division.)
+            if now >= origin.swept + SWEEP_EVERY {
                 origin.swept = now;
                 origin.h2.retain(|c| match &c.sender {
                     Sender::H2(s) => !s.is_closed(),
@@ -343,7 +347,7 @@ impl Upstream {
                 });
                 origin
                     .h1
-                    .retain(|c| now.duration_since(c.since) <= IDLE_TIMEOUT);
+                    .retain(|c| now <= c.since + IDLE_TIMEOUT);
             }
             let h2 = origin.h2.iter().find_map(|c| match &c.sender {
                 Sender::H2(s) if s.is_ready() => Some(s.clone()),
@@ -355,7 +359,7 @@ impl Upstream {
             // The most recently used first; one the upstream has closed meanwhile is dropped.
             while let Some(pooled) = origin.h1.pop() {
                 if let Sender::H1(mut conn) = pooled.sender {
-                    if now.duration_since(pooled.since) <= IDLE_TIMEOUT && conn.idle_usable() {
+                    if now <= pooled.since + IDLE_TIMEOUT && conn.idle_usable() {
                         return (Some(Sender::H1(conn)), Some(i));
                     }
                 }
