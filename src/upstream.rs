@@ -345,9 +345,7 @@ impl Upstream {
                     Sender::H2(s) => !s.is_closed(),
                     Sender::H1(_) => false,
                 });
-                origin
-                    .h1
-                    .retain(|c| now <= c.since + IDLE_TIMEOUT);
+                origin.h1.retain(|c| now <= c.since + IDLE_TIMEOUT);
             }
             let h2 = origin.h2.iter().find_map(|c| match &c.sender {
                 Sender::H2(s) if s.is_ready() => Some(s.clone()),
