@@ -69,15 +69,16 @@ pub fn build_request(
     // Origin-form: the upstream (the route's) goes to `send` beside it, so that a request
     // copies none of the shared origin's bytes.
     *req.uri_mut() = Uri::from(pq);
-    *req.headers_mut() = forwarded_headers(&parts.headers, out);
+    // (An HTTP/1.1 client's fields travel as they came, and its map is empty: the request's
+    // own empty map is kept, not replaced by another.)
+    if !parts.headers.is_empty() {
+        *req.headers_mut() = forwarded_headers(&parts.headers, out);
+    }
     Ok(req)
 }
 
 /// The client's headers minus hop-by-hop, credentials and proxy-only ones.
 fn forwarded_headers(src: &HeaderMap, out: &Outbound<'_>) -> HeaderMap {
-    if src.is_empty() {
-        return HeaderMap::new();
-    }
     let mut dst = HeaderMap::with_capacity(src.len());
     // A `Connection` saying only close or keep-alive is not kept by the front end, so one is
     // rare: looked for by comparing names (a standard name compares as a number), not hashed.

@@ -232,7 +232,7 @@ impl RawHeaders {
         if spans.len() > MAX_FIELDS || head.len() > usize::from(u16::MAX) {
             return Ok(None);
         }
-        let mut framing = Fields::new(HeaderMap::new());
+        let mut framing = Fields::new();
         let mut raw = match spare {
             // Fields past `len` are never read: they need no clearing.
             Some(mut raw) => {

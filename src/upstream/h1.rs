@@ -305,8 +305,9 @@ enum ReadError {
 struct ParsedHead {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
-    /// The fields as they came (then `headers` is empty).
+    /// The fields as a map, when they are not kept as they came (`raw`).
+    headers: Option<HeaderMap>,
+    /// The fields as they came (then `headers` is `None`).
     raw: Option<Box<RawHeaders>>,
     framing: Framing,
     keep_alive: bool,
@@ -385,7 +386,9 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     };
     if chunked.is_some() {
         // Framed by the coding: a Content-Length next to it means nothing (RFC 9112 §6.3).
-        headers.remove(header::CONTENT_LENGTH);
+        if let Some(headers) = &mut headers {
+            headers.remove(header::CONTENT_LENGTH);
+        }
     }
     Ok(Some(ParsedHead {
         status,
@@ -435,7 +438,9 @@ fn answer(
     let mut resp = Box::new(Response::new(UpBody::H1(body)));
     *resp.status_mut() = status;
     *resp.version_mut() = version;
-    *resp.headers_mut() = headers;
+    if let Some(headers) = headers {
+        *resp.headers_mut() = headers;
+    }
     resp
 }
 
