@@ -1090,6 +1090,10 @@ async fn write_response(
                 || rawhead::overridden(&parts.headers, name)
         });
     }
+    // The fields are written: their box goes to the next answer read on this thread.
+    if let Some(raw) = body.take_fields() {
+        rawhead::give_back(raw);
+    }
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING
             || name == header::CONNECTION

@@ -201,6 +201,23 @@ impl std::fmt::Debug for RawHeaders {
     }
 }
 
+thread_local! {
+    /// An answer's fields box, given back once the answer's head was written: the next answer
+    /// read on this thread fills it, instead of allocating (and zeroing) one of its own.
+    static SPARE: std::cell::Cell<Option<Box<RawHeaders>>> = const { std::cell::Cell::new(None) };
+}
+
+/// The box [`give_back`] left on this thread, if any.
+pub(crate) fn spare() -> Option<Box<RawHeaders>> {
+    SPARE.try_with(std::cell::Cell::take).ok().flatten()
+}
+
+/// Keeps `raw`'s box for the next answer read on this thread, its head let go.
+pub(crate) fn give_back(mut raw: Box<RawHeaders>) {
+    raw.release();
+    let _ = SPARE.try_with(|s| s.set(Some(raw)));
+}
+
 impl RawHeaders {
     /// Lets go of the head's bytes (shared with the connection's read buffer, which can then
     /// reuse its memory) and of its fields, keeping the box for the next head.
@@ -214,16 +231,9 @@ impl RawHeaders {
     /// `Connection` field names, and `Content-Length` next to `Transfer-Encoding` (framed by the
     /// coding, RFC 9112 §6.3). `Ok(None)` when the head has more than [`MAX_FIELDS`] fields or
     /// is longer than 64 KiB; `Err` as [`header_fields`](crate::front::header_fields) has it.
-    /// Boxed from the start: the answer's head is handed on through several layers.
-    pub(crate) fn parse(
-        head: Bytes,
-        spans: &[Span],
-    ) -> Result<Option<(Box<RawHeaders>, Fields)>, &'static str> {
-        Self::parse_into(None, head, spans)
-    }
-
-    /// As [`parse`](Self::parse), into `spare` (the box of an earlier head, see
-    /// [`release`](Self::release)) when there is one: a connection's requests reuse one.
+    /// Boxed from the start: the answer's head is handed on through several layers. Filled
+    /// into `spare` (the box of an earlier head, see [`release`](Self::release)) when there is
+    /// one: a connection's requests reuse one, and the answers read on a thread one.
     pub(crate) fn parse_into(
         spare: Option<Box<RawHeaders>>,
         head: Bytes,

@@ -71,7 +71,7 @@ fn wire(uri: &str, headers: &[(&str, &str)], as_came: bool) -> Vec<(String, Stri
             .unwrap()
             .unwrap();
         let spans = spans.to_vec();
-        let (raw, _) = crate::rawhead::RawHeaders::parse(head.clone(), &spans)
+        let (raw, _) = crate::rawhead::RawHeaders::parse_into(None, head.clone(), &spans)
             .unwrap()
             .unwrap();
         (parts(uri, &[]), Some(raw))

@@ -11,7 +11,9 @@ fn parsed(head: &'static [u8]) -> (Bytes, Vec<Span>) {
 
 fn raw(head: &'static [u8]) -> (Box<RawHeaders>, Fields) {
     let (bytes, spans) = parsed(head);
-    RawHeaders::parse(bytes, &spans).unwrap().unwrap()
+    RawHeaders::parse_into(None, bytes, &spans)
+        .unwrap()
+        .unwrap()
 }
 
 fn names(r: &RawHeaders) -> Vec<String> {
@@ -64,7 +66,7 @@ fn bad_framing_is_refused_as_the_header_map_path_refuses_it() {
     ] {
         let head: &'static [u8] = head.to_vec().leak();
         let (bytes, spans) = parsed(head);
-        let raw = RawHeaders::parse(bytes.clone(), &spans);
+        let raw = RawHeaders::parse_into(None, bytes.clone(), &spans);
         let map = crate::front::header_fields(&bytes, &spans);
         assert!(raw.is_err(), "{}", String::from_utf8_lossy(head));
         assert_eq!(raw.err(), map.err());
@@ -93,9 +95,13 @@ fn too_many_fields_fall_back_to_a_header_map() {
     head.extend_from_slice(b"\r\n");
     let head: &'static [u8] = head.leak();
     let (bytes, spans) = parsed(head);
-    assert!(RawHeaders::parse(bytes.clone(), &spans).unwrap().is_none());
     assert!(
-        RawHeaders::parse(bytes, &spans[..MAX_FIELDS])
+        RawHeaders::parse_into(None, bytes.clone(), &spans)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        RawHeaders::parse_into(None, bytes, &spans[..MAX_FIELDS])
             .unwrap()
             .is_some()
     );
@@ -230,4 +236,30 @@ fn lowercase8_changes_only_uppercase_letters() {
             assert_eq!(lowercase8(x), want, "byte {b:#x} at {at}");
         }
     }
+}
+
+#[test]
+fn a_given_back_box_serves_the_next_answer_on_its_thread_only() {
+    let (first, _) = raw(b"HTTP/1.1 200 OK\r\nDate: x\r\nServer: a\r\n\r\n");
+    let at = &*first as *const RawHeaders;
+    give_back(first);
+    // Another thread has none of this one's.
+    std::thread::spawn(|| assert!(spare().is_none()))
+        .join()
+        .unwrap();
+    let (bytes, spans) = parsed(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+    let (next, _) = RawHeaders::parse_into(spare(), bytes, &spans)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &*next as *const RawHeaders, at,
+        "the same box, filled again"
+    );
+    let names: Vec<_> = next.iter().map(|(n, _)| n.to_vec()).collect();
+    assert_eq!(
+        names,
+        [b"Content-Type".to_vec()],
+        "none of the first answer's fields"
+    );
+    assert!(spare().is_none(), "taken");
 }

@@ -357,7 +357,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ReadError> {
     };
     let head = buf.split_to(len).freeze();
     // The fields stay in the head's bytes (forwarded as they came), unless there are too many.
-    let (raw, fields) = match RawHeaders::parse(head.clone(), &spans) {
+    let (raw, fields) = match RawHeaders::parse_into(crate::rawhead::spare(), head.clone(), &spans)
+    {
         Ok(Some((raw, fields))) => (Some(raw), Ok(fields)),
         Ok(None) => (None, header_fields(&head, &spans)),
         Err(why) => (None, Err(why)),
