@@ -311,13 +311,20 @@ pub fn read_into_client_response(resp: Response<bytes::Bytes>) -> Response<Respo
 /// Is the `Content-Type` JSON (`application/json` or `*/*+json`)?
 fn is_json(content_type: Option<&[u8]>) -> bool {
     content_type.is_some_and(|ct| {
+        // The usual one, as bytes: the split and the trim below cost more than the rest.
+        if ct == b"application/json" {
+            return true;
+        }
         let mime = ct
             .split(|b| *b == b';')
             .next()
             .unwrap_or_default()
             .trim_ascii();
-        mime.eq_ignore_ascii_case(b"application/json")
-            || (mime.len() >= 5 && mime[mime.len() - 5..].eq_ignore_ascii_case(b"+json"))
+        // Compared eight bytes at a time, not one (`eq_ignore_ascii_case`).
+        crate::rawhead::is_name(mime, b"application/json")
+            || mime
+                .last_chunk::<5>()
+                .is_some_and(|end| crate::rawhead::is_name(end, b"+json"))
     })
 }
 
