@@ -51,13 +51,10 @@ pub(crate) fn parse_response<'a>(
     few: &'a mut FewSpans,
     max: usize,
 ) -> Result<Option<(StatusLine, Spans<'a>)>, Invalid> {
-    let Some((i, version, code)) = status_line(buf)? else {
+    let Some(line) = status_line(buf)? else {
         return Ok(None);
     };
-    Ok(fields(buf, i, few, max)?.map(|(len, spans)| {
-        let line = StatusLine { len, version, code };
-        (line, spans)
-    }))
+    Ok(fields(buf, line.len, few, max)?.map(|(len, spans)| (StatusLine { len, ..line }, spans)))
 }
 
 /// Parses the request head at the start of `buf`, as [`parse_response`] an answer's.
@@ -66,18 +63,10 @@ pub(crate) fn parse_request<'a>(
     few: &'a mut FewSpans,
     max: usize,
 ) -> Result<Option<(RequestLine, Spans<'a>)>, Invalid> {
-    let Some((i, version, method, target)) = request_line(buf)? else {
+    let Some(line) = request_line(buf)? else {
         return Ok(None);
     };
-    Ok(fields(buf, i, few, max)?.map(|(len, spans)| {
-        let line = RequestLine {
-            len,
-            version,
-            method,
-            target,
-        };
-        (line, spans)
-    }))
+    Ok(fields(buf, line.len, few, max)?.map(|(len, spans)| (RequestLine { len, ..line }, spans)))
 }
 
 /// The fields from `i` on, to the blank line: the head's length and the fields' spans.
@@ -185,9 +174,8 @@ fn version(buf: &[u8], i: usize) -> Result<Option<u8>, Invalid> {
     }
 }
 
-/// The status line: where the fields start, the version and the code; `Ok(None)` while
-/// incomplete.
-fn status_line(buf: &[u8]) -> Result<Option<(usize, u8, u16)>, Invalid> {
+/// The status line, its `len` where the fields start; `Ok(None)` while incomplete.
+fn status_line(buf: &[u8]) -> Result<Option<StatusLine>, Invalid> {
     let Some(mut i) = skip_blank_lines(buf)? else {
         return Ok(None);
     };
@@ -209,24 +197,18 @@ fn status_line(buf: &[u8]) -> Result<Option<(usize, u8, u16)>, Invalid> {
         }
         i += 1;
     }
-    match buf.get(i) {
-        None => Ok(None),
-        // A reason phrase, or none.
-        Some(b' ') => {
-            let end = text_end(buf, i + 1);
-            Ok(line_end(buf, end)?.map(|next| (next, version, code)))
-        }
-        Some(b'\r' | b'\n') => Ok(line_end(buf, i)?.map(|next| (next, version, code))),
-        Some(_) => Err(Invalid::Syntax),
-    }
+    // A reason phrase, or none.
+    let end = match buf.get(i) {
+        None => return Ok(None),
+        Some(b' ') => text_end(buf, i + 1),
+        Some(b'\r' | b'\n') => i,
+        Some(_) => return Err(Invalid::Syntax),
+    };
+    Ok(line_end(buf, end)?.map(|len| StatusLine { len, version, code }))
 }
 
-/// The request line: where the fields start, the version, the method's and the target's
-/// spans; `Ok(None)` while incomplete.
-#[allow(clippy::type_complexity)]
-fn request_line(
-    buf: &[u8],
-) -> Result<Option<(usize, u8, (usize, usize), (usize, usize))>, Invalid> {
+/// The request line, its `len` where the fields start; `Ok(None)` while incomplete.
+fn request_line(buf: &[u8]) -> Result<Option<RequestLine>, Invalid> {
     let Some(method_at) = skip_blank_lines(buf)? else {
         return Ok(None);
     };
@@ -255,9 +237,12 @@ fn request_line(
     // And the line's end, at once.
     match buf.get(i + 8) {
         None => Ok(None),
-        Some(b'\r' | b'\n') => {
-            Ok(line_end(buf, i + 8)?.map(|next| (next, version, method, target)))
-        }
+        Some(b'\r' | b'\n') => Ok(line_end(buf, i + 8)?.map(|len| RequestLine {
+            len,
+            version,
+            method,
+            target,
+        })),
         Some(_) => Err(Invalid::Syntax),
     }
 }
