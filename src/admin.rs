@@ -1,9 +1,8 @@
 //! The admin listener: `/healthz`, `/readyz` and `/metrics`, on its own address so it never
 //! shadows an upstream path.
 
-use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,8 +12,13 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
 use crate::AppState;
-use crate::telemetry::{esc, header as family};
+use crate::telemetry;
 use crate::token::Health;
 
 /// Serves the admin endpoints until `stop`.
@@ -59,99 +63,90 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut out = String::with_capacity(8192);
-    state.metrics.render_routes(&mut out);
-    render_tokens(&state, &mut out);
-    state.limiter.render(&mut out);
-    family(
-        &mut out,
-        "defender_proxy_config_reloads_total",
-        "counter",
-        "Config reloads by outcome.",
-    );
+    let mut registry = Registry::default();
+    state.shared.metrics.register(&mut registry);
+    register_tokens(&state, &mut registry);
+    state.shared.limiter.register(&mut registry);
+    let reloads = Family::<[(&'static str, &'static str); 1], Counter>::default();
     for (outcome, n) in [("ok", &state.reloads.ok), ("error", &state.reloads.failed)] {
-        let _ = writeln!(
-            out,
-            "defender_proxy_config_reloads_total{{outcome=\"{outcome}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
+        reloads
+            .get_or_create(&[("outcome", outcome)])
+            .inc_by(n.load(Ordering::Relaxed));
     }
+    registry.register(
+        "defender_proxy_config_reloads",
+        "Config reloads by outcome",
+        reloads,
+    );
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        out,
+        telemetry::render(&registry),
     )
         .into_response()
 }
 
-fn render_tokens(state: &AppState, out: &mut String) {
+/// The token families, as the cache and the credentials count them now.
+fn register_tokens(state: &AppState, registry: &mut Registry) {
     let rt = state.runtime.load();
-    family(
-        out,
-        "defender_proxy_token_fetches_total",
-        "counter",
-        "Token fetches by credential and outcome.",
-    );
+    let fetches = Family::<[(&'static str, String); 2], Counter>::default();
     for c in &rt.credentials {
-        let name = esc(&c.name);
         for (outcome, n) in [
             ("ok", &c.stats.ok),
             ("rejected", &c.stats.rejected),
             ("unavailable", &c.stats.unavailable),
         ] {
-            let _ = writeln!(
-                out,
-                "defender_proxy_token_fetches_total{{credential=\"{name}\",outcome=\"{outcome}\"}} {}",
-                n.load(Ordering::Relaxed)
-            );
+            fetches
+                .get_or_create(&[
+                    ("credential", c.name.to_string()),
+                    ("outcome", outcome.into()),
+                ])
+                .inc_by(n.load(Ordering::Relaxed));
         }
     }
-    let stats = &state.tokens.stats;
-    family(
-        out,
-        "defender_proxy_token_cache_requests_total",
-        "counter",
-        "Token cache lookups by result.",
+    registry.register(
+        "defender_proxy_token_fetches",
+        "Token fetches by credential and outcome",
+        fetches,
     );
-    for (result, n) in [
-        ("hit", stats.hits.sum()),
-        ("miss", stats.misses.load(Ordering::Relaxed)),
-    ] {
-        let _ = writeln!(
-            out,
-            "defender_proxy_token_cache_requests_total{{result=\"{result}\"}} {n}"
-        );
+    let stats = &state.shared.tokens.stats;
+    let lookups = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    for (result, n) in [("hit", &stats.hits), ("miss", &stats.misses)] {
+        lookups
+            .get_or_create(&[("result", result)])
+            .inc_by(n.load(Ordering::Relaxed));
     }
-    family(
-        out,
-        "defender_proxy_token_refreshes_total",
-        "counter",
-        "Background token refreshes started.",
+    registry.register(
+        "defender_proxy_token_cache_requests",
+        "Token cache lookups by result",
+        lookups,
     );
-    let _ = writeln!(
-        out,
-        "defender_proxy_token_refreshes_total {}",
-        stats.refreshes.load(Ordering::Relaxed)
+    let refreshes = Counter::<u64>::default();
+    refreshes.inc_by(stats.refreshes.load(Ordering::Relaxed));
+    registry.register(
+        "defender_proxy_token_refreshes",
+        "Background token refreshes started",
+        refreshes,
     );
-    family(
-        out,
-        "defender_proxy_token_expiry_seconds",
-        "gauge",
-        "Seconds until each cached token expires.",
-    );
-    for (id, tenant, secs) in state.tokens.expiries() {
+    let expiry = Family::<[(&'static str, String); 2], Gauge<f64, AtomicU64>>::default();
+    for (id, tenant, secs) in state.shared.tokens.expiries() {
         if let Some(c) = rt.credentials.iter().find(|c| c.id == id) {
             let tenant = rt.router.tenant_label(&tenant);
-            let _ = writeln!(
-                out,
-                "defender_proxy_token_expiry_seconds{{credential=\"{}\",tenant=\"{}\"}} {secs:.0}",
-                esc(&c.name),
-                esc(&tenant)
-            );
+            expiry
+                .get_or_create(&[
+                    ("credential", c.name.to_string()),
+                    ("tenant", tenant.to_string()),
+                ])
+                .set(secs.round());
         }
     }
+    registry.register(
+        "defender_proxy_token_expiry_seconds",
+        "Seconds until each cached token expires",
+        expiry,
+    );
 }
 
 /// GETs a plain-http health URL; true on a 200 within 3 s. Used by the container health check,

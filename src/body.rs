@@ -1,397 +1,318 @@
-//! The body types of the proxy: what goes upstream (streamed, or kept when small so that a
-//! request can be replayed) and what goes back to the client (streamed, or made here).
+//! The one body type that travels between the layers, and the request body kept so that a
+//! request can be sent again (after an upstream 401, or an absorbed 429/503).
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-
-use crate::rewrite::RewriteState;
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 
 /// Boxed error used by the body types.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The request body is over `max_request_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body over the limit")]
-pub struct BodyTooLarge;
+/// The body of every request and response between the layers.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// Whether the client's request body has been read to its end. A response sent before that
-/// must close the connection (and say so): the unread rest cannot be told from a next request.
+/// Boxes any body into `Body`.
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A client's request body, which fails once it sends nothing for `idle` (tower-http's
+/// `TimeoutBody`). Dropped unread (the proxy answered without sending it on), the rest is
+/// read and thrown away in the background when its length is known and at most
+/// `DRAIN_MAX_BYTES`, within `DRAIN_MAX_TIME` (and while it keeps coming): the client can
+/// then finish sending and read the answer, and its connection stays usable. Otherwise
+/// hyper closes the connection after the answer.
+pub fn from_client(
+    req: http::Request<hyper::body::Incoming>,
+    idle: std::time::Duration,
+) -> http::Request<Body> {
+    let abandoned = Abandoned::default();
+    let (mut parts, incoming) = req.into_parts();
+    parts.extensions.insert(abandoned.clone());
+    let body = ClientBody {
+        length: http_body::Body::size_hint(&incoming).exact(),
+        ended: http_body::Body::is_end_stream(&incoming),
+        body: Some(Box::pin(TimeoutBody::new(idle, incoming))),
+        seen: 0,
+        abandoned,
+    };
+    http::Request::from_parts(parts, boxed(body))
+}
+
+type TimeoutBody = tower_http::timeout::TimeoutBody<hyper::body::Incoming>;
+
+/// Set when a client's body was dropped unread and will not be drained: the connection then
+/// cannot carry another request. In the request's extensions.
 #[derive(Debug, Clone, Default)]
-pub struct BodyDone(Option<Arc<AtomicBool>>);
+pub struct Abandoned(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
-impl BodyDone {
-    /// For a request whose body `ended` already (no body), or not.
-    pub fn new(ended: bool) -> BodyDone {
-        BodyDone((!ended).then(|| Arc::new(AtomicBool::new(false))))
-    }
-
-    /// The body has been read to its end.
-    pub fn set(&self) {
-        if let Some(flag) = &self.0 {
-            flag.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Has it?
+impl Abandoned {
+    /// Was the body abandoned?
     pub fn get(&self) -> bool {
-        self.0.as_ref().is_none_or(|f| f.load(Ordering::Relaxed))
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
-/// A body sent upstream.
-#[derive(Debug)]
-pub enum RequestBody {
-    /// Fully read (or empty): can be sent again.
-    Full(Option<Bytes>),
-    /// Too large to keep: the part already read, then the rest of the client's stream.
-    Stream {
-        /// Bytes read while trying to keep the body.
-        prefix: Option<Bytes>,
-        /// The rest (taken by the drain when the body is dropped unread).
-        rest: Option<ClientBody>,
-        /// Bytes seen so far (prefix included).
-        seen: u64,
-        /// The limit.
-        limit: u64,
-        /// Set when the client's body has been read to its end.
-        done: BodyDone,
-    },
+/// The most of an unread request body read in the background...
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// ...and for how long.
+pub const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// See `from_client`. The timeout body holds a timer, so it is pinned in a box; it tells no
+/// length, so the length the client declared is kept here.
+struct ClientBody {
+    body: Option<Pin<Box<TimeoutBody>>>,
+    /// The declared length, if any.
+    length: Option<u64>,
+    /// Bytes read so far.
+    seen: u64,
+    ended: bool,
+    abandoned: Abandoned,
 }
 
-impl RequestBody {
-    /// Reads up to `keep` bytes; a body that ends within them can be replayed. Errors with
-    /// `BodyTooLarge` as soon as more than `limit` bytes arrive.
-    pub async fn read(
-        mut incoming: ClientBody,
-        keep: usize,
-        limit: u64,
-        done: &BodyDone,
-    ) -> Result<RequestBody, BoxError> {
-        if incoming.is_end_stream() {
-            done.set();
-            return Ok(RequestBody::Full(None));
-        }
-        let mut buf = BytesMut::new();
-        while buf.len() <= keep {
-            match incoming.frame().await {
-                None => {
-                    done.set();
-                    return Ok(RequestBody::Full(Some(buf.freeze())));
-                }
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        buf.extend_from_slice(&data);
-                    }
-                    if buf.len() as u64 > limit {
-                        return Err(Box::new(BodyTooLarge));
-                    }
-                }
-            }
-        }
-        let seen = buf.len() as u64;
-        Ok(RequestBody::Stream {
-            prefix: Some(buf.freeze()),
-            rest: Some(incoming),
-            seen,
-            limit,
-            done: done.clone(),
-        })
-    }
-
-    /// A copy for a second attempt, when the body was kept whole.
-    pub fn try_clone(&self) -> Option<RequestBody> {
-        match self {
-            RequestBody::Full(b) => Some(RequestBody::Full(b.clone())),
-            RequestBody::Stream { .. } => None,
-        }
-    }
-}
-
-/// A client body dropped unread (the proxy answered without sending it on) is read to its end
-/// in the background when its length is known and at most this...
-const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// ...within this time, so that the client can finish sending and read the answer, and the
-/// connection stays usable. Otherwise the answer says `Connection: close`.
-const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        let RequestBody::Stream { rest, done, .. } = self else {
-            return;
-        };
-        let Some(rest) = rest.take() else {
-            return;
-        };
-        if done.get() || rest.is_end_stream() {
-            return;
-        }
-        let bounded = rest
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= DRAIN_MAX_BYTES);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if !bounded {
-            return;
-        }
-        // Counted as read: the drain reads it before the connection takes another request.
-        done.set();
-        let ClientBody::Hyper(rest) = rest else {
-            // Read from the connection itself: its task drains the rest after the answer.
-            return;
-        };
-        runtime.spawn(async move {
-            let drain = async {
-                let mut rest = rest;
-                while let Some(Ok(_)) = rest.frame().await {}
-            };
-            let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
-        });
-    }
-}
-
-impl Body for RequestBody {
+impl http_body::Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Full(b) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-            RequestBody::Stream {
-                prefix,
-                rest,
-                seen,
-                limit,
-                done,
-            } => {
-                if let Some(p) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(p))));
-                }
-                let Some(rest) = rest.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                match Pin::new(rest).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            *seen += data.len() as u64;
-                            if *seen > *limit {
-                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                            }
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-                    Poll::Ready(None) => {
-                        done.set();
-                        Poll::Ready(None)
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Full(b) => b.as_ref().is_none_or(Bytes::is_empty),
-            RequestBody::Stream { prefix, rest, .. } => {
-                prefix.is_none() && rest.as_ref().is_none_or(ClientBody::is_end_stream)
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RequestBody::Stream { prefix, rest, .. } => {
-                let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let r = rest
-                    .as_ref()
-                    .map_or_else(SizeHint::new, ClientBody::size_hint);
-                let mut hint = SizeHint::new();
-                hint.set_lower(r.lower() + p);
-                if let Some(u) = r.upper() {
-                    hint.set_upper(u + p);
-                }
-                hint
-            }
-        }
-    }
-}
-
-/// A body from the client.
-#[derive(Debug)]
-pub enum ClientBody {
-    /// None (no `Content-Length`, or 0, and not chunked).
-    Empty,
-    /// From hyper (HTTP/2).
-    Hyper(Incoming),
-    /// Read from the HTTP/1 connection by `front`.
-    H1(crate::front::H1Body),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ClientBody::H1(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Empty => true,
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::H1(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::H1(b) => b.size_hint(),
-        }
-    }
-}
-
-/// A body sent back to the client.
-#[derive(Debug)]
-pub enum ResponseBody {
-    /// Made by the proxy, or read whole; with the upstream's answer fields as they came (see
-    /// `crate::rawhead`) when it is an HTTP/1.1 answer read whole.
-    Full(Option<Bytes>, Option<Box<crate::rawhead::RawHeaders>>),
-    /// Streamed from the upstream.
-    Upstream(crate::upstream::UpBody),
-    /// Streamed from the upstream with its paging links rewritten.
-    Rewritten {
-        /// The upstream body.
-        body: crate::upstream::UpBody,
-        /// The rewriter and what it holds back.
-        state: Box<RewriteState>,
-        /// The upstream body has ended.
-        done: bool,
-    },
-}
-
-impl ResponseBody {
-    /// A body made here.
-    pub fn full(bytes: Bytes) -> Self {
-        ResponseBody::Full(Some(bytes), None)
-    }
-
-    /// An empty body.
-    pub fn empty() -> Self {
-        ResponseBody::Full(None, None)
-    }
-
-    /// An HTTP/1.1 answer's own fields, when they are kept as the bytes read.
-    pub fn fields(&self) -> Option<&crate::rawhead::RawHeaders> {
-        match self {
-            ResponseBody::Full(_, fields) => fields.as_deref(),
-            ResponseBody::Upstream(body) | ResponseBody::Rewritten { body, .. } => body.fields(),
-        }
-    }
-
-    /// The same, taken out.
-    pub fn take_fields(&mut self) -> Option<Box<crate::rawhead::RawHeaders>> {
-        match self {
-            ResponseBody::Full(_, fields) => fields.take(),
-            ResponseBody::Upstream(body) | ResponseBody::Rewritten { body, .. } => {
-                body.take_fields()
-            }
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ResponseBody::Full(b, _) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ResponseBody::Rewritten { body, state, done } => poll_rewritten(body, state, done, cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Full(b, _) => b.as_ref().is_none_or(Bytes::is_empty),
-            ResponseBody::Upstream(body) => body.is_end_stream(),
-            ResponseBody::Rewritten { done, .. } => *done,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Full(b, _) => {
-                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            ResponseBody::Upstream(body) => body.size_hint(),
-            ResponseBody::Rewritten { .. } => SizeHint::new(),
-        }
-    }
-}
-
-/// Polls the upstream until the rewriter has something to send. Trailers are dropped: a
-/// rewritten body is JSON, which has none.
-fn poll_rewritten(
-    body: &mut crate::upstream::UpBody,
-    state: &mut RewriteState,
-    done: &mut bool,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    while !*done {
-        match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = body.as_mut().poll_frame(cx);
+        match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let out = state.push(data);
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                }
+                self.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
             }
-            Poll::Ready(None) => {
-                *done = true;
-                let rest = state.finish();
-                if !rest.is_empty() {
-                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.length == Some(self.seen)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(n) => SizeHint::with_exact(n.saturating_sub(self.seen)),
+            None => SizeHint::new(),
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        let Some(mut rest) = self.body.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(self) {
+            return;
+        }
+        let left = self.length.map(|n| n.saturating_sub(self.seen));
+        if left.is_none_or(|n| n > DRAIN_MAX_BYTES) {
+            self.abandoned
+                .0
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let drain = async { while let Some(Ok(_)) = rest.frame().await {} };
+                let _ = tokio::time::timeout(DRAIN_MAX_TIME, drain).await;
+            });
+        }
+    }
+}
+
+/// A body of these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    boxed(Full::new(bytes.into()))
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    boxed(Empty::<Bytes>::new())
+}
+
+/// The whole request body, kept in the request's extensions when it was small enough: the
+/// request can then be sent again.
+#[derive(Debug, Clone)]
+pub struct Kept(pub Bytes);
+
+/// A copy of `req` to send again, when its whole body was kept (see `Kept`).
+pub fn replay(req: &http::Request<Body>) -> Option<http::Request<Body>> {
+    let kept = req.extensions().get::<Kept>()?.0.clone();
+    let mut copy = http::Request::new(full(kept));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// More than the allowed bytes.
+    TooLarge,
+    /// No data within the body timeout (tower-http's `TimeoutBody`).
+    Stalled,
+    /// The client broke the body off or framed it badly.
+    Broken,
+}
+
+impl ReadError {
+    /// Classifies a body error by the errors in its chain.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> ReadError {
+        let mut cur = Some(e);
+        while let Some(err) = cur {
+            if err.is::<http_body_util::LengthLimitError>() {
+                return ReadError::TooLarge;
+            }
+            if err.is::<tower_http::timeout::TimeoutError>() {
+                return ReadError::Stalled;
+            }
+            cur = err.source();
+        }
+        ReadError::Broken
+    }
+}
+
+/// Limits `body` to `limit` bytes and reads up to `keep` of them. A body that ends within
+/// `keep` comes back whole, with its bytes to keep; a longer one comes back as what was read
+/// followed by the rest, still streaming (and still limited).
+pub async fn limit_and_keep(
+    body: Body,
+    limit: u64,
+    keep: usize,
+) -> Result<(Body, Option<Bytes>), ReadError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut body = Limited::new(body, limit);
+    if http_body::Body::is_end_stream(&body) {
+        return Ok((empty(), Some(Bytes::new())));
+    }
+    let mut read = BytesMut::new();
+    while read.len() <= keep {
+        match body.frame().await {
+            None => {
+                let read = read.freeze();
+                return Ok((full(read.clone()), Some(read)));
+            }
+            Some(Err(e)) => return Err(ReadError::of(&*e)),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
                 }
             }
         }
     }
-    Poll::Ready(None)
+    let rest = Prefixed {
+        prefix: Some(read.freeze()),
+        rest: boxed(body),
+    };
+    Ok((boxed(rest), None))
+}
+
+/// Bytes already read, then the rest of the stream.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + prefix);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_small_body_is_kept_whole_for_replay() {
+        let (body, kept) = limit_and_keep(chunks(&[b"ab", b"cd"]), 100, 10)
+            .await
+            .unwrap();
+        assert_eq!(kept.unwrap(), "abcd");
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcd");
+    }
+
+    #[tokio::test]
+    async fn a_large_body_streams_on_whole_and_is_not_kept() {
+        let (body, kept) = limit_and_keep(chunks(&[b"abcdef", b"ghij", b"kl"]), 100, 4)
+            .await
+            .unwrap();
+        assert!(kept.is_none());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdefghijkl");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_early_or_while_it_streams() {
+        let early = limit_and_keep(chunks(&[b"abcdef"]), 4, 10).await;
+        assert!(matches!(early, Err(ReadError::TooLarge)));
+        let (body, _) = limit_and_keep(chunks(&[b"abc", b"def", b"ghi"]), 7, 2)
+            .await
+            .unwrap();
+        let err = body.collect().await.unwrap_err();
+        assert!(matches!(ReadError::of(&*err), ReadError::TooLarge));
+    }
+
+    #[test]
+    fn a_request_is_replayed_only_with_its_kept_body() {
+        let mut req = http::Request::post("/x").body(empty()).unwrap();
+        assert!(replay(&req).is_none());
+        req.extensions_mut().insert(Kept(Bytes::from_static(b"q")));
+        req.headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("1"));
+        let copy = replay(&req).unwrap();
+        assert_eq!(copy.method(), http::Method::POST);
+        assert_eq!(copy.headers()["x-a"], "1");
+    }
 }

@@ -119,6 +119,7 @@ pub async fn live(state: &AppState) -> Vec<LiveRow> {
                     scope: scope.clone(),
                 };
                 let outcome = state
+                    .shared
                     .tokens
                     .get(source, &key)
                     .await

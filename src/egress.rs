@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tower_service::Service;
+use tower::Service;
 
 use crate::body::BoxError;
 

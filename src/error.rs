@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ResponseBody;
+use crate::body::{self, Body};
 
 /// Header naming the error code on responses the proxy makes itself.
 pub const ERROR_HEADER: &str = "x-defender-proxy-error";
@@ -30,12 +29,13 @@ pub enum ProxyError {
     /// The request line or path is not acceptable.
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
-    /// The request head (request line and headers) is over 64 KiB or 100 headers.
-    #[error("the request headers are too large")]
-    HeadersTooLarge,
-    /// CONNECT and the like: the proxy is not a forward proxy.
+    /// CONNECT (the proxy is not a forward proxy) or TRACE (an echoing upstream would send
+    /// the bearer back).
     #[error("this method is not supported by the proxy")]
     MethodNotAllowed,
+    /// The request body stalled: no data for `server.body_timeout_secs`.
+    #[error("the request body stopped arriving")]
+    RequestTimeout,
     /// The inbound key is missing or wrong.
     #[error("missing or wrong x-defender-proxy-key")]
     Unauthenticated,
@@ -93,11 +93,8 @@ impl ProxyError {
             ProxyError::BadHost => (StatusCode::BAD_REQUEST, "BadHost"),
             ProxyError::BadOrigin => (StatusCode::FORBIDDEN, "BadOrigin"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            ProxyError::HeadersTooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "HeadersTooLarge",
-            ),
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ProxyError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             ProxyError::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
             ProxyError::TenantNotAllowed => (StatusCode::FORBIDDEN, "TenantNotAllowed"),
             ProxyError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "BodyTooLarge"),
@@ -122,12 +119,12 @@ impl ProxyError {
     }
 
     /// The Defender-shaped response; `request_id` becomes the error's `target`.
-    pub fn into_response(self, request_id: &str) -> Response<ResponseBody> {
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({
             "error": { "code": code, "message": self.to_string(), "target": request_id }
         });
-        let mut resp = Response::new(ResponseBody::full(Bytes::from(body.to_string())));
+        let mut resp = Response::new(body::full(body.to_string()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(
@@ -140,6 +137,11 @@ impl ProxyError {
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(after)),
             );
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot carry another
+            // request (RFC 9110 §15.5.9).
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::UNAUTHORIZED {
             h.insert(

@@ -79,9 +79,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    // The main thread's event loop serves the admin listener, reloads, signals and the first
-    // proxy worker; `serve` starts the other workers on threads of their own.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // One multi-threaded runtime serves everything; `server.workers` sets its threads (the
+    // config is read again, with its errors reported, when the command runs).
+    let workers = match &cli.command {
+        None | Some(Command::Run { .. }) => {
+            Config::load(&config_path(cli.config.clone()), &ProcessEnv)
+                .map_or(0, |c| c.server.workers)
+        }
+        Some(_) => 0,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(defender_proxy::worker_count(workers))
         .enable_all()
         .build()
     {
@@ -102,11 +110,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--config`, else `$DEFENDER_PROXY_CONFIG`, else `./proxy.toml`.
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("DEFENDER_PROXY_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("proxy.toml"))
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let path = cli
-        .config
-        .or_else(|| std::env::var_os("DEFENDER_PROXY_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("proxy.toml"));
+    let path = config_path(cli.config);
     match cli.command.unwrap_or(Command::Run { log_format: None }) {
         Command::Run { log_format } => run(&path, log_format).await,
         Command::Check { live } => check_config(&path, live).await,
@@ -114,8 +125,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&path, &ProcessEnv)?;
             let state = AppState::new(&config)?;
             let show = |message: &str| say(message);
-            match defender_proxy::login::login(&config, &credential, state.tokens.entra(), show)
-                .await
+            match defender_proxy::login::login(
+                &config,
+                &credential,
+                state.shared.tokens.entra(),
+                show,
+            )
+            .await
             {
                 Ok(()) => {
                     say(&format!(

@@ -11,21 +11,25 @@
 //! slot plus the window: conservative by at most one slot, never over the limit.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 use crate::config::RateLimitConfig;
-use crate::telemetry::{Histogram, esc, header};
+use crate::telemetry::latency_histogram;
 
 /// Slots a window is split into.
 const SLOTS: u64 = 120;
 
 /// Counters of one limit.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LimitStats {
     /// Sent at once.
     pub admitted: AtomicU64,
@@ -42,6 +46,24 @@ pub struct LimitStats {
     /// Time spent queued.
     pub wait: Histogram,
 }
+
+impl LimitStats {
+    /// Counters at zero, with `wait` for the time spent queued.
+    fn new(wait: Histogram) -> Self {
+        LimitStats {
+            admitted: AtomicU64::default(),
+            queued: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            upstream_throttled: AtomicU64::default(),
+            absorbed: AtomicU64::default(),
+            passed_through: AtomicU64::default(),
+            wait,
+        }
+    }
+}
+
+/// A family keyed by the limit's name.
+type ByLimit<M, C = fn() -> M> = Family<[(&'static str, String); 1], M, C>;
 
 /// A configured limit.
 #[derive(Debug, Clone)]
@@ -226,12 +248,14 @@ impl Bucket {
 type Key = (Arc<str>, Arc<str>);
 
 /// A counter family: name, help text, and which counter of a limit it shows.
-type Family = (&'static str, &'static str, fn(&LimitStats) -> &AtomicU64);
+type CounterOf = (&'static str, &'static str, fn(&LimitStats) -> &AtomicU64);
 
 /// All buckets, and the counters of every limit seen.
 pub struct Limiter {
     buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
     stats: Mutex<HashMap<Arc<str>, Arc<LimitStats>>>,
+    /// The queue-time histograms of the limits, shared with their `LimitStats`.
+    waits: ByLimit<Histogram>,
     generations: AtomicU64,
 }
 
@@ -265,6 +289,7 @@ impl Limiter {
         Limiter {
             buckets,
             stats: Mutex::default(),
+            waits: Family::new_with_constructor(latency_histogram),
             generations: AtomicU64::new(0),
         }
     }
@@ -272,7 +297,15 @@ impl Limiter {
     /// The spec of `[rate_limit.NAME]`, with counters that survive reloads.
     pub fn spec(&self, name: &str, c: &RateLimitConfig) -> LimitSpec {
         let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let stats = stats.entry(name.into()).or_default().clone();
+        let stats = stats
+            .entry(name.into())
+            .or_insert_with(|| {
+                let wait = self
+                    .waits
+                    .get_or_create_owned(&[("limit", name.to_string())]);
+                Arc::new(LimitStats::new(wait))
+            })
+            .clone();
         LimitSpec {
             name: name.into(),
             per_minute: c.per_minute,
@@ -348,7 +381,7 @@ impl Limiter {
             reservation.armed = false;
             let waited = Instant::now() - arrived;
             spec.stats.queued.fetch_add(1, Ordering::Relaxed);
-            spec.stats.wait.observe(waited);
+            spec.stats.wait.observe(waited.as_secs_f64());
             return Ok(Admission { waited });
         }
     }
@@ -369,68 +402,55 @@ impl Limiter {
         self.buckets.entry_count()
     }
 
-    /// Prometheus text for every limit seen.
-    pub fn render(&self, out: &mut String) {
+    /// Registers the counters of every limit seen, as they are now, in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let mut names: Vec<_> = stats.keys().cloned().collect();
-        names.sort();
-        let families: [Family; 6] = [
+        let families: [CounterOf; 6] = [
             (
-                "defender_proxy_ratelimit_admitted_total",
-                "Requests sent at once.",
+                "defender_proxy_ratelimit_admitted",
+                "Requests sent at once",
                 |s| &s.admitted,
             ),
             (
-                "defender_proxy_ratelimit_queued_total",
-                "Requests sent after queueing.",
+                "defender_proxy_ratelimit_queued",
+                "Requests sent after queueing",
                 |s| &s.queued,
             ),
             (
-                "defender_proxy_ratelimit_refused_total",
-                "Requests refused with 429 RateLimited.",
+                "defender_proxy_ratelimit_refused",
+                "Requests refused with 429 RateLimited",
                 |s| &s.refused,
             ),
             (
-                "defender_proxy_ratelimit_upstream_throttled_total",
-                "Upstream 429/503 answers that paused a bucket.",
+                "defender_proxy_ratelimit_upstream_throttled",
+                "Upstream 429/503 answers that paused a bucket",
                 |s| &s.upstream_throttled,
             ),
             (
-                "defender_proxy_ratelimit_absorbed_total",
-                "Upstream 429/503 answers waited out and retried.",
+                "defender_proxy_ratelimit_absorbed",
+                "Upstream 429/503 answers waited out and retried",
                 |s| &s.absorbed,
             ),
             (
-                "defender_proxy_ratelimit_passed_through_total",
-                "Upstream 429/503 answers passed on to the client.",
+                "defender_proxy_ratelimit_passed_through",
+                "Upstream 429/503 answers passed on to the client",
                 |s| &s.passed_through,
             ),
         ];
-        for (family, help, field) in families {
-            header(out, family, "counter", help);
-            for name in &names {
-                let _ = writeln!(
-                    out,
-                    "{family}{{limit=\"{}\"}} {}",
-                    esc(name),
-                    field(&stats[name]).load(Ordering::Relaxed)
-                );
+        for (name, help, field) in families {
+            let family = ByLimit::<Counter>::default();
+            for (limit, s) in stats.iter() {
+                family
+                    .get_or_create(&[("limit", limit.to_string())])
+                    .inc_by(field(s).load(Ordering::Relaxed));
             }
+            registry.register(name, help, family);
         }
-        header(
-            out,
+        registry.register(
             "defender_proxy_ratelimit_wait_seconds",
-            "histogram",
-            "Time requests spent queued.",
+            "Time requests spent queued",
+            self.waits.clone(),
         );
-        for name in &names {
-            Histogram::render(
-                &[&stats[name].wait],
-                out,
-                "defender_proxy_ratelimit_wait_seconds",
-                &format!("limit=\"{}\"", esc(name)),
-            );
-        }
     }
 }
 

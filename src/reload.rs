@@ -89,11 +89,11 @@ pub async fn watch(
 /// Loads, validates and swaps in the config at `path`.
 pub fn reload(state: &AppState, path: &Path, old: &Config) -> Result<Config, ConfigError> {
     let config = Config::load(path, &ProcessEnv)?;
-    let runtime = Runtime::build(&config, &state.metrics, &state.limiter)?;
+    let runtime = Runtime::build(&config, &state.shared.limiter)?;
     warn_about_restart_only_changes(old, &config);
     let live: Vec<u64> = runtime.credentials.iter().map(|c| c.id).collect();
-    state.runtime.store(Arc::new(runtime));
-    state.tokens.retain_credentials(&live);
+    state.install(Arc::new(runtime));
+    state.shared.tokens.retain_credentials(&live);
     tracing::info!(
         routes = config.routes.len(),
         credentials = config.credentials.len(),

@@ -15,8 +15,7 @@ const MAX_WS: usize = 32;
 /// Whether `body` may hold a paging link at all (`"@odata.` appears); most answers do not, and
 /// are passed on untouched.
 pub fn may_contain_link(body: &[u8]) -> bool {
-    // Looked for by its `@`, which JSON seldom holds elsewhere: a substring search keyed on
-    // the needle's other bytes stopped at every quote, and cost twice as much on a 1 KiB answer.
+    // Looked for by its `@`, which JSON seldom holds elsewhere.
     memchr::memchr_iter(b'@', body)
         .any(|i| i > 0 && body[i - 1] == b'"' && body[i + 1..].starts_with(b"odata."))
 }

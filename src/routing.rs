@@ -232,14 +232,12 @@ impl Router {
         route: &'a Route,
         header: Option<&[u8]>,
     ) -> Result<Cow<'a, Tenant>, ProxyError> {
-        // Borrowed where the config names the tenant: a request then takes no reference
-        // count that every worker writes.
         if let Some(t) = &route.pinned {
             return Ok(Cow::Borrowed(t));
         }
         let policy = &self.policies[route.credential];
         match header {
-            Some(v) => policy.resolve(crate::rawhead::visible(v).ok_or(ProxyError::BadTenant)?),
+            Some(v) => policy.resolve(visible(v).ok_or(ProxyError::BadTenant)?),
             None => policy
                 .home()
                 .map(Cow::Borrowed)
@@ -278,6 +276,23 @@ impl Router {
     /// The routes, longest prefix first.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+}
+
+/// `bytes` as text when all of it is visible ASCII, spaces or tabs (RFC 9110 §5.5).
+fn visible(bytes: &[u8]) -> Option<&str> {
+    bytes
+        .iter()
+        .all(|b| matches!(b, b'\t' | b' '..=b'~'))
+        .then(|| std::str::from_utf8(bytes).ok())
+        .flatten()
+}
+
+/// A request's path; an empty one (an absolute-form target such as `http://host?q`) is `/`.
+pub fn path_of(uri: &http::Uri) -> &str {
+    match uri.path() {
+        "" => "/",
+        path => path,
     }
 }
 

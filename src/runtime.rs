@@ -12,7 +12,6 @@ use crate::config::{Config, ConfigError, read_secret};
 use crate::ratelimit::{LimitSpec, Limiter};
 use crate::routing::Router;
 use crate::secret::Secret;
-use crate::telemetry::{Metrics, RouteMetrics};
 use crate::token::{CredentialSource, build_credential};
 
 /// Host names accepted when `allowed_hosts` is not set.
@@ -25,8 +24,6 @@ pub struct Runtime {
     pub router: Router,
     /// Credential sources, by index.
     pub credentials: Vec<Arc<CredentialSource>>,
-    /// Metrics of each route, aligned with `router.routes()`.
-    pub route_metrics: Vec<Arc<RouteMetrics>>,
     /// Header that selects the tenant.
     pub tenant_header: HeaderName,
     /// Accepted Host names, lower case, without port.
@@ -37,6 +34,8 @@ pub struct Runtime {
     pub request_timeout: Duration,
     /// Largest request body.
     pub max_body_bytes: u64,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_timeout: Duration,
     /// Log one line per request.
     pub access_log: bool,
     /// Rate limits, in the order routes refer to them.
@@ -45,11 +44,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Compiles `config` (already validated); reads secret files.
-    pub fn build(
-        config: &Config,
-        metrics: &Metrics,
-        limiter: &Limiter,
-    ) -> Result<Runtime, ConfigError> {
+    pub fn build(config: &Config, limiter: &Limiter) -> Result<Runtime, ConfigError> {
         let authority = config.cloud.authority_host.clone().unwrap_or_else(|| {
             Cloud::parse(&config.cloud.name)
                 .unwrap_or(Cloud::Public)
@@ -63,11 +58,6 @@ impl Runtime {
             credentials.push(Arc::new(build_credential(name, c, &authority)?));
         }
         let router = Router::build(config, &index);
-        let route_metrics = router
-            .routes()
-            .iter()
-            .map(|r| metrics.route(&r.name))
-            .collect();
         let s = &config.server;
         let inbound_key = read_secret(&s.inbound_key, &s.inbound_key_file, "server.inbound_key")?;
         let allowed_hosts = match &s.allowed_hosts {
@@ -80,7 +70,6 @@ impl Runtime {
         Ok(Runtime {
             router,
             credentials,
-            route_metrics,
             tenant_header: HeaderName::from_bytes(s.tenant_header.to_ascii_lowercase().as_bytes())
                 .map_err(|_| {
                     ConfigError::new("server.tenant_header", "is not a valid header name")
@@ -89,6 +78,7 @@ impl Runtime {
             inbound_key,
             request_timeout: Duration::from_secs(s.request_timeout_secs),
             max_body_bytes: s.max_request_body_bytes,
+            body_timeout: Duration::from_secs(s.body_timeout_secs),
             access_log: config.log.access_log,
             limits: config
                 .rate_limit

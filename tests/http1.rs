@@ -75,16 +75,34 @@ async fn expect_100_continue_gets_a_continue_before_the_body_is_sent() {
 #[tokio::test]
 async fn an_http10_client_gets_a_length_and_the_connection_closed() {
     let env = start(Setup::default()).await;
+    let started = std::time::Instant::now();
+    // `raw` reads until the connection closes (or 5 s pass).
     let answer = raw(
         env.proxy.proxy_addr,
         b"GET /api/incidents HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "the connection stayed open"
+    );
+    // hyper answers an HTTP/1.0 request in HTTP/1.0, where closing is the default.
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let lower = answer.to_ascii_lowercase();
     assert!(lower.contains("content-length: "), "{answer}");
-    assert!(lower.contains("connection: close"), "{answer}");
     assert!(!lower.contains("transfer-encoding"), "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_string)
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(body.len(), length, "the whole body, then the close");
 }
 
 #[tokio::test]
@@ -103,8 +121,10 @@ async fn a_head_request_keeps_the_length_and_the_connection() {
     assert!(get.ends_with("\r\n\r\n\x00\x01\x02"), "{get:?}");
 }
 
+/// Framing errors are answered by hyper before there is a request to route: a bare 400 and a
+/// closed connection (no Defender-shaped body; see docs/SPEC.md).
 #[tokio::test]
-async fn malformed_requests_get_a_defender_shaped_400() {
+async fn malformed_requests_get_a_400_and_a_closed_connection() {
     let env = start(Setup::default()).await;
     for req in [
         "GARBAGE\r\n\r\n",
@@ -114,11 +134,6 @@ async fn malformed_requests_get_a_defender_shaped_400() {
     ] {
         let answer = raw(env.proxy.proxy_addr, req.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{req:?}: {answer}");
-        assert!(
-            answer.contains("x-defender-proxy-error: BadRequest"),
-            "{answer}"
-        );
-        assert!(answer.contains("\"code\":\"BadRequest\""), "{answer}");
         assert!(
             answer.to_ascii_lowercase().contains("connection: close"),
             "{answer}"

@@ -154,33 +154,43 @@ async fn path_traversal_is_refused() {
 #[tokio::test]
 async fn smuggling_shapes_are_refused() {
     let env = start(Setup::default()).await;
-    // Both Content-Length and Transfer-Encoding: refused before anything is read or sent on,
-    // so the request hidden behind the body never runs (RFC 9112 §6.3 allows the refusal).
+    // Both Content-Length and Transfer-Encoding: the chunked coding frames the body and the
+    // length is dropped (RFC 9112 §6.3, as hyper does); the connection closes after the
+    // answer, so the request hidden behind the body never runs.
     let both = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/_test/echo/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    assert_refused(&env, both, "400", "BadRequest").await;
     let answer = raw(env.proxy.proxy_addr, both.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("{\"bytes\":0}"),
+        "the chunked body (empty) went up: {answer}"
+    );
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    assert!(
-        answer.contains("Content-Length and Transfer-Encoding"),
-        "{answer}"
+    assert_eq!(
+        env.sandbox.api_requests(),
+        1,
+        "only the upload reached the upstream"
     );
+    let before = env.sandbox.api_requests();
     // Either order, and TE after CL in other spellings.
-    let te_first = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
-    assert_refused(&env, te_first, "400", "BadRequest").await;
+    let te_first = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\nGET /api/_test/echo/smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let answer = raw(env.proxy.proxy_addr, te_first.as_bytes()).await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert_eq!(env.sandbox.api_requests(), before + 1);
+    let before = env.sandbox.api_requests();
     // A Transfer-Encoding whose last coding is not chunked cannot be framed.
     let not_chunked = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n";
-    assert_refused(&env, not_chunked, "400", "BadRequest").await;
+    assert_refused(&env, not_chunked, "400", "").await;
     // Obsolete line folding and a space before the colon are refused too.
     let folded = "GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: 1\r\n  folded\r\n\r\n";
-    assert_refused(&env, folded, "400", "BadRequest").await;
+    assert_refused(&env, folded, "400", "").await;
     let spaced =
         "GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding : chunked\r\n\r\n";
-    assert_refused(&env, spaced, "400", "BadRequest").await;
-    assert_eq!(env.sandbox.api_requests(), 0);
+    assert_refused(&env, spaced, "400", "").await;
+    assert_eq!(env.sandbox.api_requests(), before);
     let double_cl = "POST /api/_test/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\nContent-Length: 7\r\nConnection: close\r\n\r\nabcd";
     assert_refused(&env, double_cl, "400", "").await;
 }
@@ -192,10 +202,11 @@ async fn oversized_headers_are_refused() {
     let req = format!(
         "GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
     );
-    assert_refused(&env, &req, "431", "HeadersTooLarge").await;
+    // hyper refuses a head over the limits before there is a request: a bare 431.
+    assert_refused(&env, &req, "431", "").await;
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let req = format!("GET /api/incidents HTTP/1.1\r\nHost: 127.0.0.1\r\n{many}\r\n");
-    assert_refused(&env, &req, "431", "HeadersTooLarge").await;
+    assert_refused(&env, &req, "431", "").await;
 }
 
 #[tokio::test]

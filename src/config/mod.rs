@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub max_request_body_bytes: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_secs: u64,
+    /// A request body that sends no data for this long is cut off with 408.
+    pub body_timeout_secs: u64,
     /// Host header values accepted (host part, port ignored). Default: loopback names.
     pub allowed_hosts: Option<Vec<String>>,
     /// Opt-in for a non-loopback `listen`; requires `inbound_key`.
@@ -89,8 +91,7 @@ pub struct ServerConfig {
     pub inbound_key: Option<Secret>,
     /// File holding the inbound key.
     pub inbound_key_file: Option<PathBuf>,
-    /// Threads serving the proxy listener, each with its own event loop and upstream pool;
-    /// 0 means one per CPU core.
+    /// Threads of the runtime that serves the proxy (`run`); 0 means one per CPU core.
     pub workers: usize,
 }
 
@@ -103,6 +104,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 300,
             max_request_body_bytes: 10 * 1024 * 1024,
             shutdown_grace_secs: 30,
+            body_timeout_secs: 30,
             allowed_hosts: None,
             allow_remote: false,
             inbound_key: None,

@@ -127,6 +127,7 @@ fn validate_server(config: &Config) -> Result<(), ConfigError> {
     }
     for (key, value) in [
         ("request_timeout_secs", s.request_timeout_secs),
+        ("body_timeout_secs", s.body_timeout_secs),
         ("max_request_body_bytes", s.max_request_body_bytes),
     ] {
         if value == 0 {

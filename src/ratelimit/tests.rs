@@ -268,8 +268,9 @@ async fn stats_render_as_prometheus_text() {
     let _ = l.acquire(&s, &a).await;
     let _ = l.acquire(&s, &a).await;
     l.pause(&s, &a, Instant::now());
-    let mut out = String::new();
-    l.render(&mut out);
+    let mut registry = prometheus_client::registry::Registry::default();
+    l.register(&mut registry);
+    let out = crate::telemetry::render(&registry);
     for needle in [
         "defender_proxy_ratelimit_admitted_total{limit=\"incidents\"} 1",
         "defender_proxy_ratelimit_refused_total{limit=\"incidents\"} 1",

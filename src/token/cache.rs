@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::entra::{RetryPolicy, backoff};
 use super::{CredentialSource, EntraClient, Token, TokenError};
-use crate::telemetry::PerWorker;
 
 /// How long a refusal is answered from memory.
 pub const REJECTION_TTL: Duration = Duration::from_secs(15);
@@ -60,14 +59,13 @@ impl Slot {
             .map(|(_, e)| e.clone())
     }
 
-    /// Records a fetch's outcome; a stored token bumps `epoch` (see `TokenCache::epoch`).
-    fn finish(&self, result: &Result<Token, TokenError>, epoch: &AtomicU64) {
+    /// Records a fetch's outcome.
+    fn finish(&self, result: &Result<Token, TokenError>) {
         let now = Instant::now();
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(token) => {
                 self.current.store(Some(Arc::new(token.clone())));
-                epoch.fetch_add(1, Ordering::AcqRel);
                 *failure = None;
             }
             Err(e @ (TokenError::Rejected { .. } | TokenError::LoginRequired { .. })) => {
@@ -87,68 +85,17 @@ impl Slot {
 /// Counters of the cache.
 #[derive(Debug, Default)]
 pub struct CacheStats {
-    /// Requests served a cached token, by worker.
-    pub hits: PerWorker<AtomicU64>,
+    /// Requests served a cached token.
+    pub hits: AtomicU64,
     /// Requests that had to wait for a fetch.
     pub misses: AtomicU64,
     /// Background refreshes started.
     pub refreshes: AtomicU64,
 }
 
-/// Entries of a worker's own token table.
-const LOCAL_ENTRIES: usize = 64;
-
-/// A worker's own small table in front of the shared cache, direct-mapped by key: it holds
-/// tokens not yet due for refresh, from the cache's `epoch` it was filled in. A hit writes
-/// only memory of this worker; the shared lookup (a concurrent map, reference counts, a hit
-/// counter) had every request write lines both cores use.
-#[derive(Default)]
-struct LocalTokens {
-    epoch: u64,
-    entries: Vec<Option<LocalEntry>>,
-}
-
-struct LocalEntry {
-    credential: u64,
-    tenant: Arc<str>,
-    scope: Arc<str>,
-    /// Allocated by this worker, so its reference count is this worker's alone.
-    token: Arc<Token>,
-}
-
-impl LocalTokens {
-    /// Empties the table unless it was filled in `epoch`.
-    fn check(&mut self, epoch: u64) {
-        if self.epoch != epoch || self.entries.is_empty() {
-            self.epoch = epoch;
-            self.entries.clear();
-            self.entries.resize_with(LOCAL_ENTRIES, || None);
-        }
-    }
-}
-
-/// The table position of a key: a hash of the credential and tenant (a scope shares it;
-/// keys that collide just take turns).
-fn local_index(credential: u64, tenant: &str) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ credential;
-    for b in tenant.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    (h ^ (h >> 32)) as usize % LOCAL_ENTRIES
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Tokens by (credential, tenant, scope).
 pub struct TokenCache {
     slots: moka::sync::Cache<TokenKey, Arc<Slot>>,
-    /// Bumped whenever a cached token is stored or dropped: the workers' own tables empty
-    /// themselves when they see it change.
-    epoch: Arc<AtomicU64>,
-    /// One table per worker, each locked only by its worker's thread.
-    locals: PerWorker<Mutex<LocalTokens>>,
     entra: EntraClient,
     cancel: CancellationToken,
     /// Counters.
@@ -156,14 +103,8 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// A cache holding at most `capacity` keys for `workers` workers; background refreshes
-    /// stop on `cancel`.
-    pub fn new(
-        entra: EntraClient,
-        capacity: u64,
-        workers: usize,
-        cancel: CancellationToken,
-    ) -> Self {
+    /// A cache holding at most `capacity` keys; background refreshes stop on `cancel`.
+    pub fn new(entra: EntraClient, capacity: u64, cancel: CancellationToken) -> Self {
         let slots = moka::sync::Cache::builder()
             .max_capacity(capacity)
             .time_to_idle(Duration::from_secs(6 * 3600))
@@ -171,97 +112,10 @@ impl TokenCache {
             .build();
         TokenCache {
             slots,
-            epoch: Arc::default(),
-            locals: PerWorker::new(workers),
             entra,
             cancel,
-            stats: Arc::new(CacheStats {
-                hits: PerWorker::new(workers),
-                ..CacheStats::default()
-            }),
+            stats: Arc::default(),
         }
-    }
-
-    /// A usable token for (`source`, `tenant`, `scope`), looked up for worker `worker`: in
-    /// its own table first, else in the shared cache (fetching if needed). `now` is the
-    /// caller's reading of the clock, taken just before: the worker's own table is checked
-    /// against it (one clock reading per request instead of one per layer).
-    pub async fn get_on(
-        &self,
-        worker: usize,
-        source: &Arc<CredentialSource>,
-        tenant: &Arc<str>,
-        scope: &Arc<str>,
-        now: Instant,
-    ) -> Result<Arc<Token>, TokenError> {
-        // Read before the shared lookup: a token found there is kept only if no store or
-        // drop happened since (one that did would bump the epoch past this).
-        let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some(token) = self.local_hit(worker, epoch, source, tenant, scope, now) {
-            return Ok(token);
-        }
-        let i = local_index(source.id, tenant);
-        let key = TokenKey {
-            credential: source.id,
-            tenant: tenant.clone(),
-            scope: scope.clone(),
-        };
-        let token = Arc::new(self.get_counted(worker, source, &key).await?.own_copy());
-        if Instant::now() < token.refresh_at {
-            let mut local = lock(self.locals.get(worker));
-            if local.epoch == epoch {
-                local.entries[i] = Some(LocalEntry {
-                    credential: source.id,
-                    tenant: key.tenant,
-                    scope: key.scope,
-                    token: token.clone(),
-                });
-            }
-        }
-        Ok(token)
-    }
-
-    /// The token for (`source`, `tenant`, `scope`) in worker `worker`'s own table, if it is
-    /// there and usable at `now`: what `get_on` finds without waiting.
-    pub fn get_local(
-        &self,
-        worker: usize,
-        source: &Arc<CredentialSource>,
-        tenant: &Arc<str>,
-        scope: &Arc<str>,
-        now: Instant,
-    ) -> Option<Arc<Token>> {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        self.local_hit(worker, epoch, source, tenant, scope, now)
-    }
-
-    fn local_hit(
-        &self,
-        worker: usize,
-        epoch: u64,
-        source: &Arc<CredentialSource>,
-        tenant: &Arc<str>,
-        scope: &Arc<str>,
-        now: Instant,
-    ) -> Option<Arc<Token>> {
-        let mut local = lock(self.locals.get(worker));
-        local.check(epoch);
-        let e = local.entries[local_index(source.id, tenant)].as_ref()?;
-        let hit = e.credential == source.id
-            && *e.tenant == **tenant
-            && *e.scope == **scope
-            && now < e.token.refresh_at
-            && e.token.is_usable(now);
-        if !hit {
-            return None;
-        }
-        self.stats.hits.incr(worker);
-        Some(e.token.clone())
-    }
-
-    /// Marks every worker's own table out of date.
-    fn bump_epoch(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The identity provider client.
@@ -275,23 +129,13 @@ impl TokenCache {
         source: &Arc<CredentialSource>,
         key: &TokenKey,
     ) -> Result<Token, TokenError> {
-        self.get_counted(0, source, key).await
-    }
-
-    /// `get`, counting a hit for `worker`.
-    async fn get_counted(
-        &self,
-        worker: usize,
-        source: &Arc<CredentialSource>,
-        key: &TokenKey,
-    ) -> Result<Token, TokenError> {
         let slot = self.slot(key);
         let now = Instant::now();
         if let Some(token) = slot.usable(now) {
             if now >= token.refresh_at {
                 self.spawn_refresh(slot, source.clone(), key.clone());
             }
-            self.stats.hits.incr(worker);
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(token);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +152,6 @@ impl TokenCache {
                 .is_some_and(|t| t.header() == rejected.header())
             {
                 slot.current.store(None);
-                self.bump_epoch();
             }
         }
     }
@@ -323,7 +166,6 @@ impl TokenCache {
         {
             tracing::warn!(error = %e, "could not drop the tokens of changed credentials");
         }
-        self.bump_epoch();
     }
 
     /// Seconds left on each cached token, for metrics: (credential id, tenant, seconds).
@@ -372,10 +214,9 @@ impl TokenCache {
         // The fetch runs in its own task holding the lock, so it completes (and the waiters
         // behind it get its result) even if the request that started it goes away.
         let (entra, source, key) = (self.entra.clone(), source.clone(), key.clone());
-        let epoch = self.epoch.clone();
         let task = tokio::spawn(async move {
             let result = source.fetch(&entra, &key.tenant, &key.scope).await;
-            slot.finish(&result, &epoch);
+            slot.finish(&result);
             drop(guard);
             result
         });
@@ -395,10 +236,9 @@ impl TokenCache {
         tracing::info!(credential = %source.name, tenant = %key.tenant, "refreshing a token ahead of expiry");
         let entra = self.entra.clone();
         let cancel = self.cancel.clone();
-        let epoch = self.epoch.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = refresh_loop(&slot, &source, &entra, &key, &epoch) => {}
+                _ = refresh_loop(&slot, &source, &entra, &key) => {}
                 _ = cancel.cancelled() => {}
             }
             slot.refreshing.store(false, Ordering::Release);
@@ -409,13 +249,7 @@ impl TokenCache {
 /// Refreshes until a new token is stored, the credential is refused, or the current token is
 /// no longer usable (then the next request fetches in the foreground). Never gives up on a
 /// transient error while the current token lasts.
-async fn refresh_loop(
-    slot: &Slot,
-    source: &CredentialSource,
-    entra: &EntraClient,
-    key: &TokenKey,
-    epoch: &AtomicU64,
-) {
+async fn refresh_loop(slot: &Slot, source: &CredentialSource, entra: &EntraClient, key: &TokenKey) {
     let policy = RetryPolicy {
         cap: Duration::from_secs(30),
         ..entra.retry.clone()
@@ -432,7 +266,7 @@ async fn refresh_loop(
         let result = source.fetch(entra, &key.tenant, &key.scope).await;
         match &result {
             Ok(_) | Err(TokenError::Rejected { .. } | TokenError::LoginRequired { .. }) => {
-                slot.finish(&result, epoch);
+                slot.finish(&result);
                 return;
             }
             Err(TokenError::Unavailable { .. }) => {}

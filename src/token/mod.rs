@@ -73,18 +73,6 @@ impl Token {
         })
     }
 
-    /// A copy whose header has bytes of its own: a worker's token table holds one, so that
-    /// cloning the header into a request counts in memory only that worker writes.
-    pub fn own_copy(&self) -> Token {
-        let mut header =
-            HeaderValue::from_bytes(self.header.as_bytes()).unwrap_or_else(|_| self.header.clone());
-        header.set_sensitive(true);
-        Token {
-            header,
-            ..self.clone()
-        }
-    }
-
     /// The `Authorization` header value.
     pub fn header(&self) -> &HeaderValue {
         &self.header

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use defender_proxy::config::{Config, ConfigError, CredentialConfig, is_guid, is_tenant_name};
 use defender_proxy::error::ProxyError;
-use defender_proxy::forward::check_path;
+use defender_proxy::layers::guard::check_path;
 use defender_proxy::routing::{Route, Router, TenantPolicy};
 use http::HeaderValue;
 

@@ -32,19 +32,11 @@ impl Fake {
 }
 
 fn setup(lifetime_secs: u64) -> (TokenCache, Arc<CredentialSource>, TokenKey) {
-    setup_workers(lifetime_secs, 1)
-}
-
-fn setup_workers(
-    lifetime_secs: u64,
-    workers: usize,
-) -> (TokenCache, Arc<CredentialSource>, TokenKey) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = crate::tls::client_config(None).unwrap();
     let cache = TokenCache::new(
         EntraClient::new(tls).unwrap(),
         1000,
-        workers,
         CancellationToken::new(),
     );
     let fake = Fake {
@@ -222,71 +214,49 @@ async fn a_cancelled_waiter_does_not_cause_a_second_fetch() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_token_dropped_after_a_401_leaves_every_workers_table() {
-    let (cache, source, key) = setup_workers(3600, 2);
-    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope, Instant::now());
-    let first = on(0).await.unwrap();
-    assert_eq!(on(1).await.unwrap().header(), first.header());
-    assert_eq!(on(1).await.unwrap().header(), first.header());
-    assert_eq!(calls(&source), 1, "one fetch serves both workers");
-    assert_eq!(cache.stats.hits.sum(), 2);
-    // Worker 0's request got a 401 with it: no worker may inject it again.
+async fn a_token_dropped_after_a_401_is_never_handed_out_again() {
+    let (cache, source, key) = setup(3600);
+    let first = cache.get(&source, &key).await.unwrap();
+    assert_eq!(
+        cache.get(&source, &key).await.unwrap().header(),
+        first.header()
+    );
+    assert_eq!(calls(&source), 1);
+    assert_eq!(cache.stats.hits.load(Ordering::Relaxed), 1);
     cache.invalidate(&key, &first);
-    assert_eq!(on(1).await.unwrap().header(), "Bearer tok-t1-2");
-    assert_eq!(on(0).await.unwrap().header(), "Bearer tok-t1-2");
+    assert_eq!(
+        cache.get(&source, &key).await.unwrap().header(),
+        "Bearer tok-t1-2"
+    );
     assert_eq!(calls(&source), 2);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_workers_table_hands_out_no_token_due_for_refresh() {
-    let (cache, source, key) = setup_workers(60, 2);
-    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope, Instant::now());
-    let first = on(0).await.unwrap();
-    // The fetch bumped the epoch; this lookup puts the token in worker 0's table.
-    assert_eq!(on(0).await.unwrap().header(), first.header());
-    tokio::time::advance(Duration::from_secs(31)).await;
-    // Still served (it is usable), but through the shared cache, which starts the refresh.
-    assert_eq!(on(0).await.unwrap().header(), first.header());
-    assert_eq!(cache.stats.refreshes.load(Ordering::Relaxed), 1);
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(on(0).await.unwrap().header(), "Bearer tok-t1-2");
-    // Past the usable time of a short token, a new one is fetched first.
-    let (cache, source, key) = setup_workers(6, 1);
-    let on = |w| cache.get_on(w, &source, &key.tenant, &key.scope, Instant::now());
-    let first = on(0).await.unwrap();
-    assert_eq!(on(0).await.unwrap().header(), first.header());
-    tokio::time::advance(Duration::from_millis(5_100)).await;
-    let second = on(0).await.unwrap();
-    assert_ne!(first.header(), second.header());
-    assert!(second.is_usable(Instant::now()));
-}
-
-#[tokio::test(start_paused = true)]
-async fn tenants_sharing_a_table_entry_get_their_own_tokens() {
-    let (cache, source, key) = setup_workers(3600, 1);
-    // More tenants than entries, so that some share one; twice, the second time from tables.
+async fn tenants_and_scopes_get_their_own_tokens() {
+    let (cache, source, key) = setup(3600);
     for round in 0..2 {
         for i in 0..200 {
             let tenant: Arc<str> = format!("tenant-{i}").into();
-            let token = cache
-                .get_on(0, &source, &tenant, &key.scope, Instant::now())
-                .await
-                .unwrap();
+            let k = TokenKey {
+                tenant: tenant.clone(),
+                ..key.clone()
+            };
+            let token = cache.get(&source, &k).await.unwrap();
             let value = token.header().to_str().unwrap();
             assert!(
                 value.starts_with(&format!("Bearer tok-{tenant}-")),
                 "round {round}: {tenant} got {value}"
             );
         }
-        let other: Arc<str> = "other/.default".into();
-        let token = cache
-            .get_on(0, &source, &key.tenant, &other, Instant::now())
-            .await
-            .unwrap();
+        let other = TokenKey {
+            scope: "other/.default".into(),
+            ..key.clone()
+        };
         assert!(
-            token
+            cache
+                .get(&source, &other)
+                .await
+                .unwrap()
                 .header()
                 .to_str()
                 .unwrap()
@@ -294,24 +264,4 @@ async fn tenants_sharing_a_table_entry_get_their_own_tokens() {
         );
     }
     assert_eq!(calls(&source), 201, "one fetch per tenant and scope");
-}
-
-#[test]
-fn a_workers_own_copy_is_the_same_sensitive_token_in_bytes_of_its_own() {
-    let t = Token::new(
-        "secret-value",
-        Instant::now(),
-        Duration::from_secs(60),
-        None,
-    )
-    .unwrap();
-    let copy = t.own_copy();
-    assert_eq!(copy.header(), t.header());
-    assert!(copy.header().is_sensitive());
-    assert_ne!(
-        copy.header().as_bytes().as_ptr(),
-        t.header().as_bytes().as_ptr()
-    );
-    assert_eq!(copy.usable_until, t.usable_until);
-    assert!(!format!("{copy:?}").contains("secret-value"));
 }

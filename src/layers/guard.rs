@@ -1,0 +1,238 @@
+//! The checks that keep the proxy from being an open proxy, a DNS-rebinding target or a CSRF
+//! target: the method, the Host (and an absolute-form target's authority), the Origin and
+//! `Sec-Fetch-Site` of browser requests, the inbound key, and paths that could escape a route's
+//! prefix. They read the request as it arrived, before any header is removed, so a
+//! `Connection` header that names one of these headers cannot hide it.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{Either, Ready, ready};
+use http::uri::Authority;
+use http::{HeaderMap, Method, header};
+use tower::{Layer, Service};
+
+use super::{INBOUND_KEY_HEADER, Request, Response};
+use crate::error::ProxyError;
+use crate::routing::path_of;
+use crate::runtime::Runtime;
+
+/// Sent by browsers; `cross-site` means a foreign page is driving the request.
+const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetch-site");
+
+/// The Host the request was checked against, in its extensions: links are rewritten to it.
+#[derive(Debug, Clone)]
+pub struct CheckedHost(pub Authority);
+
+/// Refuses requests that fail the checks; see the module doc.
+#[derive(Clone)]
+pub struct GuardLayer(Arc<Runtime>);
+
+impl GuardLayer {
+    /// The checks of config `rt`.
+    pub fn new(rt: &Arc<Runtime>) -> Self {
+        GuardLayer(rt.clone())
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            rt: self.0.clone(),
+        }
+    }
+}
+
+/// The service of `GuardLayer`.
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    rt: Arc<Runtime>,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = ProxyError>,
+{
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = Either<Ready<Result<Response, ProxyError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match check(&self.rt, &req) {
+            Ok(host) => {
+                req.extensions_mut().insert(host);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => Either::Left(ready(Err(e))),
+        }
+    }
+}
+
+/// Checks `req`; gives back the Host it was checked against.
+pub fn check(rt: &Runtime, req: &Request) -> Result<CheckedHost, ProxyError> {
+    // CONNECT would make this a forward proxy; an upstream that echoes a TRACE would send the
+    // bearer back to the client (RFC 9110 §9.3.8).
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let host = checked_host(rt, req)?;
+    if req.uri().scheme().is_some_and(|s| s.as_str() != "http") {
+        return Err(ProxyError::BadRequest("only plain http is served"));
+    }
+    check_origin(rt, req.headers())?;
+    if let Some(key) = &rt.inbound_key {
+        let given =
+            only(req.headers(), &INBOUND_KEY_HEADER).map_err(|()| ProxyError::Unauthenticated)?;
+        if !key.constant_time_eq(given.map_or(&[][..], |v| v.as_bytes())) {
+            return Err(ProxyError::Unauthenticated);
+        }
+    }
+    check_path(path_of(req.uri()))?;
+    Ok(CheckedHost(host))
+}
+
+/// The one value of header `name`, if any; `Err` when it is there more than once.
+fn only<'a>(
+    headers: &'a HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'a http::HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(()),
+        None => Ok(first),
+    }
+}
+
+/// The request's authority: its one `Host` header, which must parse as `host[:port]` and agree
+/// with an absolute-form target's authority (RFC 9112 §3.2.2), or that authority alone (an
+/// HTTP/2 request's `:authority`). Its host must be an allowed one.
+fn checked_host(rt: &Runtime, req: &Request) -> Result<Authority, ProxyError> {
+    let header = only(req.headers(), &header::HOST)
+        .map_err(|()| ProxyError::BadHost)?
+        .map(|v| parse_authority(v.as_bytes()).ok_or(ProxyError::BadHost))
+        .transpose()?;
+    let host = match (header, req.uri().authority()) {
+        (Some(h), Some(a)) if !h.as_str().eq_ignore_ascii_case(a.as_str()) => {
+            return Err(ProxyError::BadHost);
+        }
+        (Some(h), _) => h,
+        (None, Some(a)) => a.clone(),
+        (None, None) => return Err(ProxyError::BadHost),
+    };
+    if host.as_str().contains('@') || !host_allowed(rt, host.host()) {
+        return Err(ProxyError::BadHost);
+    }
+    Ok(host)
+}
+
+/// `host[:port]` with no user information.
+fn parse_authority(bytes: &[u8]) -> Option<Authority> {
+    if bytes.is_empty() || bytes.contains(&b'@') {
+        return None;
+    }
+    Authority::try_from(bytes).ok()
+}
+
+/// Is `host` (no port; an IPv6 address in brackets) one of the allowed names?
+fn host_allowed(rt: &Runtime, host: &str) -> bool {
+    rt.allowed_hosts
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host))
+}
+
+/// A browser page from a foreign origin must not drive the proxy (CSRF, DNS rebinding).
+fn check_origin(rt: &Runtime, headers: &HeaderMap) -> Result<(), ProxyError> {
+    let cross_site = headers
+        .get_all(SEC_FETCH_SITE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site {
+        return Err(ProxyError::BadOrigin);
+    }
+    for origin in headers.get_all(header::ORIGIN) {
+        let uri: Option<http::Uri> = origin.to_str().ok().and_then(|o| o.parse().ok());
+        let allowed = uri
+            .as_ref()
+            .and_then(|u| u.scheme().and(u.authority()))
+            .is_some_and(|a| !a.as_str().contains('@') && host_allowed(rt, a.host()));
+        if !allowed {
+            return Err(ProxyError::BadOrigin);
+        }
+    }
+    Ok(())
+}
+
+/// Rejects paths that could escape a route's prefix upstream: dot segments, plain or
+/// percent-encoded, encoded slashes and backslashes.
+pub fn check_path(path: &str) -> Result<(), ProxyError> {
+    if !path.starts_with('/') {
+        return Err(ProxyError::BadRequest("the path must start with /"));
+    }
+    let bad = Err(ProxyError::BadRequest(
+        "the path contains dot segments or encoded separators",
+    ));
+    let lower = path.to_ascii_lowercase();
+    if path.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+        return bad;
+    }
+    if path.split('/').any(is_dot_segment) {
+        return bad;
+    }
+    Ok(())
+}
+
+/// `.` or `..`, with any of the dots written `%2e` or `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_refused() {
+        for bad in [
+            "/api/../x",
+            "/api/./x",
+            "/api/%2e%2E/x",
+            "/api/.%2e",
+            "/a%2fb",
+            "/a%5Cb",
+            "/a\\b",
+            "x",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/api/incidents",
+            "/api/a.b",
+            "/api/...",
+            "/a%20b",
+            "/api/.x",
+        ] {
+            assert!(check_path(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn an_authority_with_user_information_is_not_a_host() {
+        assert!(parse_authority(b"evil@127.0.0.1").is_none());
+        assert!(parse_authority(b"").is_none());
+        assert_eq!(
+            parse_authority(b"127.0.0.1:8080").unwrap().host(),
+            "127.0.0.1"
+        );
+        assert_eq!(parse_authority(b"[::1]:8080").unwrap().host(), "[::1]");
+    }
+}

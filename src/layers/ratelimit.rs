@@ -1,0 +1,165 @@
+//! The rate limit as a layer: a request on a route with a `rate_limit` waits its turn in the
+//! (limit, tenant) queue, or is refused at once with a truthful `Retry-After` when its turn is
+//! further off than `max_wait_secs`. An upstream 429 or 503 that says when to come back pauses
+//! the bucket until then; when the route allows it, the wait fits, and the body was kept, the
+//! request waits and is sent again, unseen by the client (at most `MAX_ABSORBED` times).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{StatusCode, header};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::route::Routed;
+use super::{BoxFuture, Next, Request, Response, Shared, send};
+use crate::body;
+use crate::error::ProxyError;
+use crate::ratelimit::{LimitSpec, retry_after_from};
+use crate::runtime::Runtime;
+
+/// Upstream throttling answers absorbed per request at most.
+const MAX_ABSORBED: u32 = 3;
+/// A throttling answer's body is read (to find the retry time) up to this size...
+const THROTTLE_BODY_BYTES: usize = 16 * 1024;
+/// ...within this time.
+const THROTTLE_BODY_TIME: Duration = Duration::from_secs(5);
+
+/// Queues and absorbs; see the module doc.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+}
+
+impl RateLimitLayer {
+    /// For config `rt`, with the shared buckets.
+    pub fn new(shared: &Arc<Shared>, rt: &Arc<Runtime>) -> Self {
+        RateLimitLayer {
+            shared: shared.clone(),
+            rt: rt.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer
+where
+    S: Service<Request, Response = Response, Error = ProxyError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = RateLimit;
+    fn layer(&self, inner: S) -> RateLimit {
+        RateLimit {
+            inner: Next::new(inner),
+            shared: self.shared.clone(),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+/// The service of `RateLimitLayer`.
+#[derive(Clone)]
+pub struct RateLimit {
+    inner: Next,
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+}
+
+impl Service<Request> for RateLimit {
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(req).await })
+    }
+}
+
+impl RateLimit {
+    async fn send(self, req: Request) -> Result<Response, ProxyError> {
+        let routed = Routed::of(&req)?;
+        let route = routed.route(&self.rt);
+        let spec = route.rate_limit.and_then(|i| self.rt.limits.get(i));
+        let tenant = &routed.tenant.id;
+        let limiter = &self.shared.limiter;
+        let (mut next, mut absorbed) = (Some(req), 0);
+        loop {
+            if let Some(spec) = spec {
+                limiter
+                    .acquire(spec, tenant)
+                    .await
+                    .map_err(|refused| ProxyError::RateLimited {
+                        limit: spec.name.to_string(),
+                        retry_after: refused.retry_after,
+                    })?;
+            }
+            let req = next.take().ok_or(ProxyError::Internal)?;
+            let again = body::replay(&req);
+            let resp = send(&self.inner, req).await?;
+            if !matches!(
+                resp.status(),
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                return Ok(resp);
+            }
+            let (resp, wait) = retry_time(resp).await;
+            let (Some(spec), Some(wait)) = (spec, wait) else {
+                return Ok(resp);
+            };
+            limiter.pause(spec, tenant, Instant::now() + wait);
+            if !absorbs(route.retry_throttled, spec, wait, absorbed) || again.is_none() {
+                spec.stats.passed_through.fetch_add(1, Ordering::Relaxed);
+                return Ok(resp);
+            }
+            tracing::info!(route = %route.name, limit = %spec.name, wait_ms = wait.as_millis() as u64, "upstream throttled; waiting and retrying");
+            spec.stats.absorbed.fetch_add(1, Ordering::Relaxed);
+            (absorbed, next) = (absorbed + 1, again);
+        }
+    }
+}
+
+/// Whether a throttled request waits `wait` and goes again, after `absorbed` such waits.
+fn absorbs(allowed: bool, spec: &LimitSpec, wait: Duration, absorbed: u32) -> bool {
+    allowed && absorbed < MAX_ABSORBED && wait <= spec.max_wait
+}
+
+/// When a throttling answer says to come back: its `Retry-After`, or else its (small) body,
+/// which is then read and put back whole.
+async fn retry_time(resp: Response) -> (Response, Option<Duration>) {
+    if let Some(wait) = retry_after_from(resp.headers(), None) {
+        return (resp, Some(wait));
+    }
+    let small = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_none_or(|n| n <= THROTTLE_BODY_BYTES);
+    if !small {
+        return (resp, None);
+    }
+    let (mut parts, incoming) = resp.into_parts();
+    let limit = THROTTLE_BODY_BYTES as u64;
+    let read = tokio::time::timeout(
+        THROTTLE_BODY_TIME,
+        body::limit_and_keep(incoming, limit, THROTTLE_BODY_BYTES),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok((_, Some(whole)))) => whole,
+        _ => Bytes::new(),
+    };
+    let wait = retry_after_from(&parts.headers, Some(&bytes));
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, http::HeaderValue::from(bytes.len()));
+    (Response::from_parts(parts, body::full(bytes)), wait)
+}

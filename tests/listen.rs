@@ -1,0 +1,70 @@
+//! The listeners: the listen queue holds a burst of new connections, every accepted
+//! connection is counted, and `server.workers` (the runtime's threads) is bounded.
+
+mod common;
+
+use common::{Setup, start};
+
+#[tokio::test]
+async fn an_absurd_worker_count_is_a_config_error() {
+    let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("[server]\n", "[server]\nworkers = 100000\n");
+    let err = defender_proxy::config::Config::from_toml(&text, &|_: &str| None).unwrap_err();
+    assert_eq!(err.path, "server.workers");
+}
+
+#[tokio::test]
+async fn every_accepted_connection_is_counted() {
+    let env = start(Setup::default()).await;
+    for _ in 0..3 {
+        // A client of its own per request: a new connection each time.
+        let resp = common::client()
+            .get(format!("{}/api/incidents", env.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = env.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "defender_proxy_connections_total 3"),
+        "{metrics}"
+    );
+}
+
+/// A burst of new connections waits in the listen queue, however many the proxy has yet to
+/// accept: with the standard library's backlog of 128, the rest of a burst of a thousand had
+/// their SYNs dropped and retried a second later.
+#[tokio::test]
+async fn the_listen_queue_holds_a_burst_of_connections_not_yet_accepted() {
+    let listener = defender_proxy::bind_listener("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Nothing accepts: each connection completes only if the queue has room for it.
+    let burst = 600;
+    let connects: Vec<_> = (0..burst)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(3),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for c in connects {
+        if let Ok(Ok(stream)) = c.await.unwrap() {
+            queued.push(stream);
+        }
+    }
+    assert_eq!(
+        queued.len(),
+        burst,
+        "connections left out of the listen queue"
+    );
+    assert!(defender_proxy::LISTEN_BACKLOG as usize >= burst);
+    drop(listener);
+}
