@@ -29,10 +29,16 @@ pub enum ProxyError {
     /// The request line or path is not acceptable.
     #[error("the request is malformed: {0}")]
     BadRequest(&'static str),
-    /// CONNECT (the proxy is not a forward proxy) or TRACE (an echoing upstream would send
-    /// the bearer back).
-    #[error("this method is not supported by the proxy")]
-    MethodNotAllowed,
+    /// CONNECT (the proxy is not a forward proxy), TRACE (an echoing upstream would send the
+    /// bearer back), or a method the route does not forward.
+    #[error("this method is not allowed here; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The `Allow` header: the methods that are.
+        allow: std::borrow::Cow<'static, str>,
+    },
+    /// The client's key does not grant this route or method.
+    #[error("this client may not use this route or method")]
+    ClientNotAllowed,
     /// The request body stalled: no data for `server.body_timeout_secs`.
     #[error("the request body stopped arriving")]
     RequestTimeout,
@@ -93,7 +99,10 @@ impl ProxyError {
             ProxyError::BadHost => (StatusCode::BAD_REQUEST, "BadHost"),
             ProxyError::BadOrigin => (StatusCode::FORBIDDEN, "BadOrigin"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            ProxyError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+            }
+            ProxyError::ClientNotAllowed => (StatusCode::FORBIDDEN, "ClientNotAllowed"),
             ProxyError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             ProxyError::Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthenticated"),
             ProxyError::TenantNotAllowed => (StatusCode::FORBIDDEN, "TenantNotAllowed"),
@@ -137,6 +146,11 @@ impl ProxyError {
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(after)),
             );
+        }
+        if let ProxyError::MethodNotAllowed { allow } = &self {
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                h.insert(header::ALLOW, v);
+            }
         }
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still come: the connection cannot carry another

@@ -26,6 +26,8 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+#[cfg(unix)]
+pub mod unix;
 pub mod upstream;
 
 use std::future::Future;
@@ -81,7 +83,7 @@ pub enum RunError {
 /// The bound listeners (tests bind port 0 and read `local_addr`).
 pub struct Listeners {
     /// The proxy listener.
-    pub proxy: TcpListener,
+    pub proxy: server::Listener,
     /// The admin listener, unless disabled.
     pub admin: Option<TcpListener>,
 }
@@ -89,7 +91,23 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config.server`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let proxy = bind_listener(&config.server.listen).await?;
+        let s = &config.server;
+        let proxy = match s.listen.strip_prefix("unix:") {
+            #[cfg(unix)]
+            Some(path) => server::Listener::Unix(unix::Socket::bind(
+                std::path::Path::new(path),
+                config::socket_mode(&s.socket_mode).unwrap_or(0o600),
+                s.socket_group.as_deref(),
+            )?),
+            #[cfg(not(unix))]
+            Some(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "unix: sockets are not available on this platform",
+                ));
+            }
+            None => server::Listener::Tcp(bind_listener(&s.listen).await?),
+        };
         let admin = match config.server.admin_listen.as_str() {
             "" => None,
             addr => Some(bind_listener(addr).await?),

@@ -181,7 +181,7 @@ async fn run(path: &Path, log_format: Option<String>) -> anyhow::Result<ExitCode
         .await
         .context("cannot bind the listeners")?;
     let admin = listeners.admin.as_ref().and_then(|l| l.local_addr().ok());
-    tracing::info!(listen = ?listeners.proxy.local_addr().ok(), admin = ?admin, "defender-proxy serving");
+    tracing::info!(listen = %listeners.proxy.describe(), admin = ?admin, "defender-proxy serving");
     let reload = defender_proxy::reload::ReloadSource::new(path.to_path_buf());
     defender_proxy::serve(config, listeners, shutdown_signal(), Some(reload)).await?;
     Ok(ExitCode::SUCCESS)

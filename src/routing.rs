@@ -147,6 +147,8 @@ pub struct Route {
     pub rewrite_links: bool,
     /// Wait and retry after an upstream 429/503 instead of passing it on.
     pub retry_throttled: bool,
+    /// The methods the route forwards; any when `None`.
+    pub methods: Option<Vec<http::Method>>,
 }
 
 impl Route {
@@ -171,6 +173,24 @@ impl Route {
         } else {
             std::borrow::Cow::Owned(format!("{}{rest}", self.upstream.base_path))
         }
+    }
+
+    /// Whether the route forwards `method`. HEAD goes with GET (RFC 9110 §9.3.2).
+    pub fn allows(&self, method: &http::Method) -> bool {
+        self.methods.as_ref().is_none_or(|allowed| {
+            allowed.contains(method)
+                || (method == http::Method::HEAD && allowed.contains(&http::Method::GET))
+        })
+    }
+
+    /// The `Allow` header of a refusal: the route's methods.
+    pub fn allow_header(&self) -> String {
+        self.methods
+            .iter()
+            .flatten()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The configured prefix as a client sees it, for link rewriting and logs.
@@ -279,6 +299,14 @@ impl Router {
     }
 }
 
+/// Validated method names as methods.
+pub fn parse_methods(names: &[String]) -> Vec<http::Method> {
+    names
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect()
+}
+
 /// `bytes` as text when all of it is visible ASCII, spaces or tabs (RFC 9110 §5.5).
 fn visible(bytes: &[u8]) -> Option<&str> {
     bytes
@@ -327,6 +355,7 @@ fn compile_route(
             .and_then(|l| limits.iter().position(|n| *n == l)),
         rewrite_links: r.rewrite_links,
         retry_throttled: r.retry_throttled,
+        methods: r.methods.as_deref().map(parse_methods),
     })
 }
 

@@ -40,6 +40,34 @@ pub struct Runtime {
     pub access_log: bool,
     /// Rate limits, in the order routes refer to them.
     pub limits: Vec<LimitSpec>,
+    /// Named clients; when there are any, every request must carry one's key.
+    pub clients: Vec<Client>,
+}
+
+/// A `[clients.NAME]`.
+#[derive(Debug)]
+pub struct Client {
+    /// Its name, for the access log.
+    pub name: Arc<str>,
+    /// The key it sends in `x-defender-proxy-key`.
+    pub key: Secret,
+    /// The routes it may use (by name); all when `None`.
+    pub routes: Option<Vec<String>>,
+    /// The methods it may use; any the route allows when `None`.
+    pub methods: Option<Vec<http::Method>>,
+}
+
+impl Client {
+    /// May this client call `method` on `route`?
+    pub fn may(&self, route: &str, method: &http::Method) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|n| n == route))
+            && self.methods.as_ref().is_none_or(|m| {
+                m.contains(method)
+                    || (method == http::Method::HEAD && m.contains(&http::Method::GET))
+            })
+    }
 }
 
 impl Runtime {
@@ -67,7 +95,20 @@ impl Runtime {
                 .map(|h| h.to_string())
                 .collect(),
         };
+        let mut clients = Vec::new();
+        for (name, c) in &config.clients {
+            let key = read_secret(&c.key, &c.key_file, &format!("clients.{name}.key"))?
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| ConfigError::new(format!("clients.{name}.key"), "is empty"))?;
+            clients.push(Client {
+                name: name.as_str().into(),
+                key,
+                routes: c.routes.clone(),
+                methods: c.methods.as_deref().map(crate::routing::parse_methods),
+            });
+        }
         Ok(Runtime {
+            clients,
             router,
             credentials,
             tenant_header: HeaderName::from_bytes(s.tenant_header.to_ascii_lowercase().as_bytes())

@@ -25,16 +25,9 @@ impl Secret {
         self.0.is_empty()
     }
 
-    /// Compares with `other` in time that does not depend on where they differ.
+    /// Compares with `other` in time that does not depend on where they differ (`subtle`).
     pub fn constant_time_eq(&self, other: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        if mine.len() != other.len() {
-            return false;
-        }
-        mine.iter()
-            .zip(other)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), other).into()
     }
 }
 

@@ -25,8 +25,51 @@ pub const MAX_HEADERS: usize = 100;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who is on the other end of a client connection; put in each request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    /// Its address, on TCP.
+    pub addr: Option<SocketAddr>,
+    /// The user it runs as: from the socket's peer credentials on a Unix socket, from the
+    /// kernel's connection table for a loopback TCP peer on Linux.
+    pub uid: Option<u32>,
+    /// Its process, on a Unix socket.
+    pub pid: Option<i32>,
+}
+
+/// Where the proxy listens.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP address.
+    Tcp(TcpListener),
+    /// A Unix domain socket (removed when dropped).
+    #[cfg(unix)]
+    Unix(crate::unix::Socket),
+}
+
+impl Listener {
+    /// The TCP address, if it is one.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr(),
+            #[cfg(unix)]
+            Listener::Unix(s) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("listening on the Unix socket {}", s.path().display()),
+            )),
+        }
+    }
+
+    /// The address for logs: `127.0.0.1:8080` or `unix:/path`.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string()),
+            #[cfg(unix)]
+            Listener::Unix(s) => format!("unix:{}", s.path().display()),
+        }
+    }
+}
 
 /// What serves each request of a connection.
 pub type Handler = tower::util::BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -47,49 +90,147 @@ fn builder() -> auto::Builder<TokioExecutor> {
 /// requests (idle keep-alive connections close at once) until `hard`, when the rest are
 /// dropped. `accepted` is called for each connection.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     handler: Handler,
     stop: CancellationToken,
     hard: CancellationToken,
     accepted: impl Fn() + Send,
 ) {
-    let builder = builder();
-    let graceful = GracefulShutdown::new();
-    // The connections' tasks: aborted when the grace is over.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, say: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            _ = stop.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        accepted();
-        let handler = handler.clone();
-        let service = tower::ServiceExt::map_request(handler, move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(Peer(peer));
-            req
-        });
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let conn = graceful.watch(conn.into_owned());
-        connections.spawn(async move {
-            if let Err(e) = conn.await {
+    let conns = Connections {
+        builder: builder(),
+        graceful: GracefulShutdown::new(),
+        tasks: tokio::task::JoinSet::new(),
+        handler,
+    };
+    let conns = match listener {
+        Listener::Tcp(l) => accept_tcp(l, conns, &stop, &accepted).await,
+        #[cfg(unix)]
+        Listener::Unix(socket) => {
+            let conns = accept_unix(&socket, conns, &stop, &accepted).await;
+            drop(socket);
+            conns
+        }
+    };
+    let Connections {
+        graceful,
+        mut tasks,
+        ..
+    } = conns;
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = hard.cancelled() => tasks.abort_all(),
+    }
+}
+
+/// The connections being served.
+struct Connections {
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    /// Their tasks: aborted when the grace is over.
+    tasks: tokio::task::JoinSet<()>,
+    handler: Handler,
+}
+
+impl Connections {
+    /// Serves one connection; `peer` goes into each of its requests' extensions.
+    fn serve<I>(&mut self, io: I, peer: impl FnOnce() -> Peer + Send + 'static)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = self.handler.clone();
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        self.tasks.spawn(async move {
+            let peer = peer();
+            let service =
+                tower::ServiceExt::map_request(handler, move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(peer);
+                    req
+                });
+            let conn =
+                builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });
     }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = hard.cancelled() => connections.abort_all(),
+
+    /// Forgets the tasks that have ended.
+    fn reap(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
     }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    mut conns: Connections,
+    stop: &CancellationToken,
+    accepted: &(impl Fn() + Send),
+) -> Connections {
+    let local = listener.local_addr().ok();
+    loop {
+        let (stream, addr) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return conns,
+        };
+        let _ = stream.set_nodelay(true);
+        accepted();
+        conns.reap();
+        conns.serve(stream, move || Peer {
+            addr: Some(addr),
+            uid: local.and_then(|local| tcp_peer_uid(addr, local)),
+            pid: None,
+        });
+    }
+}
+
+#[cfg(unix)]
+async fn accept_unix(
+    socket: &crate::unix::Socket,
+    mut conns: Connections,
+    stop: &CancellationToken,
+    accepted: &(impl Fn() + Send),
+) -> Connections {
+    loop {
+        let stream = tokio::select! {
+            a = socket.listener.accept() => match a {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return conns,
+        };
+        accepted();
+        conns.reap();
+        let (uid, pid) = crate::unix::peer_cred(&stream);
+        conns.serve(stream, move || Peer {
+            addr: None,
+            uid,
+            pid,
+        });
+    }
+}
+
+/// Out of file descriptors, say: wait a little rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[cfg(target_os = "linux")]
+fn tcp_peer_uid(peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    crate::unix::tcp_peer_uid(peer, local)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_peer_uid(_: SocketAddr, _: SocketAddr) -> Option<u32> {
+    None
 }

@@ -1,6 +1,8 @@
 //! `proxy.toml`: the types (serde, unknown keys refused), loading with `${VAR}` expansion and
 //! secret files, and `validate()` of the cross-field rules. Every error names its key path.
 
+mod access;
+pub use access::socket_mode;
 mod expand;
 mod validate;
 
@@ -63,6 +65,23 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Named rate limits that routes refer to.
     pub rate_limit: BTreeMap<String, RateLimitConfig>,
+    /// Named local clients, each with its own inbound key and grants.
+    pub clients: BTreeMap<String, ClientConfig>,
+}
+
+/// `[clients.NAME]`: a local tool with its own inbound key, limited to some routes and
+/// methods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The key it sends in `x-defender-proxy-key`.
+    pub key: Option<Secret>,
+    /// File holding the key.
+    pub key_file: Option<PathBuf>,
+    /// Names of the routes it may use; all when unset.
+    pub routes: Option<Vec<String>>,
+    /// Methods it may use; any the route allows when unset.
+    pub methods: Option<Vec<String>>,
 }
 
 /// `[server]`.
@@ -93,6 +112,10 @@ pub struct ServerConfig {
     pub inbound_key_file: Option<PathBuf>,
     /// Threads of the runtime that serves the proxy (`run`); 0 means one per CPU core.
     pub workers: usize,
+    /// Permissions of a `unix:` listen socket, in octal.
+    pub socket_mode: String,
+    /// Group (name or number) that owns a `unix:` listen socket.
+    pub socket_group: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +133,8 @@ impl Default for ServerConfig {
             inbound_key: None,
             inbound_key_file: None,
             workers: 0,
+            socket_mode: "0600".into(),
+            socket_group: None,
         }
     }
 }
@@ -276,6 +301,8 @@ pub struct RouteConfig {
     /// Absorb upstream 429/503 (wait and retry) when the wait fits the limit's `max_wait_secs`.
     #[serde(default = "yes")]
     pub retry_throttled: bool,
+    /// The methods the route forwards; any when unset.
+    pub methods: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -358,6 +385,7 @@ impl Config {
                 files.extend(p.iter().cloned());
             }
         }
+        files.extend(self.clients.values().filter_map(|c| c.key_file.clone()));
         files
     }
 
@@ -382,6 +410,9 @@ impl Config {
             ] {
                 fix(p);
             }
+        }
+        for c in self.clients.values_mut() {
+            fix(&mut c.key_file);
         }
         self
     }

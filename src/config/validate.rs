@@ -82,7 +82,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         validate_route(config, cloud, r, &path)?;
     }
-    Ok(())
+    super::access::validate(config)
 }
 
 fn validate_server(config: &Config) -> Result<(), ConfigError> {
@@ -93,20 +93,29 @@ fn validate_server(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     let s = &config.server;
-    let listen: SocketAddr = s.listen.parse().map_err(|_| {
-        ConfigError::new("server.listen", "must be an address such as 127.0.0.1:8080")
-    })?;
-    if !listen.ip().is_loopback() {
+    let remote = match s.listen.strip_prefix(super::access::UNIX_PREFIX) {
+        Some(path) => super::access::validate_socket(path, s)?,
+        None => {
+            let listen: SocketAddr = s.listen.parse().map_err(|_| {
+                ConfigError::new(
+                    "server.listen",
+                    "must be an address such as 127.0.0.1:8080, or unix:/path/to/proxy.sock",
+                )
+            })?;
+            !listen.ip().is_loopback()
+        }
+    };
+    if remote {
         if !s.allow_remote {
             return Err(ConfigError::new(
                 "server.listen",
                 "is not a loopback address; set server.allow_remote = true and an inbound_key to expose the proxy",
             ));
         }
-        if s.inbound_key.is_none() && s.inbound_key_file.is_none() {
+        if s.inbound_key.is_none() && s.inbound_key_file.is_none() && config.clients.is_empty() {
             return Err(ConfigError::new(
                 "server.inbound_key",
-                "is required when server.allow_remote = true",
+                "is required when server.allow_remote = true (or define [clients.NAME] with keys)",
             ));
         }
     }

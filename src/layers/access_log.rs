@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
@@ -15,6 +15,7 @@ use super::{BoxFuture, Next, Request, Response, Shared, send};
 use crate::error::ERROR_HEADER;
 use crate::routing::Tenant;
 use crate::runtime::Runtime;
+use crate::server::Peer;
 
 /// What the layers learned about a request, for its log line and metrics.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,7 @@ pub struct Trace(Arc<Mutex<Fields>>);
 
 #[derive(Debug, Default)]
 struct Fields {
+    client: Option<Arc<str>>,
     route: Option<usize>,
     tenant: Option<Tenant>,
     upstream_latency: Option<Duration>,
@@ -31,6 +33,11 @@ struct Fields {
 impl Trace {
     fn with(&self, f: impl FnOnce(&mut Fields)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The `[clients.NAME]` whose key the request carried.
+    pub fn set_client(&self, name: &Arc<str>) {
+        self.with(|t| t.client = Some(name.clone()));
     }
 
     /// The request's route (its index).
@@ -118,11 +125,14 @@ impl Service<Request> for AccessLog {
         let (inner, shared, rt) = (self.inner.clone(), self.shared.clone(), self.rt.clone());
         let trace = Trace::default();
         req.extensions_mut().insert(trace.clone());
-        let line = rt.access_log.then(|| Line {
+        // Writes are logged even with the access log off: "who isolated that machine?"
+        let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+        let line = (rt.access_log || write).then(|| Line {
             started: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             request_id: req.extensions().get::<RequestId>().cloned(),
+            peer: req.extensions().get::<Peer>().copied().unwrap_or_default(),
         });
         shared.metrics.inflight.inc();
         let in_flight = InFlight(shared.metrics.inflight.clone());
@@ -158,6 +168,7 @@ struct Line {
     method: http::Method,
     path: String,
     request_id: Option<RequestId>,
+    peer: Peer,
 }
 
 impl Line {
@@ -172,6 +183,9 @@ impl Line {
             request_id = self.request_id.as_ref().map_or("-", RequestId::as_str),
             method = %self.method,
             path = self.path,
+            client = fields.client.as_deref(),
+            peer_uid = self.peer.uid,
+            peer_pid = self.peer.pid,
             route,
             tenant = fields.tenant.as_ref().map(|t| &*t.label),
             tenant_id = fields.tenant.as_ref().map(|t| &*t.id),

@@ -12,6 +12,7 @@ use http::uri::Authority;
 use http::{HeaderMap, Method, header};
 use tower::{Layer, Service};
 
+use super::access_log::Trace;
 use super::{INBOUND_KEY_HEADER, Request, Response};
 use crate::error::ProxyError;
 use crate::routing::path_of;
@@ -23,6 +24,18 @@ const SEC_FETCH_SITE: http::HeaderName = http::HeaderName::from_static("sec-fetc
 /// The Host the request was checked against, in its extensions: links are rewritten to it.
 #[derive(Debug, Clone)]
 pub struct CheckedHost(pub Authority);
+
+/// The `[clients.NAME]` whose key the request carried, in its extensions.
+#[derive(Debug, Clone)]
+pub struct ClientName {
+    /// Its index in `Runtime::clients`.
+    pub index: usize,
+    /// Its name.
+    pub name: std::sync::Arc<str>,
+}
+
+/// Methods a refusal of CONNECT or TRACE names in its `Allow` header.
+const FORWARDED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Refuses requests that fail the checks; see the module doc.
 #[derive(Clone)]
@@ -66,8 +79,14 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         match check(&self.rt, &req) {
-            Ok(host) => {
+            Ok((host, client)) => {
                 req.extensions_mut().insert(host);
+                if let Some(client) = client {
+                    if let Some(trace) = req.extensions().get::<Trace>() {
+                        trace.set_client(&client.name);
+                    }
+                    req.extensions_mut().insert(client);
+                }
                 Either::Right(self.inner.call(req))
             }
             Err(e) => Either::Left(ready(Err(e))),
@@ -75,27 +94,52 @@ where
     }
 }
 
-/// Checks `req`; gives back the Host it was checked against.
-pub fn check(rt: &Runtime, req: &Request) -> Result<CheckedHost, ProxyError> {
+/// Checks `req`; gives back the Host it was checked against, and the client whose key it
+/// carried.
+pub fn check(rt: &Runtime, req: &Request) -> Result<(CheckedHost, Option<ClientName>), ProxyError> {
     // CONNECT would make this a forward proxy; an upstream that echoes a TRACE would send the
     // bearer back to the client (RFC 9110 §9.3.8).
     if req.method() == Method::CONNECT || req.method() == Method::TRACE {
-        return Err(ProxyError::MethodNotAllowed);
+        return Err(ProxyError::MethodNotAllowed {
+            allow: FORWARDED_METHODS.into(),
+        });
     }
     let host = checked_host(rt, req)?;
     if req.uri().scheme().is_some_and(|s| s.as_str() != "http") {
         return Err(ProxyError::BadRequest("only plain http is served"));
     }
     check_origin(rt, req.headers())?;
+    let client = check_key(rt, req.headers())?;
+    check_path(path_of(req.uri()))?;
+    Ok((CheckedHost(host), client))
+}
+
+/// The inbound key: with `[clients]`, it must be one client's (which one is the caller);
+/// else, with `server.inbound_key`, it must be that one.
+fn check_key(rt: &Runtime, headers: &HeaderMap) -> Result<Option<ClientName>, ProxyError> {
+    if rt.clients.is_empty() && rt.inbound_key.is_none() {
+        return Ok(None);
+    }
+    let given = only(headers, &INBOUND_KEY_HEADER)
+        .map_err(|()| ProxyError::Unauthenticated)?
+        .map_or(&[][..], |v| v.as_bytes());
     if let Some(key) = &rt.inbound_key {
-        let given =
-            only(req.headers(), &INBOUND_KEY_HEADER).map_err(|()| ProxyError::Unauthenticated)?;
-        if !key.constant_time_eq(given.map_or(&[][..], |v| v.as_bytes())) {
-            return Err(ProxyError::Unauthenticated);
+        return match key.constant_time_eq(given) {
+            true => Ok(None),
+            false => Err(ProxyError::Unauthenticated),
+        };
+    }
+    // Every key is compared, so the time taken does not tell which one came close.
+    let mut found = None;
+    for (index, c) in rt.clients.iter().enumerate() {
+        if c.key.constant_time_eq(given) && found.is_none() {
+            found = Some(ClientName {
+                index,
+                name: c.name.clone(),
+            });
         }
     }
-    check_path(path_of(req.uri()))?;
-    Ok(CheckedHost(host))
+    found.map(Some).ok_or(ProxyError::Unauthenticated)
 }
 
 /// The one value of header `name`, if any; `Err` when it is there more than once.

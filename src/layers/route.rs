@@ -9,6 +9,7 @@ use futures_util::future::{Either, Ready, ready};
 use tower::{Layer, Service};
 
 use super::access_log::Trace;
+use super::guard::ClientName;
 use super::{Request, Response};
 use crate::error::ProxyError;
 use crate::routing::{Route, Tenant, path_of};
@@ -95,6 +96,7 @@ fn resolve(rt: &Runtime, req: &Request) -> Result<Routed, ProxyError> {
     if let Some(trace) = trace {
         trace.set_route(index);
     }
+    check_method(rt, route, req)?;
     let mut values = req.headers().get_all(&rt.tenant_header).iter();
     let header = values.next();
     if values.next().is_some() {
@@ -109,4 +111,22 @@ fn resolve(rt: &Runtime, req: &Request) -> Result<Routed, ProxyError> {
         trace.set_tenant(&tenant);
     }
     Ok(Routed { index, tenant })
+}
+
+/// The route must forward the method, and the calling client (if clients are configured)
+/// must be granted the route and the method.
+fn check_method(rt: &Runtime, route: &Route, req: &Request) -> Result<(), ProxyError> {
+    if !route.allows(req.method()) {
+        return Err(ProxyError::MethodNotAllowed {
+            allow: route.allow_header().into(),
+        });
+    }
+    let client = req
+        .extensions()
+        .get::<ClientName>()
+        .and_then(|c| rt.clients.get(c.index));
+    match client {
+        Some(c) if !c.may(&route.name, req.method()) => Err(ProxyError::ClientNotAllowed),
+        _ => Ok(()),
+    }
 }
