@@ -81,7 +81,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener could not be bound or failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// TLS or HTTP client setup failed.
     #[error("{0}")]
@@ -99,13 +99,28 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config.server`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let proxy = bind_listener(&config.server.listen).await?;
+        let proxy = bind_named(&config.server.listen, "proxy", "server.listen").await?;
         let admin = match config.server.admin_listen.as_str() {
             "" => None,
-            addr => Some(bind_listener(addr).await?),
+            addr => Some(bind_named(addr, "admin", "server.admin_listen").await?),
         };
         Ok(Listeners { proxy, admin })
     }
+}
+
+/// `bind_listener`, with an error that names the listener, its address and the setting
+/// (`setting`, a key or a flag) that moves it.
+pub async fn bind_named(addr: &str, listener: &str, setting: &str) -> std::io::Result<TcpListener> {
+    bind_listener(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "another process listens there: stop it, or ",
+            _ => "",
+        };
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open the {listener} listener on {addr}: {e}; {why}set {setting} to another address"),
+        )
+    })
 }
 
 /// Connections the kernel queues for a listener until the proxy accepts them.
