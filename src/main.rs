@@ -207,10 +207,12 @@ async fn run(path: &Path, log_format: Option<String>) -> anyhow::Result<ExitCode
             format!("{format_name:?} must be text or json"),
         )
     })?;
-    init_logging(format, &config.log.level);
     // Secret files, certificates and CA roots are read before anything listens, so a config
-    // that cannot serve fails here and `serving` below means fully loaded and bound.
+    // that cannot serve fails here and `serving` below means fully loaded and bound. This
+    // state is only a check: `serve` builds its own, and logs its warnings once, as logging
+    // starts only after this.
     AppState::new(&config)?;
+    init_logging(format, &config.log.level);
     let shutdown = shutdown_signal();
     let listeners = Listeners::bind(&config).await?;
     let listen = listeners.proxy.local_addr()?;
