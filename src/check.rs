@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use crate::AppState;
 use crate::cloud::Cloud;
-use crate::config::{Config, ConfigError, CredentialConfig, CredentialType, is_guid, is_tenant_name};
+use crate::config::{
+    Config, ConfigError, CredentialConfig, CredentialType, is_guid, is_tenant_name,
+};
 use crate::token::TokenKey;
 
 /// The redacted summary: listeners, credentials (never a secret) and routes.
@@ -88,9 +90,8 @@ fn proof(c: &CredentialConfig) -> String {
         Some(_) => "file",
         None => "config/env",
     };
-    let path = |p: &Option<std::path::PathBuf>| {
-        p.as_ref().map_or("-".into(), |p| p.display().to_string())
-    };
+    let path =
+        |p: &Option<std::path::PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
     match c.kind {
         CredentialType::ClientSecret => format!("secret=*** ({})  ", from(&c.client_secret_file)),
         CredentialType::Password => format!("password=*** ({})  ", from(&c.password_file)),
@@ -231,7 +232,9 @@ fn consent_tenant(c: &CredentialConfig, tenant: &str) -> Result<String, ConfigEr
     };
     Err(ConfigError::new(
         "--tenant",
-        format!("{tenant:?} is not an alias of this credential, a tenant GUID or a domain ({known})"),
+        format!(
+            "{tenant:?} is not an alias of this credential, a tenant GUID or a domain ({known})"
+        ),
     ))
 }
 

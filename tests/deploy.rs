@@ -61,7 +61,11 @@ fn the_systemd_unit_passes_systemd_analyze_verify_and_its_security_check() {
     let analyze = systemd_analyze();
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_under_test(dir.path());
-    let out = Command::new(analyze).arg("verify").arg(&unit).output().unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     // `verify` only warns (exit 0) about unknown keys and bad values: any output is a finding.
@@ -102,7 +106,11 @@ fn the_systemd_config_reads_the_secret_systemd_loads() {
     let config = read("deploy/systemd/proxy.toml");
     assert!(config.contains("client_secret_file = \"${CREDENTIALS_DIRECTORY}/client-secret\""));
     let credentials = tempfile::tempdir().unwrap();
-    std::fs::write(credentials.path().join("client-secret"), "systemd-test-secret\n").unwrap();
+    std::fs::write(
+        credentials.path().join("client-secret"),
+        "systemd-test-secret\n",
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .args(["check", "--config"])
         .arg(repo("deploy/systemd/proxy.toml"))
@@ -192,7 +200,14 @@ fn readme_container_commands() -> Vec<String> {
     block
         .replace("\\\n", " ")
         .lines()
-        .map(|l| l.split(" #").next().unwrap().split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            l.split(" #")
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|l| !l.is_empty())
         .collect()
 }
@@ -208,26 +223,35 @@ fn the_readme_docker_run_line_fits_the_container_config() {
         .iter()
         .find(|c| c.starts_with("docker build "))
         .unwrap_or_else(|| panic!("no docker build in {commands:?}"));
-    let tag = build.split_whitespace().skip_while(|w| *w != "-t").nth(1).unwrap();
-    assert!(run.ends_with(&format!(" {tag}")), "{run} does not run {tag}");
+    let tag = build
+        .split_whitespace()
+        .skip_while(|w| *w != "-t")
+        .nth(1)
+        .unwrap();
+    assert!(
+        run.ends_with(&format!(" {tag}")),
+        "{run} does not run {tag}"
+    );
     // The key file goes where the config reads it, and the variables it reads are passed.
     let text = read("deploy/container/proxy.toml");
     assert!(text.contains("inbound_key_file = \"/run/secrets/defender-proxy-key\""));
-    assert!(
-        run.contains(":/run/secrets/defender-proxy-key:ro"),
-        "{run}"
-    );
+    assert!(run.contains(":/run/secrets/defender-proxy-key:ro"), "{run}");
     for var in ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"] {
         assert!(text.contains(&format!("${{{var}}}")), "{var}");
-        assert!(run.contains(&format!("-e {var}")), "{run} does not pass {var}");
+        assert!(
+            run.contains(&format!("-e {var}")),
+            "{run} does not pass {var}"
+        );
     }
-    assert!(!run.contains("DEFENDER_PROXY_KEY"), "the key comes from a file: {run}");
+    assert!(
+        !run.contains("DEFENDER_PROXY_KEY"),
+        "the key comes from a file: {run}"
+    );
     assert!(run.contains("-p 127.0.0.1:8080:8080"), "{run}");
     // A client sends the key from the same file.
     assert!(
-        commands
-            .iter()
-            .any(|c| c.starts_with("curl ") && c.contains("x-defender-proxy-key: $(cat defender-proxy-key)")),
+        commands.iter().any(|c| c.starts_with("curl ")
+            && c.contains("x-defender-proxy-key: $(cat defender-proxy-key)")),
         "{commands:?}"
     );
 }
@@ -241,10 +265,7 @@ fn the_build_context_is_only_what_the_dockerfile_copies() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
     assert_eq!(rules.first(), Some(&"*"), "everything is left out first");
-    let admitted: Vec<&str> = rules
-        .iter()
-        .filter_map(|r| r.strip_prefix('!'))
-        .collect();
+    let admitted: Vec<&str> = rules.iter().filter_map(|r| r.strip_prefix('!')).collect();
     assert!(!admitted.iter().any(|a| a.starts_with("target")));
     for line in read("Dockerfile").lines() {
         let Some(args) = line.strip_prefix("COPY ") else {

@@ -31,8 +31,7 @@ fn crate_dependencies(lock: &toml::Table) -> Vec<String> {
 #[test]
 fn the_fuzz_lock_file_has_every_dependency_of_the_crate() {
     let manifest: toml::Table = toml::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .unwrap(),
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap(),
     )
     .unwrap();
     // Dev-dependencies are locked for the crate's own tests only.

@@ -184,8 +184,12 @@ fn check_files_are_mounted(file: &str, config: &Config, sidecar: &Value) {
 }
 
 fn manifest_text(file: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes").join(file))
-        .unwrap()
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/kubernetes")
+            .join(file),
+    )
+    .unwrap()
 }
 
 fn readme() -> String {
@@ -206,7 +210,11 @@ fn every_manifest_keeps_the_shipped_routes_and_rate_limits() {
     for file in manifest_files() {
         let config = proxy_config(&documents(&file));
         assert!(!config.rate_limit.is_empty(), "{file}: no rate limits");
-        assert_eq!(shown(&config), shown(&shipped), "{file}: not the shipped routes and limits");
+        assert_eq!(
+            shown(&config),
+            shown(&shipped),
+            "{file}: not the shipped routes and limits"
+        );
     }
 }
 
@@ -220,10 +228,16 @@ fn no_manifest_creates_a_secret_and_the_readme_shows_how_to_create_each_one_used
         );
         let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
         let volumes = pod["volumes"].as_sequence().unwrap();
-        for name in volumes.iter().filter_map(|v| v["secret"]["secretName"].as_str()) {
+        for name in volumes
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+        {
             let create = format!("kubectl create secret generic {name} ");
             assert!(readme().contains(&create), "README: no `{create}...`");
-            assert!(manifest_text(&file).contains(&create), "{file}: no `{create}...`");
+            assert!(
+                manifest_text(&file).contains(&create),
+                "{file}: no `{create}...`"
+            );
         }
     }
 }
@@ -240,7 +254,10 @@ fn every_manifest_says_which_image_to_build_and_push() {
             .find(|c| c["name"] == "defender-proxy")
             .unwrap();
         let image = str_of(&sidecar["image"]);
-        for step in [format!("docker build -t {image} ."), format!("docker push {image}")] {
+        for step in [
+            format!("docker build -t {image} ."),
+            format!("docker push {image}"),
+        ] {
             assert!(manifest_text(&file).contains(&step), "{file}: no `{step}`");
             assert!(readme().contains(&step), "README: no `{step}`");
         }

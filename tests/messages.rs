@@ -46,7 +46,10 @@ fn a_port_in_use_names_the_listener_its_address_and_the_key_once() {
         ("127.0.0.1:0", addr.as_str(), "server.admin_listen", "admin"),
     ] {
         let text = test_config()
-            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{listen}\""))
+            .replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{listen}\""),
+            )
             .replace(
                 "admin_listen = \"127.0.0.1:0\"",
                 &format!("admin_listen = \"{admin}\""),
@@ -58,7 +61,10 @@ fn a_port_in_use_names_the_listener_its_address_and_the_key_once() {
             err.contains(&format!("cannot open the {listener} listener on {addr}")),
             "{err}"
         );
-        assert!(err.contains(&format!("set {key} to another address")), "{err}");
+        assert!(
+            err.contains(&format!("set {key} to another address")),
+            "{err}"
+        );
         assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
         assert!(!err.contains("serving"), "{err}");
     }
@@ -126,7 +132,10 @@ fn a_duplicate_key_is_named() {
     );
     let (code, _, err) = run(&["check"], Some(&write_config(dir.path(), &text)));
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("line 6, column 1: duplicate key `shutdown_grace_secs` in [server]"), "{err}");
+    assert!(
+        err.contains("line 6, column 1: duplicate key `shutdown_grace_secs` in [server]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,7 +163,10 @@ fn login_on_an_app_credential_names_its_type_and_what_login_is_for() {
         err.contains("credential \"app\" is of type \"client_secret\", which needs no sign-in"),
         "{err}"
     );
-    assert!(err.contains("for a device_code credential (user context)"), "{err}");
+    assert!(
+        err.contains("for a device_code credential (user context)"),
+        "{err}"
+    );
     assert!(err.contains("this config has none"), "{err}");
     let (code, _, err) = run(&["login", "--credential", "nope"], Some(&config));
     assert_eq!(code, 64, "{err}");
@@ -179,13 +191,25 @@ fn consent_url_refuses_an_unknown_tenant_and_encodes_the_ones_it_takes() {
         Some(&config),
     );
     assert_eq!(code, 0);
-    assert!(out.contains(&format!("/{}/adminconsent?client_id=", sandbox::TENANT_B)), "{out}");
+    assert!(
+        out.contains(&format!("/{}/adminconsent?client_id=", sandbox::TENANT_B)),
+        "{out}"
+    );
     let (code, out, _) = run(
-        &["consent-url", "--credential", "app", "--tenant", "fabrikam.onmicrosoft.com"],
+        &[
+            "consent-url",
+            "--credential",
+            "app",
+            "--tenant",
+            "fabrikam.onmicrosoft.com",
+        ],
         Some(&config),
     );
     assert_eq!(code, 0);
-    assert!(out.contains("/fabrikam.onmicrosoft.com/adminconsent?"), "{out}");
+    assert!(
+        out.contains("/fabrikam.onmicrosoft.com/adminconsent?"),
+        "{out}"
+    );
     let odd = test_config().replace(
         &format!("client_id = \"{}\"", sandbox::DEFAULT_CLIENT_ID),
         "client_id = \"a b&c\"",
@@ -222,7 +246,10 @@ fn serving_is_not_logged_when_a_secret_file_cannot_be_read() {
     );
     let (code, _, err) = run(&["run"], Some(&write_config(dir.path(), &text)));
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("credentials.app.client_secret_file: cannot read"), "{err}");
+    assert!(
+        err.contains("credentials.app.client_secret_file: cannot read"),
+        "{err}"
+    );
     assert!(!err.contains("serving"), "{err}");
 }
 
@@ -232,7 +259,10 @@ fn check_shows_no_secret_for_a_managed_identity() {
     let text = "[credentials.app]\ntype = \"managed_identity\"\n\n[[route]]\nname = \"defender\"\nprefix = \"/\"\nupstream = \"xdr\"\ncredential = \"app\"\n";
     let (code, out, err) = run(&["check"], Some(&write_config(dir.path(), text)));
     assert_eq!(code, 0, "{err}");
-    let line = out.lines().find(|l| l.contains("managed_identity")).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("managed_identity"))
+        .unwrap();
     assert!(!line.contains("secret"), "{line}");
     let (code, out, _) = run(&["check"], Some(&write_config(dir.path(), &test_config())));
     assert_eq!(code, 0);
@@ -254,6 +284,9 @@ fn config_is_offered_only_by_the_commands_that_read_one() {
         assert_eq!(code, 0, "{err}");
         let (code, _, err) = run(&["--config", "proxy.toml", sub], None);
         assert_eq!(code, 64, "{err}");
-        assert!(err.contains("--config: is not used by health or demo"), "{err}");
+        assert!(
+            err.contains("--config: is not used by health or demo"),
+            "{err}"
+        );
     }
 }

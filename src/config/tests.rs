@@ -113,7 +113,11 @@ fn route_errors_from_parsing_and_expansion_name_the_route() {
 
 #[test]
 fn a_config_without_routes_is_refused() {
-    for text in ["", "[server]\nlisten = \"127.0.0.1:8080\"\n", &BASE[..BASE.find("[[route]]").unwrap()]] {
+    for text in [
+        "",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n",
+        &BASE[..BASE.find("[[route]]").unwrap()],
+    ] {
         let e = err(text);
         assert_eq!(e.path, "route", "{text}");
         assert!(e.message.contains("defines no route"), "{e}");
@@ -122,7 +126,9 @@ fn a_config_without_routes_is_refused() {
 
 #[test]
 fn a_duplicate_key_is_named_with_its_table() {
-    let e = err(&format!("{BASE}\n[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n"));
+    let e = err(&format!(
+        "{BASE}\n[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n"
+    ));
     assert!(
         e.message.ends_with("duplicate key `listen` in [server]"),
         "{e}"
@@ -130,8 +136,15 @@ fn a_duplicate_key_is_named_with_its_table() {
     assert!(e.message.contains("line "), "{e}");
     let e = err(&format!("{BASE}\n[server]\n[server]\n"));
     assert!(e.message.contains("duplicate key `server`"), "{e}");
-    let e = err(&BASE.replace("client_secret = \"s3cret-value\"", "client_secret = \"s3cret-value\"\nclient_secret = \"other-s3cret\""));
-    assert!(e.message.ends_with("duplicate key `client_secret` in [credentials.app]"), "{e}");
+    let e = err(&BASE.replace(
+        "client_secret = \"s3cret-value\"",
+        "client_secret = \"s3cret-value\"\nclient_secret = \"other-s3cret\"",
+    ));
+    assert!(
+        e.message
+            .ends_with("duplicate key `client_secret` in [credentials.app]"),
+        "{e}"
+    );
     assert!(!e.message.contains("s3cret"), "{e}");
 }
 
