@@ -288,7 +288,9 @@ fn shutdown_signal() -> impl Future<Output = ()> {
         }
     }
     #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
