@@ -153,6 +153,9 @@ fn the_readme_names_the_toolchain_cargo_toml_asks_for_and_says_windows_is_untest
         "Windows".into(),
         "**untested**".into(),
     ] {
-        assert!(section.contains(&needle), "\"What you need\" lacks {needle:?}");
+        assert!(
+            section.contains(&needle),
+            "\"What you need\" lacks {needle:?}"
+        );
     }
 }
