@@ -284,3 +284,35 @@ fn the_build_context_is_only_what_the_dockerfile_copies() {
         }
     }
 }
+
+#[test]
+fn ci_installs_systemd_analyze_when_missing() {
+    let ci = read(".ci/run");
+    assert!(
+        ci.contains("command -v systemd-analyze")
+            && ci.contains("apt-get install -y -qq --no-install-recommends systemd"),
+        "{ci}"
+    );
+    let syntax = Command::new("bash")
+        .args(["-n"])
+        .arg(repo(".ci/run"))
+        .status()
+        .unwrap();
+    assert!(syntax.success());
+}
+
+#[test]
+fn the_readme_install_steps_match_the_unit() {
+    let readme = read("README.md");
+    let unit = read("deploy/systemd/defender-proxy.service");
+    for step in [
+        "cargo install --locked --path . --root /usr/local",
+        "install -m 0644 deploy/systemd/proxy.toml /etc/defender-proxy/proxy.toml",
+        "install -m 0600 /dev/stdin /etc/defender-proxy/client-secret",
+        "install -m 0644 deploy/systemd/defender-proxy.service /etc/systemd/system/",
+        "systemctl enable --now defender-proxy",
+    ] {
+        assert!(readme.contains(step), "README lacks {step:?}");
+        assert!(unit.contains(step), "the unit's comment lacks {step:?}");
+    }
+}
