@@ -5,7 +5,9 @@ use std::fmt::Write;
 
 use crate::AppState;
 use crate::cloud::Cloud;
-use crate::config::{Config, ConfigError};
+use crate::config::{
+    Config, ConfigError, CredentialConfig, CredentialType, is_guid, is_tenant_name,
+};
 use crate::token::TokenKey;
 
 /// The redacted summary: listeners, credentials (never a secret) and routes.
@@ -32,11 +34,6 @@ pub fn summary(config: &Config, state: &AppState) -> String {
     let _ = writeln!(out, "\ncredentials:");
     for (i, c) in rt.credentials.iter().enumerate() {
         let cfg = &config.credentials[&*c.name];
-        let secret_from = if cfg.client_secret_file.is_some() {
-            "file"
-        } else {
-            "config/env"
-        };
         let mut tenants: Vec<String> = rt
             .router
             .named_tenants(i)
@@ -48,10 +45,11 @@ pub fn summary(config: &Config, state: &AppState) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<12} {:<14} client_id={}  secret=*** ({secret_from})  tenants: {}",
+            "  {:<12} {:<14} client_id={}  {}tenants: {}",
             c.name,
             cfg.kind.as_str(),
             cfg.client_id.as_deref().unwrap_or("-"),
+            proof(cfg),
             tenants.join(", ")
         );
     }
@@ -83,6 +81,25 @@ pub fn summary(config: &Config, state: &AppState) -> String {
         );
     }
     out
+}
+
+/// What a credential proves itself with, redacted: `secret=*** (file)`, a certificate's path,
+/// or nothing for a managed identity (Azure holds its secret).
+fn proof(c: &CredentialConfig) -> String {
+    let from = |file: &Option<std::path::PathBuf>| match file {
+        Some(_) => "file",
+        None => "config/env",
+    };
+    let path =
+        |p: &Option<std::path::PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
+    match c.kind {
+        CredentialType::ClientSecret => format!("secret=*** ({})  ", from(&c.client_secret_file)),
+        CredentialType::Password => format!("password=*** ({})  ", from(&c.password_file)),
+        CredentialType::ClientCertificate => format!("certificate={}  ", path(&c.certificate)),
+        CredentialType::WorkloadIdentity => format!("token_file={}  ", path(&c.token_file)),
+        CredentialType::DeviceCode => format!("token_store={}  ", path(&c.token_store)),
+        CredentialType::ManagedIdentity => String::new(),
+    }
 }
 
 /// One line of `check --live`.
@@ -157,10 +174,7 @@ pub fn consent_urls(
         .ok_or_else(|| ConfigError::new(path, "this credential has no client_id"))?;
     let authority = authority_host(config);
     let mut targets: Vec<(String, String)> = match tenant {
-        Some(t) => {
-            let guid = c.tenants.get(t).filter(|g| *g != "*").cloned();
-            vec![(t.to_string(), guid.unwrap_or_else(|| t.to_string()))]
-        }
+        Some(t) => vec![(t.to_string(), consent_tenant(c, t)?)],
         None => c
             .tenants
             .iter()
@@ -183,10 +197,60 @@ pub fn consent_urls(
         .map(|(label, t)| {
             (
                 format!("{label} ({t})"),
-                format!("{authority}/{t}/adminconsent?client_id={client_id}"),
+                format!(
+                    "{authority}/{}/adminconsent?client_id={}",
+                    encode(&t),
+                    encode(client_id)
+                ),
             )
         })
         .collect())
+}
+
+/// The tenant `--tenant` names: an alias of the credential's `tenants` table (any case), else
+/// a tenant GUID or a domain name. Anything else is most likely a typo of an alias, and a
+/// link for it would only fail in the browser.
+fn consent_tenant(c: &CredentialConfig, tenant: &str) -> Result<String, ConfigError> {
+    let alias = c
+        .tenants
+        .iter()
+        .find(|(a, g)| a.eq_ignore_ascii_case(tenant) && *g != "*");
+    if let Some((_, guid)) = alias {
+        return Ok(guid.clone());
+    }
+    if is_guid(tenant) || (tenant.contains('.') && is_tenant_name(tenant)) {
+        return Ok(tenant.to_string());
+    }
+    let known: Vec<&str> = c
+        .tenants
+        .iter()
+        .filter(|(_, g)| *g != "*")
+        .map(|(a, _)| a.as_str())
+        .collect();
+    let known = match known.as_slice() {
+        [] => "the credential has no tenants table".to_string(),
+        names => format!("known aliases: {}", names.join(", ")),
+    };
+    Err(ConfigError::new(
+        "--tenant",
+        format!(
+            "{tenant:?} is not an alias of this credential, a tenant GUID or a domain ({known})"
+        ),
+    ))
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters (§2.3), for a URL path segment or
+/// query value.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The Entra ID authority in effect: `[cloud] authority_host` (or `AZURE_AUTHORITY_HOST`), else

@@ -59,7 +59,10 @@ pub async fn run(listen: &str, shutdown: impl Future<Output = ()>) -> Result<(),
     )
     .await?;
     let config = Config::from_toml(&config_text(&sandbox.url(), listen), &|_: &str| None)?;
-    let listeners = Listeners::bind(&config).await?;
+    let listeners = Listeners {
+        proxy: crate::server::Listener::Tcp(crate::bind_named(listen, "proxy", "--listen").await?),
+        admin: Some(crate::bind_listener(&config.server.admin_listen).await?),
+    };
     let proxy = format!("http://{}", listeners.proxy.local_addr()?);
     let admin = listeners
         .admin

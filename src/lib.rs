@@ -73,7 +73,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener could not be bound or failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// TLS or HTTP client setup failed.
     #[error("{0}")]
@@ -94,11 +94,19 @@ impl Listeners {
         let s = &config.server;
         let proxy = match s.listen.strip_prefix("unix:") {
             #[cfg(unix)]
-            Some(path) => server::Listener::Unix(unix::Socket::bind(
-                std::path::Path::new(path),
-                config::socket_mode(&s.socket_mode).unwrap_or(0o600),
-                s.socket_group.as_deref(),
-            )?),
+            Some(path) => server::Listener::Unix(
+                unix::Socket::bind(
+                    std::path::Path::new(path),
+                    config::socket_mode(&s.socket_mode).unwrap_or(0o600),
+                    s.socket_group.as_deref(),
+                )
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open the proxy listener on {}: {e}; set server.listen to another path", s.listen),
+                    )
+                })?,
+            ),
             #[cfg(not(unix))]
             Some(_) => {
                 return Err(std::io::Error::new(
@@ -106,14 +114,29 @@ impl Listeners {
                     "unix: sockets are not available on this platform",
                 ));
             }
-            None => server::Listener::Tcp(bind_listener(&s.listen).await?),
+            None => server::Listener::Tcp(bind_named(&s.listen, "proxy", "server.listen").await?),
         };
         let admin = match config.server.admin_listen.as_str() {
             "" => None,
-            addr => Some(bind_listener(addr).await?),
+            addr => Some(bind_named(addr, "admin", "server.admin_listen").await?),
         };
         Ok(Listeners { proxy, admin })
     }
+}
+
+/// `bind_listener`, with an error that names the listener, its address and the setting
+/// (`setting`, a key or a flag) that moves it.
+pub async fn bind_named(addr: &str, listener: &str, setting: &str) -> std::io::Result<TcpListener> {
+    bind_listener(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "another process listens there: stop it, or ",
+            _ => "",
+        };
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open the {listener} listener on {addr}: {e}; {why}set {setting} to another address"),
+        )
+    })
 }
 
 /// Connections the kernel queues for a listener until the proxy accepts them.

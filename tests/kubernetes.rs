@@ -1,6 +1,8 @@
 //! The Kubernetes manifests parse, carry what a sidecar needs, and agree with the proxy
 //! config they ship: the probes hit the admin port the config listens on, the config is
-//! valid, and every file it names is under a mounted volume.
+//! valid with the shipped routes and rate limits, and every file it names is under a mounted
+//! volume. They create no Secret (the README's `kubectl create secret` does) and say which
+//! image to build and push.
 
 use std::path::Path;
 
@@ -178,5 +180,86 @@ fn check_files_are_mounted(file: &str, config: &Config, sidecar: &Value) {
             .find(|(m, _)| f.starts_with(m))
             .unwrap_or_else(|| panic!("{file}: {f} is not under a volume mount"));
         assert!(mount.1, "{file}: {} should be mounted read-only", mount.0);
+    }
+}
+
+fn manifest_text(file: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/kubernetes")
+            .join(file),
+    )
+    .unwrap()
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+#[test]
+fn every_manifest_keeps_the_shipped_routes_and_rate_limits() {
+    let shipped_text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml")).unwrap();
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some("00000000-0000-0000-0000-000000000000".to_string()),
+        "AZURE_CLIENT_ID" | "AZURE_CLIENT_SECRET" => Some("c".to_string()),
+        _ => None,
+    };
+    let shipped = Config::from_toml(&shipped_text, &env).unwrap();
+    let shown = |c: &Config| format!("{:#?}\n{:#?}", c.routes, c.rate_limit);
+    for file in manifest_files() {
+        let config = proxy_config(&documents(&file));
+        assert!(!config.rate_limit.is_empty(), "{file}: no rate limits");
+        assert_eq!(
+            shown(&config),
+            shown(&shipped),
+            "{file}: not the shipped routes and limits"
+        );
+    }
+}
+
+#[test]
+fn no_manifest_creates_a_secret_and_the_readme_shows_how_to_create_each_one_used() {
+    for file in manifest_files() {
+        let docs = documents(&file);
+        assert!(
+            !docs.iter().any(|d| d["kind"] == "Secret"),
+            "{file}: a Secret with a placeholder value would be applied as is"
+        );
+        let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_sequence().unwrap();
+        for name in volumes
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+        {
+            let create = format!("kubectl create secret generic {name} ");
+            assert!(readme().contains(&create), "README: no `{create}...`");
+            assert!(
+                manifest_text(&file).contains(&create),
+                "{file}: no `{create}...`"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_manifest_says_which_image_to_build_and_push() {
+    for file in manifest_files() {
+        let docs = documents(&file);
+        let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+        let sidecar = pod["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "defender-proxy")
+            .unwrap();
+        let image = str_of(&sidecar["image"]);
+        for step in [
+            format!("docker build -t {image} ."),
+            format!("docker push {image}"),
+        ] {
+            assert!(manifest_text(&file).contains(&step), "{file}: no `{step}`");
+            assert!(readme().contains(&step), "README: no `{step}`");
+        }
     }
 }

@@ -36,6 +36,22 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// Adds the name of the route a `route[N]...` error is about: people know their routes by
+    /// name, not by position in the file.
+    fn naming_route(mut self, name_of: impl Fn(usize) -> Option<String>) -> Self {
+        let index = self
+            .path
+            .strip_prefix("route[")
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|i| i.parse().ok());
+        if let Some(name) = index.and_then(name_of).filter(|n| !n.is_empty()) {
+            self.message.push_str(&format!(" (route {name:?})"));
+        }
+        self
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
@@ -346,11 +362,16 @@ impl Config {
     /// Parses and expands TOML text without validating.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
-        expand::expand_table(&mut table, "", env)?;
+        let routes = table.get("route").and_then(toml::Value::as_array).cloned();
+        let name_of = |i: usize| {
+            let name = routes.as_ref()?.get(i)?.get("name")?.as_str()?;
+            Some(name.to_string())
+        };
+        expand::expand_table(&mut table, "", env).map_err(|e| e.naming_route(name_of))?;
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = key_path(e.path());
-            ConfigError::new(path, without_value(e.into_inner().to_string()))
+            ConfigError::new(path, without_value(e.into_inner().to_string())).naming_route(name_of)
         })
     }
 
@@ -362,7 +383,8 @@ impl Config {
     /// Validates, filling values taken from the environment (authority host and the like).
     pub fn validated(mut self, env: &dyn Env) -> Result<Config, ConfigError> {
         validate::apply_env_fallbacks(&mut self, env);
-        validate::validate(&self)?;
+        validate::validate(&self)
+            .map_err(|e| e.naming_route(|i| Some(self.routes.get(i)?.name.clone())))?;
         Ok(self)
     }
 
@@ -431,10 +453,37 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let before = &text[..start];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let key = match e.span() {
+        Some(span) if message == "duplicate key" => duplicate_key(text, before, span),
+        _ => String::new(),
+    };
     ConfigError::new(
         "",
-        format!("invalid TOML at line {line}, column {column}: {message}"),
+        format!("invalid TOML at line {line}, column {column}: {message}{key}"),
     )
+}
+
+/// Names a duplicate key, and the table it is in (the last header above it): the parser's
+/// span covers the key, never a value, so no secret is shown.
+fn duplicate_key(text: &str, before: &str, span: std::ops::Range<usize>) -> String {
+    let key = text.get(span).unwrap_or_default().trim();
+    if key.is_empty() || key.len() > 200 || key.contains(['\n', '=']) {
+        return String::new();
+    }
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    if before[line_start..].trim_start().starts_with('[') {
+        return format!(" `{key}` (a table defined twice)");
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.split('#').next().unwrap_or(l).trim());
+    match table {
+        Some(table) => format!(" `{key}` in {table}"),
+        None => format!(" `{key}`"),
+    }
 }
 
 /// A serde path as `route[0].strip`, keys quoted when they are not bare (`""`, `"a.b"`).

@@ -92,12 +92,60 @@ fn wrong_types_name_their_path() {
 }
 
 #[test]
-fn missing_credential_reference_is_named() {
+fn missing_credential_reference_is_named_with_the_route_name() {
     let e = err(&BASE.replace("credential = \"app\"", "credential = \"ap\""));
     assert_eq!(
         e.to_string(),
-        "route[0].credential: no credential named \"ap\""
+        "route[0].credential: no credential named \"ap\" (route \"defender\")"
     );
+}
+
+#[test]
+fn route_errors_from_parsing_and_expansion_name_the_route() {
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\nstrip = true"));
+    assert!(e.message.ends_with("(route \"defender\")"), "{e}");
+    let e = err(&BASE.replace("upstream = \"xdr\"", "upstream = \"${NO_SUCH_UPSTREAM}\""));
+    assert_eq!(
+        e.to_string(),
+        "route[0].upstream: environment variable NO_SUCH_UPSTREAM is not set (route \"defender\")"
+    );
+}
+
+#[test]
+fn a_config_without_routes_is_refused() {
+    for text in [
+        "",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n",
+        &BASE[..BASE.find("[[route]]").unwrap()],
+    ] {
+        let e = err(text);
+        assert_eq!(e.path, "route", "{text}");
+        assert!(e.message.contains("defines no route"), "{e}");
+    }
+}
+
+#[test]
+fn a_duplicate_key_is_named_with_its_table() {
+    let e = err(&format!(
+        "{BASE}\n[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n"
+    ));
+    assert!(
+        e.message.ends_with("duplicate key `listen` in [server]"),
+        "{e}"
+    );
+    assert!(e.message.contains("line "), "{e}");
+    let e = err(&format!("{BASE}\n[server]\n[server]\n"));
+    assert!(e.message.contains("duplicate key `server`"), "{e}");
+    let e = err(&BASE.replace(
+        "client_secret = \"s3cret-value\"",
+        "client_secret = \"s3cret-value\"\nclient_secret = \"other-s3cret\"",
+    ));
+    assert!(
+        e.message
+            .ends_with("duplicate key `client_secret` in [credentials.app]"),
+        "{e}"
+    );
+    assert!(!e.message.contains("s3cret"), "{e}");
 }
 
 #[test]

@@ -63,6 +63,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::new(path, "limits must be at least 1"));
         }
     }
+    if config.routes.is_empty() {
+        return Err(ConfigError::new(
+            "route",
+            "the config defines no route: add a [[route]] table (the shipped proxy.toml has one per API)",
+        ));
+    }
     let mut prefixes = HashSet::new();
     let mut names = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
