@@ -23,7 +23,7 @@
 # target/tools. Exits 0 when everything ran, whether or not the targets are met (STRICT=1:
 # exits 2 when one is not).
 #
-#   bench/run.sh                              # the full run, about 8 minutes
+#   bench/run.sh                              # the full run, about 7 minutes
 #   DURATION=2s ROUNDS=1 PACED_DURATION=3s bench/run.sh   # a smoke run, about a minute
 #   DP_BIN=/path/to/defender-proxy bench/run.sh           # another binary (not built here)
 #
@@ -293,8 +293,9 @@ burst_fetches=$(fetches $DPCA)
 burst_ok=${burst#*ok=}; burst_ok=${burst_ok%% *}
 echo "  cold burst: $burst token_requests=$burst_fetches"
 
-# Streaming memory, on a proxy of its own: a 1 GiB download and a 256 MiB upload. Flat: the
-# peak RSS grows by at most 16 MiB (1/64 of the download) over each.
+# Streaming memory, on a proxy of its own: a 1 GiB download and a 256 MiB upload (chunked:
+# curl counts the chunks' framing in its size). Flat: the peak RSS grows by at most 16 MiB
+# (1/64 of the download) over each.
 mkdir -p "$WORK/big" && truncate -s 1G "$WORK/big/file1g" && chmod -R a+rX "$WORK/big"
 start_dp dp-stream $DPM "" false ""
 wait_ok "http://127.0.0.1:$DPM/api/incidents"
@@ -315,7 +316,7 @@ ok() { [ "$1" = "$2" ] && echo 1 || echo 0; } # for bc: whether two words are eq
 target "$TENANTS tenants: peak RSS < 40 MiB" "$((peak/1024)) MiB" "$tenant_fetches >= $TENANTS && $peak < 40 * 1024"
 target "cold burst: 1 token request" "$burst_fetches" "$burst_fetches == 1 && $burst_ok == $BURST"
 target "1 GiB download in flat memory" "+$(( (rss_dl - rss_before) / 1024 )) MiB" "$(ok "$dl_code" 200) && $dl_bytes == 1073741824 && $rss_dl - $rss_before <= 16384"
-target "256 MiB upload in flat memory" "+$(( (rss_ul - rss_dl) / 1024 )) MiB" "$(ok "$ul_code" 200) && $ul_bytes == 268435456 && $rss_ul - $rss_dl <= 16384"
+target "256 MiB upload in flat memory" "+$(( (rss_ul - rss_dl) / 1024 )) MiB" "$(ok "$ul_code" 200) && $ul_bytes >= 268435456 && $rss_ul - $rss_dl <= 16384"
 
 echo
 if [ "$NOT_MET" = 0 ]; then echo "all targets met"; else echo "$NOT_MET target(s) not met"; fi
