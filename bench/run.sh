@@ -2,7 +2,7 @@
 # The benchmark of issue 21, on loopback, in one run.
 #
 # 1. Throughput, side by side. An nginx upstream answers 1 KiB of JSON (and serves a static
-#    token endpoint); wrk -c64 drives each of these in turn, interleaved over ROUNDS rounds:
+#    token endpoint); wrk -c64 (one thread) drives each of these in turn, interleaved over ROUNDS rounds:
 #      direct      the upstream itself
 #      nginx       nginx as a reverse proxy adding `Authorization: Bearer ...`
 #      haproxy     haproxy doing the same
@@ -13,8 +13,9 @@
 #    defender-proxy's targets: >= 0.75x nginx's rate, >= 3x Caddy's, p99 <= 2x nginx's, peak
 #    RSS <= 32 MiB.
 # 2. Added latency at a paced load: oha at PACED_RATE req/s for PACED_DURATION, direct and
-#    through defender-proxy, alternately, ROUNDS times; the median of each round's p50 and p99
-#    added. Targets: p50 added <= 0.2 ms, p99 added <= 1 ms.
+#    through defender-proxy, alternately, ROUNDS times. Added: defender-proxy's p50 (p99) minus
+#    the direct one in the same round, the median over the rounds. Targets: p50 added <= 0.2
+#    ms, p99 added <= 1 ms.
 # 3. Each on a fresh proxy: TENANTS tenants (peak RSS < 40 MiB), a cold burst of BURST requests
 #    (1 token request), a 1 GiB download and a 256 MiB upload (flat memory), start-up time.
 #
