@@ -6,7 +6,7 @@ use std::future::Future;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 use crate::{Listeners, RunError};
 
 /// The demo's config for a sandbox at `url`, with the proxy on `listen`.

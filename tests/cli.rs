@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::binary::{BIN, Proxy, free_port, listening, write_config};
 use common::{Setup, config_text};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 fn run_check(config: &Path, extra_env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);

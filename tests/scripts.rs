@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{Setup, start_edited};
-use defender_proxy::sandbox::{self, SandboxOptions};
+use defender_sandbox::{self as sandbox, SandboxOptions};
 
 /// A `PYTHONPATH` under which `import requests` works, installing it once if needed.
 fn python_path() -> String {

@@ -4,7 +4,7 @@
 pub mod binary;
 
 use defender_proxy::config::Config;
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 use defender_proxy::{Handle, Listeners};
 
 /// A running sandbox and proxy.
