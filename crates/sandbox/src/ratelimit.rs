@@ -1,4 +1,10 @@
-//! Per (tenant, API family) sliding-window limits, as the Defender APIs document them.
+//! Per (app, tenant, API family) rolling windows of a minute and an hour, as the Defender APIs
+//! document their quotas: Defender XDR incidents 50 a minute and 1500 an hour
+//! (<https://learn.microsoft.com/defender-xdr/api-list-incidents>), MDE machines and alerts
+//! 100 and 1500 (<https://learn.microsoft.com/defender-endpoint/api/get-machines>), advanced
+//! hunting 45 a minute (<https://learn.microsoft.com/defender-xdr/api-advanced-hunting>), MDE
+//! advanced queries 45 and 1500 (<https://learn.microsoft.com/defender-endpoint/api/run-advanced-query-api>),
+//! Graph security 150 a minute (<https://learn.microsoft.com/graph/throttling-limits#security-api-limits>).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -13,10 +19,20 @@ use super::state::lock;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Family {
     Incidents,
+    /// Defender XDR advanced hunting.
     Hunting,
+    /// MDE advanced queries.
+    MdeHunting,
     /// MDE machines and alerts.
     Mde,
     Graph,
+}
+
+/// A family's budget: calls per window of a minute and of an hour (0: no hourly limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Quota {
+    pub per_minute: u32,
+    pub per_hour: u32,
 }
 
 impl Family {
@@ -30,8 +46,10 @@ impl Family {
             Some(Family::Graph)
         } else if under("/api/incidents") {
             Some(Family::Incidents)
-        } else if under("/api/advancedhunting") || under("/api/advancedqueries") {
+        } else if under("/api/advancedhunting") {
             Some(Family::Hunting)
+        } else if under("/api/advancedqueries") {
+            Some(Family::MdeHunting)
         } else if under("/api/machines") || under("/api/alerts") {
             Some(Family::Mde)
         } else {
@@ -39,49 +57,84 @@ impl Family {
         }
     }
 
-    pub fn limit(self, opts: &SandboxOptions) -> u32 {
-        match self {
-            Family::Incidents => opts.incidents_per_minute,
-            Family::Hunting => opts.hunting_per_minute,
-            Family::Mde => opts.mde_per_minute,
-            Family::Graph => opts.graph_per_minute,
+    pub fn quota(self, opts: &SandboxOptions) -> Quota {
+        let (per_minute, per_hour) = match self {
+            Family::Incidents => (opts.incidents_per_minute, opts.incidents_per_hour),
+            Family::Hunting => (opts.hunting_per_minute, 0),
+            Family::MdeHunting => (opts.hunting_per_minute, opts.mde_hunting_per_hour),
+            Family::Mde => (opts.mde_per_minute, opts.mde_per_hour),
+            Family::Graph => (opts.graph_per_minute, 0),
+        };
+        Quota {
+            per_minute,
+            per_hour,
         }
     }
 }
 
-/// Admission times per (tenant, family) within the current window.
+/// Whose budget a request spends: the app (client ID), the tenant and the API family.
+type Key = (String, String, Family);
+
+/// Admission times per key within the last hour window, oldest first.
 #[derive(Default)]
 pub(super) struct RateLimiter {
-    windows: Mutex<HashMap<(String, Family), VecDeque<Instant>>>,
+    windows: Mutex<HashMap<Key, VecDeque<Instant>>>,
 }
 
 impl RateLimiter {
-    /// Admits one request, or says how long until the oldest admission leaves the window.
+    /// Admits one request of `app` in `tenant`, or says how long until both windows have
+    /// room: `minute` is the short window, and the hour window is sixty of them.
     pub fn admit(
         &self,
-        tenant: &str,
+        (app, tenant): (&str, &str),
         family: Family,
-        limit: u32,
-        window: Duration,
+        quota: Quota,
+        minute: Duration,
     ) -> Result<(), Duration> {
+        let hour = minute * 60;
         let now = Instant::now();
         let mut windows = lock(&self.windows);
-        let hits = windows.entry((tenant.to_owned(), family)).or_default();
-        while hits
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
+        let key = (app.to_ascii_lowercase(), tenant.to_ascii_lowercase(), family);
+        let hits = windows.entry(key).or_default();
+        while hits.front().is_some_and(|t| now.duration_since(*t) >= hour) {
             hits.pop_front();
         }
-        if hits.len() < limit as usize {
-            hits.push_back(now);
-            return Ok(());
+        let waits = [
+            wait_for_room(hits, quota.per_minute, minute, now),
+            (quota.per_hour > 0)
+                .then(|| wait_for_room(hits, quota.per_hour, hour, now))
+                .flatten(),
+        ];
+        match waits.into_iter().flatten().max() {
+            Some(wait) => Err(wait),
+            None => {
+                hits.push_back(now);
+                Ok(())
+            }
         }
-        let waited = hits
-            .front()
-            .map_or(Duration::ZERO, |t| now.duration_since(*t));
-        Err(window.saturating_sub(waited))
     }
+}
+
+/// How long until fewer than `limit` of `hits` (oldest first) are within `window` of `now`;
+/// `None` when there is room already.
+fn wait_for_room(
+    hits: &VecDeque<Instant>,
+    limit: u32,
+    window: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    let inside = hits
+        .iter()
+        .rev()
+        .take_while(|t| now.duration_since(**t) < window)
+        .count();
+    let limit = limit as usize;
+    if inside < limit {
+        return None;
+    }
+    // The admission that must leave the window before there is room for one more.
+    let leaving = hits[hits.len() - inside + (inside - limit)];
+    Some(window.saturating_sub(now.duration_since(leaving)))
 }
 
 /// Whole seconds to announce in `Retry-After`: rounded up, at least 1.
@@ -100,27 +153,56 @@ mod tests {
         assert_eq!(Family::of("/api/incidents/12"), Some(Family::Incidents));
         assert_eq!(
             Family::of("/api/advancedqueries/run"),
-            Some(Family::Hunting)
+            Some(Family::MdeHunting)
         );
+        assert_eq!(Family::of("/api/advancedhunting/run"), Some(Family::Hunting));
         assert_eq!(Family::of("/api/machines"), Some(Family::Mde));
         assert_eq!(Family::of("/v1.0/security/incidents"), Some(Family::Graph));
         assert_eq!(Family::of("/api/_test/echo"), None);
         assert_eq!(Family::of("/api/incidentsx"), None);
     }
 
+    const THREE_A_MINUTE: Quota = Quota {
+        per_minute: 3,
+        per_hour: 0,
+    };
+
     #[tokio::test]
-    async fn limit_is_per_tenant_and_family() {
+    async fn limit_is_per_app_tenant_and_family() {
         let limiter = RateLimiter::default();
         let minute = Duration::from_secs(60);
         for _ in 0..3 {
-            assert!(limiter.admit("a", Family::Mde, 3, minute).is_ok());
+            assert!(limiter.admit(("app", "a"), Family::Mde, THREE_A_MINUTE, minute).is_ok());
         }
         let wait = limiter
-            .admit("a", Family::Mde, 3, minute)
+            .admit(("app", "a"), Family::Mde, THREE_A_MINUTE, minute)
             .expect_err("fourth is refused");
         assert!(wait > Duration::from_secs(59) && wait <= minute);
-        assert!(limiter.admit("b", Family::Mde, 3, minute).is_ok());
-        assert!(limiter.admit("a", Family::Graph, 3, minute).is_ok());
+        assert!(limiter.admit(("app", "b"), Family::Mde, THREE_A_MINUTE, minute).is_ok());
+        assert!(limiter.admit(("app", "a"), Family::Graph, THREE_A_MINUTE, minute).is_ok());
+        assert!(limiter.admit(("other", "a"), Family::Mde, THREE_A_MINUTE, minute).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_hourly_quota_holds_after_the_minute_has_room() {
+        let limiter = RateLimiter::default();
+        let minute = Duration::from_secs(60);
+        let quota = Quota {
+            per_minute: 2,
+            per_hour: 3,
+        };
+        for _ in 0..2 {
+            assert!(limiter.admit(("app", "t"), Family::Incidents, quota, minute).is_ok());
+        }
+        tokio::time::advance(minute).await;
+        assert!(limiter.admit(("app", "t"), Family::Incidents, quota, minute).is_ok());
+        tokio::time::advance(minute).await;
+        let wait = limiter
+            .admit(("app", "t"), Family::Incidents, quota, minute)
+            .expect_err("the fourth in an hour is refused");
+        assert_eq!(wait, minute * 58, "until the first admission is an hour old");
+        tokio::time::advance(wait).await;
+        assert!(limiter.admit(("app", "t"), Family::Incidents, quota, minute).is_ok());
     }
 
     #[test]
