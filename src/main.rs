@@ -59,11 +59,29 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
     },
-    /// Start the built-in sandbox (Entra ID and Defender API emulator) and the proxy, offline.
+    /// Run a config (default: the shipped proxy.toml) against the built-in sandbox, offline.
     Demo {
-        /// Proxy address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Proxy address (overrides server.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Admin address (overrides server.admin_listen).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
+        /// The sandbox's address.
+        #[arg(long, value_name = "ADDR", default_value = demo::SANDBOX_LISTEN)]
+        sandbox_listen: String,
+        /// Seed of the sandbox's data.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run the built-in sandbox (Entra ID and Defender API emulator) alone, offline.
+    Sandbox {
+        /// The sandbox's address.
+        #[arg(long, value_name = "ADDR", default_value = demo::SANDBOX_LISTEN)]
         listen: String,
+        /// Seed of the generated data: the same seed gives the same data.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -103,10 +121,10 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let path = cli
+    let given = cli
         .config
-        .or_else(|| std::env::var_os("DEFENDER_PROXY_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("proxy.toml"));
+        .or_else(|| std::env::var_os("DEFENDER_PROXY_CONFIG").map(PathBuf::from));
+    let path = given.clone().unwrap_or_else(|| PathBuf::from("proxy.toml"));
     match cli.command.unwrap_or(Command::Run { log_format: None }) {
         Command::Run { log_format } => run(&path, log_format).await,
         Command::Check { live } => check_config(&path, live).await,
@@ -143,9 +161,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("unhealthy: {url}");
             ExitCode::FAILURE
         }),
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+            sandbox_listen,
+            seed,
+        } => {
             init_logging(LogFormat::Text, "info");
-            demo::run(&listen, shutdown_signal()).await?;
+            let opts = demo::DemoOptions {
+                config: given,
+                listen,
+                admin_listen,
+                sandbox_listen,
+                seed,
+            };
+            demo::run(opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox { listen, seed } => {
+            init_logging(LogFormat::Text, "info");
+            demo::run_sandbox(&listen, seed, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
