@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod python;
 
 use defender_proxy::config::Config;
 use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
