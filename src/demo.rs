@@ -113,7 +113,10 @@ async fn serve(
         Some(l) => format!("http://{}", l.local_addr()?),
         None => "-".to_owned(),
     };
-    let source = path.map_or_else(|| "the shipped proxy.toml".to_owned(), |p| p.display().to_string());
+    let source = path.map_or_else(
+        || "the shipped proxy.toml".to_owned(),
+        |p| p.display().to_string(),
+    );
     println!("{}", banner(&proxy, &admin, url, &source, &config));
     crate::run(config, listeners, shutdown).await
 }
@@ -152,7 +155,11 @@ fn user_code(message: &str) -> Option<&str> {
 }
 
 fn or_default(listen: &str) -> &str {
-    if listen.is_empty() { SANDBOX_LISTEN } else { listen }
+    if listen.is_empty() {
+        SANDBOX_LISTEN
+    } else {
+        listen
+    }
 }
 
 /// `http://IP:PORT` to reach a listener at `addr` from this machine (loopback for a wildcard).
@@ -347,10 +354,21 @@ mod tests {
     fn the_shipped_config_runs_in_the_demo_without_any_variable() {
         let mut config = shipped_config().expect("valid");
         let mut opts = SandboxOptions::default();
-        retarget(&mut config, "http://127.0.0.1:8090", &mut opts, Path::new(".")).expect("ok");
+        retarget(
+            &mut config,
+            "http://127.0.0.1:8090",
+            &mut opts,
+            Path::new("."),
+        )
+        .expect("ok");
         let config = config.validated(&DemoEnv).expect("valid");
         assert!(config.routes.iter().any(|r| r.prefix == "/graph/"));
-        assert!(config.routes.iter().all(|r| r.upstream.starts_with("http://127.0.0.1:8090")));
+        assert!(
+            config
+                .routes
+                .iter()
+                .all(|r| r.upstream.starts_with("http://127.0.0.1:8090"))
+        );
     }
 
     #[test]

@@ -133,7 +133,10 @@ fn a_script_pages_and_survives_a_throttle_and_a_token_fault_against_the_demo() {
         .args(["health", "--url", &format!("{admin}/healthz")])
         .status()
         .unwrap();
-    assert!(health.success(), "the demo's admin listener is the config's");
+    assert!(
+        health.success(),
+        "the demo's admin listener is the config's"
+    );
 }
 
 #[test]
@@ -152,7 +155,10 @@ fn check_live_passes_with_the_snippet_the_sandbox_prints() {
         .and_then(|rest| rest.split_once(SNIPPET_END))
         .map(|(snippet, _)| snippet)
         .unwrap_or_else(|| panic!("no snippet in:\n{printed}"));
-    assert!(printed.contains("client secret  sandbox-secret"), "{printed}");
+    assert!(
+        printed.contains("client secret  sandbox-secret"),
+        "{printed}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), snippet);
     let out = Command::new(BIN)

@@ -72,10 +72,12 @@ fn play(
     let path = format!("credentials.{name}");
     let client_id = c.client_id.clone().unwrap_or_default();
     let client_secret = match c.kind {
-        CredentialType::ClientSecret | CredentialType::Password => {
-            read_secret(&c.client_secret, &c.client_secret_file, &format!("{path}.client_secret"))?
-                .map(|s| s.expose().to_owned())
-        }
+        CredentialType::ClientSecret | CredentialType::Password => read_secret(
+            &c.client_secret,
+            &c.client_secret_file,
+            &format!("{path}.client_secret"),
+        )?
+        .map(|s| s.expose().to_owned()),
         _ => None,
     };
     if !client_id.is_empty() {
@@ -88,15 +90,20 @@ fn play(
     match c.kind {
         CredentialType::ClientSecret => {}
         CredentialType::ClientCertificate => {
-            let der = certificate_der(c).map_err(|e| ConfigError::new(format!("{path}.certificate"), e))?;
+            let der = certificate_der(c)
+                .map_err(|e| ConfigError::new(format!("{path}.certificate"), e))?;
             opts.certificates.push((client_id, der));
         }
         CredentialType::WorkloadIdentity => {
             let file = c.token_file.clone().unwrap_or_default();
             let token = std::fs::read_to_string(&file).map_err(|e| {
-                ConfigError::new(format!("{path}.token_file"), format!("cannot read {}: {e}", file.display()))
+                ConfigError::new(
+                    format!("{path}.token_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
             })?;
-            opts.federated_tokens.push((client_id, token.trim().to_owned()));
+            opts.federated_tokens
+                .push((client_id, token.trim().to_owned()));
         }
         CredentialType::ManagedIdentity => {
             let endpoint = match app_service_header() {
@@ -118,8 +125,10 @@ fn play(
         CredentialType::Password => {
             let password = read_secret(&c.password, &c.password_file, &format!("{path}.password"))?;
             let user = c.username.clone().unwrap_or_default();
-            opts.users
-                .push((user, password.map(|p| p.expose().to_owned()).unwrap_or_default()));
+            opts.users.push((
+                user,
+                password.map(|p| p.expose().to_owned()).unwrap_or_default(),
+            ));
         }
     }
     Ok(())
@@ -193,11 +202,27 @@ credential = "mi"
             Some("https://api-gcc.security.microsoft.us/.default")
         );
         assert_eq!(config.routes[1].upstream, format!("{url}/api"));
-        assert!(opts.audiences.contains(&"https://api-gcc.security.microsoft.us".to_owned()));
-        let app = opts.clients.iter().find(|c| c.client_id.ends_with("c2")).expect("registered");
-        assert_eq!((app.client_secret.as_str(), app.tenants.as_slice()), ("s3", &["*".to_owned()][..]));
+        assert!(
+            opts.audiences
+                .contains(&"https://api-gcc.security.microsoft.us".to_owned())
+        );
+        let app = opts
+            .clients
+            .iter()
+            .find(|c| c.client_id.ends_with("c2"))
+            .expect("registered");
+        assert_eq!(
+            (app.client_secret.as_str(), app.tenants.as_slice()),
+            ("s3", &["*".to_owned()][..])
+        );
         assert!(opts.managed_identities.iter().any(|m| m.ends_with("c3")));
         let config = config.validated(&|_: &str| None).expect("still valid");
-        assert_eq!(config.credentials["mi"].endpoint.as_deref().map(|e| e.starts_with(url)), Some(true));
+        assert_eq!(
+            config.credentials["mi"]
+                .endpoint
+                .as_deref()
+                .map(|e| e.starts_with(url)),
+            Some(true)
+        );
     }
 }

@@ -5,8 +5,8 @@ pub mod binary;
 pub mod python;
 
 use defender_proxy::config::Config;
-use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 use defender_proxy::{Handle, Listeners};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 /// A running sandbox and proxy.
 pub struct TestEnv {

@@ -16,8 +16,8 @@ use serde_json::json;
 use super::faults::{ApiFault, aborted_response, fault_status};
 use super::ratelimit::{Family, retry_after_secs};
 use super::state::State;
-use super::tokens::{AuthFailure, Caller};
 use super::time::{iso8601, unix_now};
+use super::tokens::{AuthFailure, Caller};
 use super::{hunting, lists, testapi};
 
 /// Every `/api/*` and `/v1.0/*` route, behind [`gate`].
@@ -62,7 +62,12 @@ async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) ->
     if let Err(wait) = admit(&st, &caller, req.uri().path()) {
         let secs = retry_after_secs(wait);
         let message = format!("Rate limit is exceeded. Try again in {secs} seconds.");
-        let response = api_error(graph, StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", &message);
+        let response = api_error(
+            graph,
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            &message,
+        );
         return read_body_then(req, with_retry_after(response, &secs.to_string())).await;
     }
     req.extensions_mut().insert(caller);
@@ -126,7 +131,11 @@ fn unauthorized(graph: bool, failure: &AuthFailure) -> Response {
         _ => "Bearer error=\"invalid_token\"",
     };
     // Graph names every refused token InvalidAuthenticationToken.
-    let code = if graph { "InvalidAuthenticationToken" } else { "Unauthorized" };
+    let code = if graph {
+        "InvalidAuthenticationToken"
+    } else {
+        "Unauthorized"
+    };
     let mut response = api_error(graph, StatusCode::UNAUTHORIZED, code, &failure.message());
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,

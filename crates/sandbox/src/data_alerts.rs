@@ -83,7 +83,9 @@ fn alert_core(tenant: &str, j: usize, counts: Counts) -> AlertCore {
 fn alert_created(tenant: &str, j: usize, counts: Counts, rng: &mut Rng) -> u64 {
     let incidents = counts.incidents.max(1);
     let round = (j / incidents) as u64;
-    incident_created(counts.seed, tenant, j % incidents) + round.saturating_mul(900) + rng.below(900)
+    incident_created(counts.seed, tenant, j % incidents)
+        + round.saturating_mul(900)
+        + rng.below(900)
 }
 
 fn incident_created(seed: u64, tenant: &str, i: usize) -> u64 {

@@ -49,7 +49,9 @@ async fn run(
         return defender_error(StatusCode::BAD_REQUEST, "BadRequest", message);
     };
     let rows = requested_rows(&query);
-    let results: Vec<Value> = (0..rows).map(|i| row(st.opts.seed, &caller.tenant, &query, i)).collect();
+    let results: Vec<Value> = (0..rows)
+        .map(|i| row(st.opts.seed, &caller.tenant, &query, i))
+        .collect();
     Json(json!({"Stats": stats(rows), "Schema": schema(), "Results": results})).into_response()
 }
 

@@ -78,24 +78,55 @@ impl Collection {
             Collection::Incidents => &["lastUpdateTime", "createdTime", "status", "assignedTo"],
             // https://learn.microsoft.com/defender-endpoint/api/get-alerts
             Collection::Alerts => &[
-                "alertCreationTime", "lastUpdateTime", "incidentId", "investigationId", "id",
-                "assignedTo", "detectionSource", "lastEventTime", "status", "severity", "category",
+                "alertCreationTime",
+                "lastUpdateTime",
+                "incidentId",
+                "investigationId",
+                "id",
+                "assignedTo",
+                "detectionSource",
+                "lastEventTime",
+                "status",
+                "severity",
+                "category",
             ],
             // https://learn.microsoft.com/defender-endpoint/api/get-machines
             Collection::Machines => &[
-                "computerDnsName", "id", "version", "deviceValue", "aadDeviceId", "machineTags",
-                "lastSeen", "exposureLevel", "onboardingStatus", "lastIpAddress", "healthStatus",
-                "osPlatform", "riskScore", "rbacGroupId",
+                "computerDnsName",
+                "id",
+                "version",
+                "deviceValue",
+                "aadDeviceId",
+                "machineTags",
+                "lastSeen",
+                "exposureLevel",
+                "onboardingStatus",
+                "lastIpAddress",
+                "healthStatus",
+                "osPlatform",
+                "riskScore",
+                "rbacGroupId",
             ],
             // https://learn.microsoft.com/graph/api/security-list-incidents
             Collection::GraphIncidents => &[
-                "assignedTo", "classification", "createdDateTime", "determination",
-                "lastUpdateDateTime", "severity", "status",
+                "assignedTo",
+                "classification",
+                "createdDateTime",
+                "determination",
+                "lastUpdateDateTime",
+                "severity",
+                "status",
             ],
             // https://learn.microsoft.com/graph/api/security-list-alerts_v2
             Collection::GraphAlerts => &[
-                "assignedTo", "classification", "determination", "createdDateTime",
-                "lastUpdateDateTime", "severity", "serviceSource", "status",
+                "assignedTo",
+                "classification",
+                "determination",
+                "createdDateTime",
+                "lastUpdateDateTime",
+                "severity",
+                "serviceSource",
+                "status",
             ],
         }
     }
@@ -242,7 +273,12 @@ fn odata(status: StatusCode, body: &Value) -> Response {
 }
 
 fn bad_request(coll: Collection, message: &str) -> Response {
-    api_error(coll.is_graph(), StatusCode::BAD_REQUEST, "BadRequest", message)
+    api_error(
+        coll.is_graph(),
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        message,
+    )
 }
 
 /// The window of a list request.
@@ -438,18 +474,39 @@ mod tests {
     async fn filter_takes_only_the_documented_properties() {
         let sb = start(SandboxOptions::default()).await;
         let a = token(&sb, TENANT_A, XDR).await;
-        let new = get_json(&sb, &a, "/api/incidents?$filter=Status%20eq%20'Active'", 200).await;
+        let new = get_json(
+            &sb,
+            &a,
+            "/api/incidents?$filter=Status%20eq%20'Active'",
+            200,
+        )
+        .await;
         let items = new["value"].as_array().expect("value");
         assert!(!items.is_empty() && items.iter().all(|i| i["status"] == "Active"));
-        let refused = get_json(&sb, &a, "/api/incidents?$filter=severity%20eq%20'High'", 400).await;
+        let refused = get_json(
+            &sb,
+            &a,
+            "/api/incidents?$filter=severity%20eq%20'High'",
+            400,
+        )
+        .await;
         assert_eq!(
             refused["error"]["message"],
             "The property 'severity' cannot be used in the $filter query option."
         );
         get_json(&sb, &a, "/api/alerts?$filter=severity%20eq%20'High'", 200).await;
         let g = token(&sb, TENANT_A, GRAPH).await;
-        let refused = get_json(&sb, &g, "/v1.0/security/alerts_v2?$filter=title%20eq%20'x'", 400).await;
+        let refused = get_json(
+            &sb,
+            &g,
+            "/v1.0/security/alerts_v2?$filter=title%20eq%20'x'",
+            400,
+        )
+        .await;
         assert_eq!(refused["error"]["code"], "BadRequest");
-        assert!(refused["error"]["innerError"]["request-id"].is_string(), "{refused}");
+        assert!(
+            refused["error"]["innerError"]["request-id"].is_string(),
+            "{refused}"
+        );
     }
 }

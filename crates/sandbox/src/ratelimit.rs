@@ -94,7 +94,11 @@ impl RateLimiter {
         let hour = minute * 60;
         let now = Instant::now();
         let mut windows = lock(&self.windows);
-        let key = (app.to_ascii_lowercase(), tenant.to_ascii_lowercase(), family);
+        let key = (
+            app.to_ascii_lowercase(),
+            tenant.to_ascii_lowercase(),
+            family,
+        );
         let hits = windows.entry(key).or_default();
         while hits.front().is_some_and(|t| now.duration_since(*t) >= hour) {
             hits.pop_front();
@@ -155,7 +159,10 @@ mod tests {
             Family::of("/api/advancedqueries/run"),
             Some(Family::MdeHunting)
         );
-        assert_eq!(Family::of("/api/advancedhunting/run"), Some(Family::Hunting));
+        assert_eq!(
+            Family::of("/api/advancedhunting/run"),
+            Some(Family::Hunting)
+        );
         assert_eq!(Family::of("/api/machines"), Some(Family::Mde));
         assert_eq!(Family::of("/v1.0/security/incidents"), Some(Family::Graph));
         assert_eq!(Family::of("/api/_test/echo"), None);
@@ -172,15 +179,31 @@ mod tests {
         let limiter = RateLimiter::default();
         let minute = Duration::from_secs(60);
         for _ in 0..3 {
-            assert!(limiter.admit(("app", "a"), Family::Mde, THREE_A_MINUTE, minute).is_ok());
+            assert!(
+                limiter
+                    .admit(("app", "a"), Family::Mde, THREE_A_MINUTE, minute)
+                    .is_ok()
+            );
         }
         let wait = limiter
             .admit(("app", "a"), Family::Mde, THREE_A_MINUTE, minute)
             .expect_err("fourth is refused");
         assert!(wait > Duration::from_secs(59) && wait <= minute);
-        assert!(limiter.admit(("app", "b"), Family::Mde, THREE_A_MINUTE, minute).is_ok());
-        assert!(limiter.admit(("app", "a"), Family::Graph, THREE_A_MINUTE, minute).is_ok());
-        assert!(limiter.admit(("other", "a"), Family::Mde, THREE_A_MINUTE, minute).is_ok());
+        assert!(
+            limiter
+                .admit(("app", "b"), Family::Mde, THREE_A_MINUTE, minute)
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .admit(("app", "a"), Family::Graph, THREE_A_MINUTE, minute)
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .admit(("other", "a"), Family::Mde, THREE_A_MINUTE, minute)
+                .is_ok()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -192,17 +215,33 @@ mod tests {
             per_hour: 3,
         };
         for _ in 0..2 {
-            assert!(limiter.admit(("app", "t"), Family::Incidents, quota, minute).is_ok());
+            assert!(
+                limiter
+                    .admit(("app", "t"), Family::Incidents, quota, minute)
+                    .is_ok()
+            );
         }
         tokio::time::advance(minute).await;
-        assert!(limiter.admit(("app", "t"), Family::Incidents, quota, minute).is_ok());
+        assert!(
+            limiter
+                .admit(("app", "t"), Family::Incidents, quota, minute)
+                .is_ok()
+        );
         tokio::time::advance(minute).await;
         let wait = limiter
             .admit(("app", "t"), Family::Incidents, quota, minute)
             .expect_err("the fourth in an hour is refused");
-        assert_eq!(wait, minute * 58, "until the first admission is an hour old");
+        assert_eq!(
+            wait,
+            minute * 58,
+            "until the first admission is an hour old"
+        );
         tokio::time::advance(wait).await;
-        assert!(limiter.admit(("app", "t"), Family::Incidents, quota, minute).is_ok());
+        assert!(
+            limiter
+                .admit(("app", "t"), Family::Incidents, quota, minute)
+                .is_ok()
+        );
     }
 
     #[test]
