@@ -175,3 +175,103 @@ fn check_live_passes_with_the_snippet_the_sandbox_prints() {
     assert!(!stdout.contains("FAILED"), "{stdout}");
     assert!(stdout.matches(" ok").count() >= 6, "{stdout}");
 }
+
+/// A config with one route per credential kind the sandbox can play, none of them its own app.
+fn every_kind_config(dir: &Path) -> String {
+    let token_file = dir.join("federated-token");
+    std::fs::write(
+        &token_file,
+        "eyJhbGciOiJSUzI1NiJ9.a-service-account-token.sig\n",
+    )
+    .unwrap();
+    let cert = common::fixture("test-only-combined1.pem");
+    let route = |name: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\nprefix = \"/{name}/\"\nstrip_prefix = true\n\
+             upstream = \"xdr\"\ncredential = \"{name}\"\n\n"
+        )
+    };
+    let routes: String = ["secret", "cert", "wi", "mi", "user", "ropc"]
+        .map(route)
+        .concat();
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[credentials.secret]
+type = "client_secret"
+tenant_id = "55555555-5555-5555-5555-555555555555"
+client_id = "66666666-6666-6666-6666-666666666661"
+client_secret = "secret-of-this-app"
+
+[credentials.cert]
+type = "client_certificate"
+tenant_id = "55555555-5555-5555-5555-555555555555"
+client_id = "66666666-6666-6666-6666-666666666662"
+certificate = "{cert}"
+
+[credentials.wi]
+type = "workload_identity"
+tenant_id = "55555555-5555-5555-5555-555555555555"
+client_id = "66666666-6666-6666-6666-666666666663"
+token_file = "{token_file}"
+
+[credentials.mi]
+type = "managed_identity"
+client_id = "66666666-6666-6666-6666-666666666664"
+
+[credentials.user]
+type = "device_code"
+tenant_id = "55555555-5555-5555-5555-555555555555"
+client_id = "66666666-6666-6666-6666-666666666665"
+token_store = "{store}"
+
+[credentials.ropc]
+type = "password"
+tenant_id = "55555555-5555-5555-5555-555555555555"
+client_id = "66666666-6666-6666-6666-666666666666"
+username = "analyst@contoso.com"
+password = "a-password"
+
+{routes}"#,
+        cert = cert.display(),
+        token_file = token_file.display(),
+        store = dir.join("user-login.json").display(),
+    )
+}
+
+#[tokio::test]
+async fn every_credential_kind_the_sandbox_plays_works_in_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &every_kind_config(dir.path()));
+    let mut demo = Running::start(
+        Command::new(BIN)
+            .args(["demo", "--sandbox-listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env_remove("IDENTITY_ENDPOINT")
+            .env_remove("IDENTITY_HEADER"),
+    );
+    let banner = demo.until("Press Ctrl-C").to_owned();
+    let proxy = address(&banner, "proxy");
+    let http = common::client();
+    for name in ["secret", "cert", "wi", "mi", "user", "ropc"] {
+        let resp = http
+            .get(format!("{proxy}/{name}/api/incidents?$top=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{name}: {}",
+            resp.text().await.unwrap()
+        );
+        let body = common::json(resp).await;
+        assert_eq!(body["value"].as_array().map(Vec::len), Some(1), "{name}");
+    }
+    assert!(
+        !dir.path().join("user-login.json").exists(),
+        "the demo signs in into a store of its own"
+    );
+}
