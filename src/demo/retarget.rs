@@ -3,8 +3,6 @@
 //! identities and users, so that each credential works as it is written. Routes, tenants,
 //! limits and the server section are kept.
 
-use std::path::PathBuf;
-
 use defender_sandbox::{SandboxClient, SandboxOptions};
 
 use crate::cloud::{Cloud, Service};
@@ -144,7 +142,7 @@ fn app_service_header() -> Option<String> {
 /// The DER of the certificate the credential signs with (PEM or PKCS#12).
 fn certificate_der(c: &CredentialConfig) -> Result<Vec<u8>, String> {
     let files = CertificateFiles {
-        certificate: c.certificate.clone().unwrap_or_else(PathBuf::new),
+        certificate: c.certificate.clone().unwrap_or_default(),
         private_key: c.private_key.clone(),
         password: read_secret(&c.certificate_password, &c.certificate_password_file, "")
             .map_err(|e| e.message)?,
