@@ -6,8 +6,9 @@
 
 FROM docker.io/library/rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock proxy.toml ./
 COPY src ./src
+COPY crates ./crates
 RUN cargo build --release --locked \
     && cp target/release/defender-proxy /defender-proxy \
     && strip /defender-proxy

@@ -20,7 +20,6 @@ pub mod reload;
 pub mod rewrite;
 pub mod routing;
 pub mod runtime;
-pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

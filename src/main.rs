@@ -76,11 +76,31 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
     },
-    /// Start the built-in sandbox (Entra ID and Defender API emulator) and the proxy, offline.
+    /// Run a config (default: the shipped proxy.toml) against the built-in sandbox, offline.
     Demo {
-        /// Proxy address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[command(flatten)]
+        config: ConfigPath,
+        /// Proxy address (overrides server.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Admin address (overrides server.admin_listen).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
+        /// The sandbox's address.
+        #[arg(long, value_name = "ADDR", default_value = demo::SANDBOX_LISTEN)]
+        sandbox_listen: String,
+        /// Seed of the sandbox's data.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run the built-in sandbox (Entra ID and Defender API emulator) alone, offline.
+    Sandbox {
+        /// The sandbox's address.
+        #[arg(long, value_name = "ADDR", default_value = demo::SANDBOX_LISTEN)]
         listen: String,
+        /// Seed of the generated data: the same seed gives the same data.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -145,8 +165,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         config: ConfigPath { config: None },
         log_format: None,
     });
-    if let (Some(_), Command::Health { .. } | Command::Demo { .. }) = (&top, &command) {
-        return Err(ConfigError::new("--config", "is not used by health or demo").into());
+    if let (Some(_), Command::Health { .. } | Command::Sandbox { .. }) = (&top, &command) {
+        return Err(ConfigError::new("--config", "is not used by health or sandbox").into());
     }
     match command {
         Command::Run { config, log_format } => run(&path(config), log_format).await,
@@ -193,10 +213,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("unhealthy: {url}");
             ExitCode::FAILURE
         }),
-        Command::Demo { listen } => {
+        Command::Demo {
+            config,
+            listen,
+            admin_listen,
+            sandbox_listen,
+            seed,
+        } => {
             init_logging(LogFormat::Text, "info");
-            let shutdown = shutdown_signal();
-            demo::run(&listen, shutdown).await?;
+            let opts = demo::DemoOptions {
+                config: config
+                    .config
+                    .or(top.clone())
+                    .or_else(|| std::env::var_os("DEFENDER_PROXY_CONFIG").map(PathBuf::from)),
+                listen,
+                admin_listen,
+                sandbox_listen,
+                seed,
+            };
+            demo::run(opts, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox { listen, seed } => {
+            init_logging(LogFormat::Text, "info");
+            demo::run_sandbox(&listen, seed, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

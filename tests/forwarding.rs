@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Setup, TestEnv, json, start};
-use defender_proxy::sandbox::{self, ApiFault};
+use defender_sandbox::{self as sandbox, ApiFault};
 
 #[tokio::test]
 async fn forwards_with_a_bearer_for_the_home_tenant() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::binary::{BIN, write_config};
 use common::{Setup, start_edited};
-use defender_proxy::sandbox::Sandbox;
+use defender_sandbox::Sandbox;
 
 /// Runs curl with `args`; gives its output (the status code is printed last by `-w`).
 fn curl(args: &[&str]) -> Output {

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use common::binary::{BIN, Proxy, write_config};
 use common::{Setup, config_text};
-use defender_proxy::sandbox;
+use defender_sandbox as sandbox;
 
 fn run(args: &[&str], config: Option<&Path>) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);

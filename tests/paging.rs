@@ -6,7 +6,7 @@ mod common;
 
 use common::binary::Proxy;
 use common::{Setup, json, start, start_edited};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 #[tokio::test]
 async fn following_next_links_through_the_proxy_lists_every_incident_of_the_tenant() {

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Setup, TestEnv, json};
-use defender_proxy::sandbox::{ApiFault, SandboxOptions};
+use defender_sandbox::{ApiFault, SandboxOptions};
 
 fn limited(per_minute: u32, max_wait_secs: u64) -> Setup {
     Setup {

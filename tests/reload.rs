@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Setup, TestEnv, json, start_reloading};
-use defender_proxy::sandbox;
+use defender_sandbox as sandbox;
 
 const EXTRA_ROUTE: &str = "\n[[route]]\nname = \"contoso\"\nprefix = \"/contoso/\"\nstrip_prefix = true\nupstream = \"UPSTREAM\"\nscope = \"https://api.security.microsoft.com/.default\"\ncredential = \"app\"\ntenant = \"contoso\"\n";
 

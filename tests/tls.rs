@@ -36,7 +36,7 @@ async fn tls_relay(target: std::net::SocketAddr) -> std::net::SocketAddr {
 async fn https_env(extra_ca: bool, idp_over_tls: bool) -> TestEnv {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = defender_proxy::sandbox::Sandbox::start(listener, Default::default())
+    let sandbox = defender_sandbox::Sandbox::start(listener, Default::default())
         .await
         .unwrap();
     let https = format!(
@@ -160,7 +160,7 @@ async fn connect_proxy() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Stri
 async fn https_upstreams_go_through_the_https_proxy_of_the_environment() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = defender_proxy::sandbox::Sandbox::start(listener, Default::default())
+    let sandbox = defender_sandbox::Sandbox::start(listener, Default::default())
         .await
         .unwrap();
     let relay = tls_relay(sandbox.addr()).await;

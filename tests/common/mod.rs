@@ -2,10 +2,11 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod python;
 
 use defender_proxy::config::Config;
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
 use defender_proxy::{Handle, Listeners};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 /// A running sandbox and proxy.
 pub struct TestEnv {
