@@ -72,8 +72,26 @@ fn shipped_config() -> Result<Config, crate::config::ConfigError> {
 /// A config that does not load, a listener that does not bind, a device code sign-in that
 /// fails, or the proxy failing.
 pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let listener = crate::bind_listener(or_default(&opts.sandbox_listen)).await?;
+    let listener = crate::bind_named(
+        or_default(&opts.sandbox_listen),
+        "sandbox",
+        "--sandbox-listen",
+    )
+    .await?;
     let url = loopback_url(listener.local_addr()?);
+    // A listener that does not bind names the flag that moved it, else the config's key.
+    let settings = [
+        if opts.listen.is_some() {
+            "--listen"
+        } else {
+            "server.listen"
+        },
+        if opts.admin_listen.is_some() {
+            "--admin-listen"
+        } else {
+            "server.admin_listen"
+        },
+    ];
     let mut config = match &opts.config {
         Some(path) => Config::load(path, &DemoEnv)?,
         None => shipped_config()?,
@@ -93,7 +111,15 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
     retarget(&mut config, &url, &mut sandbox_opts, &stores)?;
     let config = config.validated(&DemoEnv)?;
     let sandbox = Sandbox::start(listener, sandbox_opts).await?;
-    let result = serve(config, &sandbox, &url, opts.config.as_deref(), shutdown).await;
+    let result = serve(
+        config,
+        &sandbox,
+        &url,
+        opts.config.as_deref(),
+        settings,
+        shutdown,
+    )
+    .await;
     sandbox.shutdown();
     let _ = std::fs::remove_dir_all(&stores);
     result
@@ -104,10 +130,11 @@ async fn serve(
     sandbox: &Sandbox,
     url: &str,
     path: Option<&Path>,
+    [listen_setting, admin_setting]: [&str; 2],
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     sign_in_device_codes(&config, sandbox).await?;
-    let listeners = Listeners::bind(&config).await?;
+    let listeners = Listeners::bind_as(&config, listen_setting, admin_setting).await?;
     let proxy = format!("http://{}", listeners.proxy.local_addr()?);
     let admin = match &listeners.admin {
         Some(l) => format!("http://{}", l.local_addr()?),
@@ -203,7 +230,7 @@ pub async fn run_sandbox(
     seed: u64,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let listener = crate::bind_listener(or_default(listen)).await?;
+    let listener = crate::bind_named(or_default(listen), "sandbox", "--listen").await?;
     let url = loopback_url(listener.local_addr()?);
     let opts = SandboxOptions {
         seed,

@@ -90,6 +90,16 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config.server`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Listeners::bind_as(config, "server.listen", "server.admin_listen").await
+    }
+
+    /// Binds the addresses of `config.server`; an error names `listen_setting` or
+    /// `admin_setting` (a key or a flag) as what moves the listener.
+    pub async fn bind_as(
+        config: &Config,
+        listen_setting: &str,
+        admin_setting: &str,
+    ) -> std::io::Result<Listeners> {
         let s = &config.server;
         let proxy = match s.listen.strip_prefix("unix:") {
             #[cfg(unix)]
@@ -102,7 +112,7 @@ impl Listeners {
                 .map_err(|e| {
                     std::io::Error::new(
                         e.kind(),
-                        format!("cannot open the proxy listener on {}: {e}; set server.listen to another path", s.listen),
+                        format!("cannot open the proxy listener on {}: {e}; set {listen_setting} to another path", s.listen),
                     )
                 })?,
             ),
@@ -113,11 +123,11 @@ impl Listeners {
                     "unix: sockets are not available on this platform",
                 ));
             }
-            None => server::Listener::Tcp(bind_named(&s.listen, "proxy", "server.listen").await?),
+            None => server::Listener::Tcp(bind_named(&s.listen, "proxy", listen_setting).await?),
         };
         let admin = match config.server.admin_listen.as_str() {
             "" => None,
-            addr => Some(bind_named(addr, "admin", "server.admin_listen").await?),
+            addr => Some(bind_named(addr, "admin", admin_setting).await?),
         };
         Ok(Listeners { proxy, admin })
     }

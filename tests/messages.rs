@@ -271,12 +271,12 @@ fn check_shows_no_secret_for_a_managed_identity() {
 
 #[test]
 fn config_is_offered_only_by_the_commands_that_read_one() {
-    for sub in ["run", "check", "login", "consent-url"] {
+    for sub in ["run", "check", "login", "consent-url", "demo"] {
         let (code, out, _) = run(&[sub, "--help"], None);
         assert_eq!(code, 0);
         assert!(out.contains("--config <PATH>"), "{sub} --help: {out}");
     }
-    for sub in ["demo", "health"] {
+    for sub in ["sandbox", "health"] {
         let (code, out, _) = run(&[sub, "--help"], None);
         assert_eq!(code, 0);
         assert!(!out.contains("--config"), "{sub} --help: {out}");
@@ -285,7 +285,7 @@ fn config_is_offered_only_by_the_commands_that_read_one() {
         let (code, _, err) = run(&["--config", "proxy.toml", sub], None);
         assert_eq!(code, 64, "{err}");
         assert!(
-            err.contains("--config: is not used by health or demo"),
+            err.contains("--config: is not used by health or sandbox"),
             "{err}"
         );
     }

@@ -144,6 +144,24 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Waits (at most 10 s) until the proxy counts `n` requests in flight: a request sent
+    /// from a spawned task has then reached the request path, however loaded the machine.
+    pub async fn wait_in_flight(&self, n: i64) {
+        for _ in 0..1000 {
+            let text = self.metrics().await;
+            let now: i64 = text
+                .lines()
+                .find(|l| l.starts_with("defender_proxy_inflight_requests "))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            if now >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} requests never were in flight");
+    }
+
     /// The error code header of a response.
     pub fn code(resp: &reqwest::Response) -> Option<String> {
         resp.headers()
