@@ -72,8 +72,9 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
             .parse()
             .unwrap();
         assert!(
-            config.server.listen.starts_with("127.0.0.1:"),
-            "{file}: the proxy stays on the pod's loopback"
+            config.server.listen.starts_with("127.0.0.1:")
+                || config.server.listen.starts_with("unix:/"),
+            "{file}: the proxy stays on the pod's loopback or a socket"
         );
         let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
         let sidecar = pod["initContainers"]
@@ -114,15 +115,40 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
         assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
         let app = &pod["containers"][0];
         let env = app["env"].as_sequence().unwrap();
-        assert!(
-            env.iter()
-                .any(|e| str_of(&e["value"])
-                    .starts_with(&format!("http://{}", config.server.listen))),
-            "{file}: the app is pointed at the proxy"
-        );
+        match config.server.listen.strip_prefix("unix:") {
+            Some(socket) => check_socket_is_shared(&file, socket, sidecar, app),
+            None => assert!(
+                env.iter()
+                    .any(|e| str_of(&e["value"])
+                        .starts_with(&format!("http://{}", config.server.listen))),
+                "{file}: the app is pointed at the proxy"
+            ),
+        }
         check_files_are_mounted(&file, &config, sidecar);
         check_workload_identity(&file, &config, &docs, pod);
     }
+}
+
+/// A Unix socket listener: the socket's folder is one volume, writable in the sidecar and
+/// mounted in the app, whose environment names the socket.
+fn check_socket_is_shared(file: &str, socket: &str, sidecar: &Value, app: &Value) {
+    let folder = Path::new(socket).parent().unwrap().to_str().unwrap();
+    let volume_at = |c: &Value| {
+        c["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| str_of(&m["mountPath"]) == folder && m["readOnly"] != true)
+            .map(|m| str_of(&m["name"]).to_string())
+    };
+    let shared = volume_at(sidecar);
+    assert!(shared.is_some(), "{file}: the sidecar cannot write {folder}");
+    assert_eq!(volume_at(app), shared, "{file}: the app does not mount {folder}");
+    let env = app["env"].as_sequence().unwrap();
+    assert!(
+        env.iter().any(|e| str_of(&e["value"]) == socket),
+        "{file}: the app is not pointed at {socket}"
+    );
 }
 
 /// A workload identity credential needs the pod label and an annotated service account.
