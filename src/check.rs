@@ -74,11 +74,27 @@ pub fn summary(config: &Config, state: &AppState) -> String {
         } else {
             ""
         };
+        let methods = match &r.methods {
+            Some(_) => r.allow_header(),
+            None => "any".into(),
+        };
         let _ = writeln!(
             out,
-            "  {prefix:<16} -> {}{}{strip}\n  {:<16}    route={} scope={} credential={cred} tenant={tenant} limit={limit}",
+            "  {prefix:<16} -> {}{}{strip}\n  {:<16}    route={} scope={} credential={cred} tenant={tenant} limit={limit} methods={methods}",
             r.upstream.origin, r.upstream.base_path, "", r.name, r.scope
         );
+    }
+    if !rt.clients.is_empty() {
+        let _ = writeln!(out, "\nclients (each request needs one's key):");
+        for (name, c) in &config.clients {
+            let key_from = if c.key_file.is_some() { "file" } else { "config/env" };
+            let routes = c.routes.as_ref().map_or("all".into(), |r| r.join(", "));
+            let methods = c.methods.as_ref().map_or("any".into(), |m| m.join(", "));
+            let _ = writeln!(
+                out,
+                "  {name:<12} key=*** ({key_from})  routes: {routes}  methods: {methods}"
+            );
+        }
     }
     out
 }

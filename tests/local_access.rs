@@ -243,3 +243,25 @@ async fn a_loopback_tcp_caller_is_named_by_its_user_in_the_access_log() {
         .unwrap_or_else(|| panic!("no access line in:\n{logs}"));
     assert!(line.contains(&format!("peer_uid={uid}")), "{line}");
 }
+
+#[test]
+fn check_shows_the_methods_and_clients_but_never_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("name = \"mde\"\n", "name = \"mde\"\nmethods = [\"GET\"]\n")
+        + "\n[clients.reports]\nkey = \"reports-key-9f2\"\nroutes = [\"mde\"]\nmethods = [\"GET\"]\n";
+    let config = write_config(dir.path(), &text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("route=mde") && stdout.contains("methods=GET"), "{stdout}");
+    assert!(
+        stdout.contains("reports      key=*** (config/env)  routes: mde  methods: GET"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("reports-key-9f2"), "{stdout}");
+}
