@@ -245,6 +245,7 @@ fn tenant_aliases_name_one_tenant_each() {
         (format!("\"x/y\" = {b}"), "\"x/y\""),
         (format!("\"{}\" = {b}", "a".repeat(257)), ""),
         (format!("Contoso = {b}\ncontoso = {c}"), "contoso"),
+        (format!("Home = {b}"), "Home"),
         (format!("33333333-3333-3333-3333-333333333333 = {b}"), ""),
         (
             format!("\"11111111-1111-1111-1111-111111111111\" = {b}"),
