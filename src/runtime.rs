@@ -40,6 +40,8 @@ pub struct Runtime {
     pub access_log: bool,
     /// Rate limits, in the order routes refer to them.
     pub limits: Vec<LimitSpec>,
+    /// The wait budget of a request on a route without a rate limit.
+    pub max_wait: Duration,
 }
 
 impl Runtime {
@@ -85,6 +87,7 @@ impl Runtime {
                 .iter()
                 .map(|(name, c)| limiter.spec(name, c))
                 .collect(),
+            max_wait: Duration::from_secs(s.max_wait_secs),
         })
     }
 }

@@ -180,3 +180,20 @@ fn check_files_are_mounted(file: &str, config: &Config, sidecar: &Value) {
         assert!(mount.1, "{file}: {} should be mounted read-only", mount.0);
     }
 }
+
+/// Issue 22: the catch-all route had no quota, so a burst through it met the upstream's 429s.
+#[test]
+fn every_route_of_every_manifest_has_a_documented_quota() {
+    for file in manifest_files() {
+        let config = proxy_config(&documents(&file));
+        for route in &config.routes {
+            let limit = route
+                .rate_limit
+                .as_ref()
+                .unwrap_or_else(|| panic!("{file}: route {} has no rate_limit", route.name));
+            let l = &config.rate_limit[limit];
+            assert!(l.per_minute.is_some(), "{file}: {limit}");
+            assert!(l.max_wait_secs() >= 60, "{file}: {limit} cannot queue a burst");
+        }
+    }
+}

@@ -252,7 +252,8 @@ fn the_shipped_config_routes_each_quota_to_its_limit() {
         Some("mde-hunting")
     );
     assert_eq!(limit_of("/graph/v1.0/security/incidents"), Some("graph"));
-    assert_eq!(limit_of("/api/alerts"), None);
+    assert_eq!(limit_of("/api/alerts"), Some("defender"), "the catch-all has a quota too");
+    assert!(r.routes().iter().all(|route| route.rate_limit.is_some()));
     let hunting = r.route("/mde/api/advancedqueries/run").unwrap().1;
     assert_eq!(
         hunting.upstream_path("/mde/api/advancedqueries/run"),
