@@ -249,7 +249,11 @@ mod tests {
         let config = |t: String| Config::from_toml(&t, &|_: &str| None).unwrap();
         let w = warnings(&config(text("max_wait_secs = 30\n")));
         assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("rate_limit.mde.max_wait_secs = 30 "), "{}", w[0]);
+        assert!(
+            w[0].starts_with("rate_limit.mde.max_wait_secs = 30 "),
+            "{}",
+            w[0]
+        );
         assert!(warnings(&config(text(""))).is_empty());
         assert!(warnings(&config(text("max_wait_secs = 60\n"))).is_empty());
     }

@@ -193,7 +193,10 @@ fn every_route_of_every_manifest_has_a_documented_quota() {
                 .unwrap_or_else(|| panic!("{file}: route {} has no rate_limit", route.name));
             let l = &config.rate_limit[limit];
             assert!(l.per_minute.is_some(), "{file}: {limit}");
-            assert!(l.max_wait_secs() >= 60, "{file}: {limit} cannot queue a burst");
+            assert!(
+                l.max_wait_secs() >= 60,
+                "{file}: {limit} cannot queue a burst"
+            );
         }
     }
 }

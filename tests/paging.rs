@@ -195,7 +195,10 @@ async fn a_next_link_followed_without_the_header_stays_in_the_tenant() {
     let page = json(env.http.get(&next).send().await.unwrap()).await;
     let items = page["value"].as_array().unwrap();
     assert!(!items.is_empty());
-    assert!(items.iter().all(|i| i["tenantId"] == sandbox::TENANT_B), "{page}");
+    assert!(
+        items.iter().all(|i| i["tenantId"] == sandbox::TENANT_B),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -211,12 +214,18 @@ async fn every_route_has_a_tenant_scoped_form_with_the_headers_allowlist() {
         let body = json(resp).await;
         let items = body["value"].as_array().unwrap();
         assert!(!items.is_empty(), "{path}");
-        assert!(items.iter().all(|i| i["tenantId"] == sandbox::TENANT_B), "{path}");
+        assert!(
+            items.iter().all(|i| i["tenantId"] == sandbox::TENANT_B),
+            "{path}"
+        );
     }
     let home = json(env.get("/tenants/home/api/incidents?$top=3").await).await;
     assert_eq!(home["value"][0]["tenantId"], sandbox::TENANT_A);
     let next = home["@odata.nextLink"].as_str().unwrap();
-    assert!(next.starts_with(&format!("{}/tenants/home/api/incidents?", env.base)), "{next}");
+    assert!(
+        next.starts_with(&format!("{}/tenants/home/api/incidents?", env.base)),
+        "{next}"
+    );
     let resp = env.get("/tenants/fabrikam/api/incidents").await;
     assert_eq!(resp.status(), 403);
     assert_eq!(TestEnv::code(&resp).as_deref(), Some("TenantNotAllowed"));

@@ -112,7 +112,13 @@ async fn a_paging_script_never_crosses_tenants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_graph_sdk_page_iterator_never_crosses_tenants() {
     let env = common::start_edited(Setup::default(), |t| {
-        let upstream = t.split("upstream = \"").nth(1).unwrap().split('"').next().unwrap();
+        let upstream = t
+            .split("upstream = \"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         let graph = format!(
             "[[route]]\nname = \"graph\"\nprefix = \"/graph/\"\nstrip_prefix = true\n\
              upstream = \"{upstream}\"\nscope = \"https://graph.microsoft.com/.default\"\n\

@@ -124,7 +124,9 @@ fn a_path_tenant_must_agree_with_the_header_and_the_pin() {
     let xdr = r.route("/api").unwrap().1;
     let t = r.scoped_tenant(xdr, None, Some("contoso")).unwrap();
     assert_eq!(&*t.id, GUID_B);
-    let t = r.scoped_tenant(xdr, Some(hv(GUID_B)), Some("contoso")).unwrap();
+    let t = r
+        .scoped_tenant(xdr, Some(hv(GUID_B)), Some("contoso"))
+        .unwrap();
     assert_eq!(&*t.id, GUID_B);
     assert!(matches!(
         r.scoped_tenant(xdr, Some(hv("home")), Some("contoso")),
@@ -151,7 +153,10 @@ fn tenant_scoped_paths_split_into_tenant_and_route_path() {
         split_tenant_path("/tenants/contoso/api/incidents"),
         Some(("contoso", "/api/incidents"))
     );
-    assert_eq!(split_tenant_path("/tenants/contoso"), Some(("contoso", "/")));
+    assert_eq!(
+        split_tenant_path("/tenants/contoso"),
+        Some(("contoso", "/"))
+    );
     assert_eq!(split_tenant_path("/tenants/"), Some(("", "/")));
     assert_eq!(split_tenant_path("/tenants"), None);
     assert_eq!(split_tenant_path("/api/tenants/x"), None);
@@ -252,7 +257,11 @@ fn the_shipped_config_routes_each_quota_to_its_limit() {
         Some("mde-hunting")
     );
     assert_eq!(limit_of("/graph/v1.0/security/incidents"), Some("graph"));
-    assert_eq!(limit_of("/api/alerts"), Some("defender"), "the catch-all has a quota too");
+    assert_eq!(
+        limit_of("/api/alerts"),
+        Some("defender"),
+        "the catch-all has a quota too"
+    );
     assert!(r.routes().iter().all(|route| route.rate_limit.is_some()));
     let hunting = r.route("/mde/api/advancedqueries/run").unwrap().1;
     assert_eq!(
