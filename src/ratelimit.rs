@@ -503,5 +503,8 @@ pub fn retry_after_from(headers: &http::HeaderMap, body: Option<&[u8]>) -> Optio
     None
 }
 
+mod budget;
+pub use budget::{Budget, WindowBudget};
+
 #[cfg(test)]
 mod tests;

@@ -304,7 +304,10 @@ async fn a_burst_beyond_the_quota_queues_and_every_call_succeeds() {
     .await;
     let started = Instant::now();
     let calls = (0..150).map(|_| {
-        let (http, url) = (env.http.clone(), format!("{}/mde/api/alerts?$top=1", env.base));
+        let (http, url) = (
+            env.http.clone(),
+            format!("{}/mde/api/alerts?$top=1", env.base),
+        );
         tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
     });
     let mut statuses = Vec::new();
@@ -378,8 +381,53 @@ async fn the_server_budget_bounds_waits_on_routes_without_a_limit() {
     );
     let started = Instant::now();
     let resp = env.get("/mde/api/machines").await;
-    assert_eq!(resp.status(), 503, "passed on at once: 61 s is beyond the budget");
+    assert_eq!(
+        resp.status(),
+        503,
+        "passed on at once: 61 s is beyond the budget"
+    );
     assert_eq!(resp.headers()["retry-after"], "61");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+#[tokio::test]
+async fn the_remaining_budget_is_in_each_response_and_on_the_admin_listener() {
+    let env = with_limit(Setup {
+        extra: "[rate_limit.incidents]\nper_minute = 3\nper_hour = 10\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let resp = env.get("/api/incidents?$top=1").await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["x-defender-proxy-ratelimit"], "incidents");
+    assert_eq!(h["x-defender-proxy-ratelimit-remaining-minute"], "2");
+    assert_eq!(h["x-defender-proxy-ratelimit-remaining-hour"], "9");
+    let resp = env.get("/mde/api/machines?$top=1").await;
+    assert!(
+        resp.headers().get("x-defender-proxy-ratelimit").is_none(),
+        "not limited"
+    );
+    let budgets = json(
+        env.http
+            .get(format!("{}/ratelimits", env.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let limits = budgets["limits"].as_array().unwrap();
+    assert_eq!(limits.len(), 1, "{budgets}");
+    let b = &limits[0];
+    assert_eq!(
+        (b["limit"].as_str(), b["tenant"].as_str()),
+        (Some("incidents"), Some("home"))
+    );
+    assert_eq!(b["windows"][0]["window_secs"], 60);
+    assert_eq!(b["windows"][0]["used"], 1);
+    assert_eq!(b["windows"][0]["remaining"], 2);
+    assert_eq!(b["windows"][1]["remaining"], 9);
+    assert_eq!(b["next_free_in_secs"], 0.0);
+    assert_eq!(b["queue_length"], 0);
+    assert!(b["paused_for_secs"].is_null());
+}

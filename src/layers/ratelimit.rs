@@ -6,6 +6,7 @@
 //! until then; when the route allows it, the wait fits what is left of the budget, and the body
 //! was kept, the request waits and is sent again, unseen by the client (at most `MAX_ABSORBED`
 //! times). Otherwise the upstream's answer, with its own `Retry-After`, goes to the client.
+//! Every response on a limited route tells what is left of the budget in its headers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -21,7 +22,7 @@ use super::route::Routed;
 use super::{BoxFuture, Next, Request, Response, Shared, send};
 use crate::body;
 use crate::error::ProxyError;
-use crate::ratelimit::retry_after_from;
+use crate::ratelimit::{LimitSpec, Limiter, retry_after_from};
 use crate::runtime::Runtime;
 
 /// Upstream throttling answers absorbed per request at most.
@@ -82,7 +83,16 @@ impl Service<Request> for RateLimit {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.send(req).await })
+        Box::pin(async move {
+            let routed = Routed::of(&req)?;
+            let (shared, rt) = (this.shared.clone(), this.rt.clone());
+            let mut resp = this.send(req).await?;
+            let limit = routed.route(&rt).rate_limit.and_then(|i| rt.limits.get(i));
+            if let Some(spec) = limit {
+                budget_headers(&shared.limiter, spec, &routed.tenant.id, resp.headers_mut());
+            }
+            Ok(resp)
+        })
     }
 }
 
@@ -140,6 +150,32 @@ impl RateLimit {
             }
             (absorbed, next) = (absorbed + 1, again);
         }
+    }
+}
+
+/// Names the limit a response counted against...
+pub const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-defender-proxy-ratelimit");
+/// ...and what is left of it in its rolling minute...
+pub const REMAINING_MINUTE_HEADER: HeaderName =
+    HeaderName::from_static("x-defender-proxy-ratelimit-remaining-minute");
+/// ...and its rolling hour, for the windows the limit has.
+pub const REMAINING_HOUR_HEADER: HeaderName =
+    HeaderName::from_static("x-defender-proxy-ratelimit-remaining-hour");
+
+/// Tells the client what is left of the (limit, tenant) budget, so it can pace itself.
+fn budget_headers(limiter: &Limiter, spec: &LimitSpec, tenant: &Arc<str>, h: &mut HeaderMap) {
+    let Some(budget) = limiter.budget(spec, tenant) else {
+        return;
+    };
+    if let Ok(name) = HeaderValue::from_str(&spec.name) {
+        h.insert(LIMIT_HEADER, name);
+    }
+    for w in &budget.windows {
+        let header = match w.window_secs {
+            60 => REMAINING_MINUTE_HEADER,
+            _ => REMAINING_HOUR_HEADER,
+        };
+        h.insert(header, HeaderValue::from(w.remaining));
     }
 }
 
