@@ -37,20 +37,26 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, stop: Cancellati
     }
 }
 
-/// 200 when every credential's last token attempt succeeded or none was tried; else 503 with
-/// the reason per credential.
+/// 200 when every credential has the tokens its routes need without a tenant header (see
+/// `crate::warmup`), else 503 with the reason per credential. Without warm-up: when every
+/// credential's last token attempt succeeded or none was tried.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let rt = state.runtime.load();
     let mut ready = true;
     let mut creds = serde_json::Map::new();
     for c in &rt.credentials {
-        let text = match &**c.health.load() {
-            Health::Untried => "untried".to_string(),
-            Health::Ok => "ok".to_string(),
-            Health::Failed(reason) => {
+        let text = match (c.readiness(), &**c.health.load()) {
+            (Some(Ok(())), _) => "ok".to_string(),
+            (Some(Err(reason)), _) => {
+                ready = false;
+                reason
+            }
+            (None, Health::Failed(reason)) => {
                 ready = false;
                 reason.clone()
             }
+            (None, Health::Untried) => "untried".to_string(),
+            (None, Health::Ok) => "ok".to_string(),
         };
         creds.insert(c.name.to_string(), serde_json::Value::String(text));
     }

@@ -27,6 +27,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod warmup;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -187,6 +188,7 @@ pub async fn serve(
     reload: Option<reload::ReloadSource>,
 ) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
+    warmup::spawn(&state);
     if let Some(source) = reload {
         tokio::spawn(reload::watch(
             state.clone(),

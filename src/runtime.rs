@@ -42,6 +42,8 @@ pub struct Runtime {
     pub limits: Vec<LimitSpec>,
     /// The wait budget of a request on a route without a rate limit.
     pub max_wait: Duration,
+    /// Fetch the routes' home-tenant tokens in the background at start and on reload.
+    pub warm_up: bool,
 }
 
 impl Runtime {
@@ -88,6 +90,7 @@ impl Runtime {
                 .map(|(name, c)| limiter.spec(name, c))
                 .collect(),
             max_wait: Duration::from_secs(s.max_wait_secs),
+            warm_up: s.warm_up,
         })
     }
 }

@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// The wait budget of a request on a route without a `rate_limit`: the longest it waits
     /// out upstream throttling (429/503 with a retry time) before the client sees the 429.
     pub max_wait_secs: u64,
+    /// Fetch each route's token for its home (or pinned) tenant at start and after each
+    /// reload; `/readyz` is 503 until they were had.
+    pub warm_up: bool,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             inbound_key_file: None,
             workers: 0,
             max_wait_secs: DEFAULT_SERVER_MAX_WAIT_SECS,
+            warm_up: true,
         }
     }
 }
