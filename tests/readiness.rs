@@ -140,3 +140,33 @@ async fn a_refused_partner_tenant_does_not_make_the_proxy_unready() {
     let (status, body) = readyz_until(&env, |_, _| true).await;
     assert_eq!(status, 200, "but not the proxy's readiness: {body}");
 }
+
+/// A secret fixed on disk is warmed up after the reload, without waiting for a request.
+#[tokio::test]
+async fn a_reload_warms_up_the_new_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "wrong-secret\n").unwrap();
+    let (env, _source) = common::start_reloading(warming(Setup::default()), dir.path(), |t| {
+        t.replace(
+            "client_secret = \"sandbox-secret\"",
+            "client_secret_file = \"secret\"",
+        )
+    })
+    .await;
+    let (status, body) = readyz_until(&env, |_, b| {
+        b["credentials"]["app"]
+            .as_str()
+            .is_some_and(|r| r.contains("AADSTS"))
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    std::fs::write(
+        dir.path().join("secret"),
+        format!("{}\n", sandbox::DEFAULT_CLIENT_SECRET),
+    )
+    .unwrap();
+    let (status, body) = readyz_until(&env, |s, _| s == 200).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["credentials"]["app"], "ok", "fetched, not untried");
+    assert_eq!(env.sandbox.api_requests(), 0, "no request was needed");
+}
