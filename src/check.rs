@@ -87,13 +87,24 @@ pub fn summary(config: &Config, state: &AppState) -> String {
     if !rt.clients.is_empty() {
         let _ = writeln!(out, "\nclients (each request needs one's key):");
         for (name, c) in &config.clients {
-            let key_from = if c.key_file.is_some() { "file" } else { "config/env" };
+            let key_from = if c.key_file.is_some() {
+                "file"
+            } else {
+                "config/env"
+            };
             let routes = c.routes.as_ref().map_or("all".into(), |r| r.join(", "));
             let methods = c.methods.as_ref().map_or("any".into(), |m| m.join(", "));
             let _ = writeln!(
                 out,
                 "  {name:<12} key=*** ({key_from})  routes: {routes}  methods: {methods}"
             );
+        }
+    }
+    let warnings = warnings(config);
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "\nwarnings:");
+        for w in warnings {
+            let _ = writeln!(out, "  {w}");
         }
     }
     out
@@ -116,6 +127,23 @@ fn proof(c: &CredentialConfig) -> String {
         CredentialType::DeviceCode => format!("token_store={}  ", path(&c.token_store)),
         CredentialType::ManagedIdentity => String::new(),
     }
+}
+
+/// Settings that are valid but break a promise: a limit whose wait budget is shorter than its
+/// per-minute window refuses a burst beyond the quota at once instead of queueing it.
+pub fn warnings(config: &Config) -> Vec<String> {
+    config
+        .rate_limit
+        .iter()
+        .filter(|(_, l)| l.per_minute.is_some() && l.max_wait_secs() < 60)
+        .map(|(name, l)| {
+            format!(
+                "rate_limit.{name}.max_wait_secs = {} is shorter than its per-minute window \
+                 (60 s): a burst beyond per_minute gets 429 at once instead of queueing",
+                l.max_wait_secs()
+            )
+        })
+        .collect()
 }
 
 /// One line of `check --live`.
@@ -284,4 +312,33 @@ fn authority_host(config: &Config) -> String {
         })
         .trim_end_matches('/')
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_budget_shorter_than_the_minute_window_is_warned_about() {
+        let text = |max_wait: &str| {
+            format!(
+                "[credentials.app]\ntype = \"client_secret\"\n\
+                 tenant_id = \"11111111-1111-1111-1111-111111111111\"\n\
+                 client_id = \"c\"\nclient_secret = \"s\"\n\
+                 [[route]]\nname = \"d\"\nprefix = \"/\"\nupstream = \"xdr\"\n\
+                 credential = \"app\"\nrate_limit = \"mde\"\n\
+                 [rate_limit.mde]\nper_minute = 100\n{max_wait}"
+            )
+        };
+        let config = |t: String| Config::from_toml(&t, &|_: &str| None).unwrap();
+        let w = warnings(&config(text("max_wait_secs = 30\n")));
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].starts_with("rate_limit.mde.max_wait_secs = 30 "),
+            "{}",
+            w[0]
+        );
+        assert!(warnings(&config(text(""))).is_empty());
+        assert!(warnings(&config(text("max_wait_secs = 60\n"))).is_empty());
+    }
 }

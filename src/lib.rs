@@ -28,6 +28,7 @@ pub mod token;
 #[cfg(unix)]
 pub mod unix;
 pub mod upstream;
+pub mod warmup;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -237,6 +238,7 @@ pub async fn serve(
     reload: Option<reload::ReloadSource>,
 ) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
+    warmup::spawn(&state);
     if let Some(source) = reload {
         tokio::spawn(reload::watch(
             state.clone(),

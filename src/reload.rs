@@ -75,6 +75,7 @@ pub async fn watch(
         match reload(&state, &source.path, &config) {
             Ok(new) => {
                 state.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                crate::warmup::spawn(&state);
                 config = new;
             }
             Err(e) => {

@@ -106,6 +106,10 @@ fn the_shipped_config_needs_its_variables_and_never_prints_the_secret() {
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
     }
+    assert!(
+        !out.contains("warnings:"),
+        "the shipped limits queue a burst:\n{out}"
+    );
 }
 
 async fn sandbox_with(opts: SandboxOptions) -> Sandbox {

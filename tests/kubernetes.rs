@@ -118,9 +118,8 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
         match config.server.listen.strip_prefix("unix:") {
             Some(socket) => check_socket_is_shared(&file, socket, sidecar, app),
             None => assert!(
-                env.iter()
-                    .any(|e| str_of(&e["value"])
-                        .starts_with(&format!("http://{}", config.server.listen))),
+                env.iter().any(|e| str_of(&e["value"])
+                    .starts_with(&format!("http://{}", config.server.listen))),
                 "{file}: the app is pointed at the proxy"
             ),
         }
@@ -142,8 +141,15 @@ fn check_socket_is_shared(file: &str, socket: &str, sidecar: &Value, app: &Value
             .map(|m| str_of(&m["name"]).to_string())
     };
     let shared = volume_at(sidecar);
-    assert!(shared.is_some(), "{file}: the sidecar cannot write {folder}");
-    assert_eq!(volume_at(app), shared, "{file}: the app does not mount {folder}");
+    assert!(
+        shared.is_some(),
+        "{file}: the sidecar cannot write {folder}"
+    );
+    assert_eq!(
+        volume_at(app),
+        shared,
+        "{file}: the app does not mount {folder}"
+    );
     let env = app["env"].as_sequence().unwrap();
     assert!(
         env.iter().any(|e| str_of(&e["value"]) == socket),
@@ -263,6 +269,26 @@ fn no_manifest_creates_a_secret_and_the_readme_shows_how_to_create_each_one_used
             assert!(
                 manifest_text(&file).contains(&create),
                 "{file}: no `{create}...`"
+            );
+        }
+    }
+}
+
+/// Issue 22: the catch-all route had no quota, so a burst through it met the upstream's 429s.
+#[test]
+fn every_route_of_every_manifest_has_a_documented_quota() {
+    for file in manifest_files() {
+        let config = proxy_config(&documents(&file));
+        for route in &config.routes {
+            let limit = route
+                .rate_limit
+                .as_ref()
+                .unwrap_or_else(|| panic!("{file}: route {} has no rate_limit", route.name));
+            let l = &config.rate_limit[limit];
+            assert!(l.per_minute.is_some(), "{file}: {limit}");
+            assert!(
+                l.max_wait_secs() >= 60,
+                "{file}: {limit} cannot queue a burst"
             );
         }
     }

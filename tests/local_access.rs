@@ -86,28 +86,6 @@ async fn a_client_key_limited_to_one_route_is_refused_on_another() {
     assert_eq!(status(&curl(&["-H", &key("reports-keyX"), &xdr])), "401");
 }
 
-/// A `PYTHONPATH` under which `import httpx` works, installing it under `target/` if needed.
-fn httpx_path() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python-httpx");
-    let dir = dir.to_str().unwrap().to_string();
-    let ok = || {
-        Command::new("python3")
-            .args(["-c", "import httpx"])
-            .env("PYTHONPATH", &dir)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok() {
-        let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target", &dir, "httpx"])
-            .status()
-            .expect("python3 is needed for this test");
-        assert!(status.success(), "pip could not install httpx");
-    }
-    assert!(ok(), "httpx is still not importable from {dir}");
-    dir
-}
-
 /// Starts the binary on `socket`; waits for the socket to appear.
 async fn start_on_socket(config: &Path, socket: &Path) -> std::process::Child {
     let mut child = Command::new(BIN)
@@ -184,7 +162,10 @@ async fn the_unix_socket_serves_its_owner_and_no_other_user() {
         \x20   print(r.status_code)\n";
     let py = Command::new("python3")
         .args(["-c", script, sock])
-        .env("PYTHONPATH", httpx_path())
+        .env(
+            "PYTHONPATH",
+            common::python::python_path_for("httpx", "httpx", "target/python-httpx"),
+        )
         .output()
         .unwrap();
     assert!(
@@ -258,7 +239,10 @@ fn check_shows_the_methods_and_clients_but_never_a_key() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("route=mde") && stdout.contains("methods=GET"), "{stdout}");
+    assert!(
+        stdout.contains("route=mde") && stdout.contains("methods=GET"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("reports      key=*** (config/env)  routes: mde  methods: GET"),
         "{stdout}"

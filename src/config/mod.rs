@@ -132,6 +132,12 @@ pub struct ServerConfig {
     pub socket_mode: String,
     /// Group (name or number) that owns a `unix:` listen socket.
     pub socket_group: Option<String>,
+    /// The wait budget of a request on a route without a `rate_limit`: the longest it waits
+    /// out upstream throttling (429/503 with a retry time) before the client sees the 429.
+    pub max_wait_secs: u64,
+    /// Fetch each route's token for its home (or pinned) tenant at start and after each
+    /// reload; `/readyz` is 503 until they were had.
+    pub warm_up: bool,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +157,8 @@ impl Default for ServerConfig {
             workers: 0,
             socket_mode: "0600".into(),
             socket_group: None,
+            max_wait_secs: DEFAULT_SERVER_MAX_WAIT_SECS,
+            warm_up: true,
         }
     }
 }
@@ -314,7 +322,8 @@ pub struct RouteConfig {
     /// Rewrite `@odata.nextLink`/`@odata.deltaLink` and `Location` to come back through the proxy.
     #[serde(default = "yes")]
     pub rewrite_links: bool,
-    /// Absorb upstream 429/503 (wait and retry) when the wait fits the limit's `max_wait_secs`.
+    /// Absorb upstream 429/503 (wait and retry) when the wait fits the request's budget: the
+    /// limit's `max_wait_secs`, or `server.max_wait_secs` on a route without a limit.
     #[serde(default = "yes")]
     pub retry_throttled: bool,
     /// The methods the route forwards; any when unset.
@@ -333,13 +342,25 @@ pub struct RateLimitConfig {
     pub per_minute: Option<u32>,
     /// Requests per rolling hour.
     pub per_hour: Option<u32>,
-    /// Longest a request queues before it is refused with 429.
-    #[serde(default = "default_max_wait_secs")]
-    pub max_wait_secs: u64,
+    /// A request's wait budget in total (queue, absorbed upstream throttling, retries);
+    /// default: `default_max_wait_secs()`.
+    pub max_wait_secs: Option<u64>,
 }
 
-fn default_max_wait_secs() -> u64 {
-    30
+/// `server.max_wait_secs` when not set: a minute, Defender's shortest quota window.
+pub const DEFAULT_SERVER_MAX_WAIT_SECS: u64 = 60;
+
+impl RateLimitConfig {
+    /// The wait budget of a request: `max_wait_secs`, else the shortest window plus 5 s. An
+    /// admission counts for its window plus one to two slots (up to 1 s of a minute),
+    /// so a budget of exactly the window could not reach the first slot that frees.
+    pub fn max_wait_secs(&self) -> u64 {
+        let window = match (self.per_minute, self.per_hour) {
+            (None, Some(_)) => 3600,
+            _ => 60,
+        };
+        self.max_wait_secs.unwrap_or(window + 5)
+    }
 }
 
 impl<'de> Deserialize<'de> for Secret {

@@ -33,6 +33,22 @@ fn a_minimal_config_is_valid_with_defaults() {
 }
 
 #[test]
+fn max_wait_defaults_to_the_shortest_window_and_a_bit() {
+    let c = Config::from_toml(
+        &format!(
+            "{BASE}\n[rate_limit.m]\nper_minute = 1\nper_hour = 9\n\
+             [rate_limit.h]\nper_hour = 9\n[rate_limit.set]\nper_minute = 1\nmax_wait_secs = 7\n"
+        ),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(c.rate_limit["m"].max_wait_secs(), 65);
+    assert_eq!(c.rate_limit["h"].max_wait_secs(), 3605);
+    assert_eq!(c.rate_limit["set"].max_wait_secs(), 7);
+    assert_eq!(c.server.max_wait_secs, 60);
+}
+
+#[test]
 fn unknown_key_names_its_path() {
     let e = err(&format!("{BASE}\n[server]\nlisten_addr = \"x\"\n"));
     assert_eq!(e.path, "server.listen_addr");
@@ -293,6 +309,7 @@ fn tenant_aliases_name_one_tenant_each() {
         (format!("\"x/y\" = {b}"), "\"x/y\""),
         (format!("\"{}\" = {b}", "a".repeat(257)), ""),
         (format!("Contoso = {b}\ncontoso = {c}"), "contoso"),
+        (format!("Home = {b}"), "Home"),
         (format!("33333333-3333-3333-3333-333333333333 = {b}"), ""),
         (
             format!("\"11111111-1111-1111-1111-111111111111\" = {b}"),

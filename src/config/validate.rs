@@ -395,6 +395,9 @@ fn validate_tenants(path: &str, c: &CredentialConfig) -> Result<(), ConfigError>
         if !is_tenant_name(alias) {
             return bad("an alias is up to 256 letters, digits, '-', '_' and '.'".into());
         }
+        if alias.eq_ignore_ascii_case(crate::routing::HOME) {
+            return bad("\"home\" names the credential's own tenant; choose another alias".into());
+        }
         if is_guid(alias) && !alias.eq_ignore_ascii_case(guid) {
             return bad("an alias that is a GUID must name that GUID".into());
         }

@@ -46,7 +46,7 @@ pub fn config_text(url: &str, setup: &Setup) -> String {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace_secs = 5
-{server}
+{warm_up}{server}
 
 [cloud]
 authority_host = "{url}"
@@ -78,6 +78,12 @@ credential = "app"
 {extra}
 "#,
         server = setup.server,
+        // Tests count token requests; the warm-up's are tested in tests/readiness.rs.
+        warm_up = if setup.server.contains("warm_up") {
+            ""
+        } else {
+            "warm_up = false\n"
+        },
         tenant_a = sandbox::TENANT_A,
         tenant_b = sandbox::TENANT_B,
         client_id = sandbox::DEFAULT_CLIENT_ID,

@@ -250,6 +250,11 @@ impl Sandbox {
         self.state.shutdown();
     }
 
+    /// When the latest API requests arrived (up to 10,000), oldest first.
+    pub fn api_request_times(&self) -> Vec<std::time::Instant> {
+        self.state.arrivals()
+    }
+
     /// Token endpoint POSTs so far, whatever their outcome.
     pub fn token_requests(&self) -> u64 {
         self.state.token_requests.load(Ordering::Relaxed)
