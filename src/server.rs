@@ -29,8 +29,10 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Peer {
     /// Its address, on TCP.
     pub addr: Option<SocketAddr>,
-    /// The user it runs as: from the socket's peer credentials on a Unix socket, from the
-    /// kernel's connection table for a loopback TCP peer on Linux.
+    /// The proxy's own address of the connection, on TCP.
+    pub local: Option<SocketAddr>,
+    /// The user it runs as, from the socket's peer credentials on a Unix socket. (For a
+    /// loopback TCP peer, see `Peer::tcp_uid`.)
     pub uid: Option<u32>,
     /// Its process, on a Unix socket.
     pub pid: Option<i32>,
@@ -184,7 +186,8 @@ async fn accept_tcp(
         conns.reap();
         conns.serve(stream, move || Peer {
             addr: Some(addr),
-            uid: local.and_then(|local| tcp_peer_uid(addr, local)),
+            local,
+            uid: None,
             pid: None,
         });
     }
@@ -213,6 +216,7 @@ async fn accept_unix(
         let (uid, pid) = crate::unix::peer_cred(&stream);
         conns.serve(stream, move || Peer {
             addr: None,
+            local: None,
             uid,
             pid,
         });
@@ -223,6 +227,22 @@ async fn accept_unix(
 async fn accept_failed(e: std::io::Error) {
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+impl Peer {
+    /// The user owning a loopback TCP peer, from the kernel's connection table on Linux
+    /// (`/proc/net/tcp`). Reading it takes milliseconds, so it is read on a blocking thread,
+    /// and only where a log line needs it.
+    pub async fn tcp_uid(&self) -> Option<u32> {
+        let (addr, local) = (self.addr?, self.local?);
+        if !addr.ip().is_loopback() {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || tcp_peer_uid(addr, local))
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -28,9 +28,9 @@ pub const MAX_IDLE_PER_HOST: usize = 256;
 /// Time allowed to open a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The pooled upstream client, shared by every request (cloning it shares the pool).
+/// The pooled upstream client, shared by every request (a clone is another handle on it).
 #[derive(Clone)]
-pub struct Client(Pooled<HttpsConnector<EgressConnector>, Body>);
+pub struct Client(std::sync::Arc<Pooled<HttpsConnector<EgressConnector>, Body>>);
 
 impl Client {
     /// A client whose connections are verified with `tls`.
@@ -51,7 +51,7 @@ impl Client {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .build(connector);
-        Client(client)
+        Client(std::sync::Arc::new(client))
     }
 
     /// Sends `req` (its URI absolute: scheme, authority, path) and returns the response head

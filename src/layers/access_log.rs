@@ -154,7 +154,12 @@ impl Service<Request> for AccessLog {
                 }
                 None => shared.metrics.count_rejected(error.unwrap_or("Other")),
             }
-            if let Some(line) = line {
+            if let Some(mut line) = line {
+                // Who wrote: on TCP, the peer's user is looked up for writes only (see
+                // `Peer::tcp_uid`).
+                if write && line.peer.uid.is_none() {
+                    line.peer.uid = line.peer.tcp_uid().await;
+                }
                 line.write(&rt, &fields, &resp, error);
             }
             Ok(resp)

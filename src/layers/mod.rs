@@ -44,15 +44,36 @@ pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 /// The future of a layer that waits on something.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-/// The rest of the path below a layer that waits on something (boxed: such a layer's
-/// future holds it across waits).
-pub type Next<E = ProxyError> = tower::util::BoxCloneSyncService<Request, Response, E>;
+/// The rest of the path below a layer that waits on something. Shared, not cloned: a layer
+/// that sends a request more than once, or holds it across waits, takes another handle on
+/// the same services.
+pub struct Next<E = ProxyError>(
+    Arc<dyn Fn(Request) -> BoxFuture<Result<Response, E>> + Send + Sync>,
+);
 
-/// Sends `req` down the rest of the path. Every service on the path is always ready (none
-/// applies back-pressure: waiting is the rate limit's, inside a call), so none is polled for
-/// readiness first.
-pub fn send<E: 'static>(next: &Next<E>, req: Request) -> BoxFuture<Result<Response, E>> {
-    tower::Service::call(&mut next.clone(), req)
+impl<E> Clone for Next<E> {
+    fn clone(&self) -> Self {
+        Next(self.0.clone())
+    }
+}
+
+impl<E: 'static> Next<E> {
+    /// `service` as the rest of the path. Every service on the path is always ready (none
+    /// applies back-pressure: waiting is the rate limit's, inside a call).
+    pub fn new<S>(service: S) -> Self
+    where
+        S: tower::Service<Request, Response = Response, Error = E> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        Next(Arc::new(move |req| {
+            Box::pin(tower::ServiceExt::oneshot(service.clone(), req))
+        }))
+    }
+}
+
+/// Sends `req` down the rest of the path.
+pub fn send<E>(next: &Next<E>, req: Request) -> BoxFuture<Result<Response, E>> {
+    (next.0)(req)
 }
 
 /// The header that carries the inbound key; never forwarded.
