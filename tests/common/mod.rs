@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod redis_server;
 
 use defender_proxy::config::Config;
 use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
