@@ -451,3 +451,53 @@ impl Limiter {
         tokio::spawn(async move { store.pause((&name, &tenant), wait).await });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RateLimitConfig, StoreType};
+
+    /// A store whose Redis refuses connections (nothing listens on port 1).
+    fn unreachable() -> Arc<RedisStore> {
+        let config = RateLimitStoreConfig {
+            kind: StoreType::Redis,
+            url: Some("redis://127.0.0.1:1".into()),
+            timeout_ms: 500,
+            ..RateLimitStoreConfig::default()
+        };
+        Arc::new(RedisStore::new(&config).unwrap())
+    }
+
+    #[tokio::test]
+    async fn without_redis_each_replica_keeps_its_share_and_counts_the_decisions() {
+        let store = unreachable();
+        let limiter = Limiter::with_store(100, Windows::default(), Some((store.clone(), 3)));
+        let spec = limiter.spec(
+            "mde",
+            &RateLimitConfig {
+                per_minute: Some(10),
+                per_hour: None,
+                max_wait_secs: 0,
+            },
+        );
+        let tenant: Arc<str> = "t".into();
+        for i in 0..3 {
+            assert!(limiter.acquire(&spec, &tenant).await.is_ok(), "request {i}");
+        }
+        let refused = limiter.acquire(&spec, &tenant).await.unwrap_err();
+        assert!(refused.retry_after > Duration::from_secs(50));
+        assert_eq!(limiter.store_health(), "degraded");
+        assert_eq!(store.degraded_decisions.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_degraded_store_tries_redis_once_per_backoff() {
+        let store = unreachable();
+        assert!(store.paused_for(("mde", "t")).await.is_err());
+        assert_eq!(store.health(), "degraded");
+        assert!(!store.due(), "tried again before the backoff");
+        tokio::time::sleep(MIN_BACKOFF + Duration::from_millis(50)).await;
+        assert!(store.due());
+        assert!(!store.due(), "only one call goes through per interval");
+    }
+}
