@@ -161,13 +161,22 @@ fn check_shared_store(file: &str, config: &Config, docs: &[Value], pod: &Value) 
         return;
     }
     let url = store.url.as_deref().unwrap();
-    let host = url.split("://").nth(1).unwrap().split([':', '/']).next().unwrap();
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split([':', '/'])
+        .next()
+        .unwrap();
     assert!(
         docs.iter()
             .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == host),
         "{file}: no Service named {host}"
     );
-    assert!(store.password.is_none(), "{file}: the password comes from a file");
+    assert!(
+        store.password.is_none(),
+        "{file}: the password comes from a file"
+    );
     let password = store.password_file.as_ref().unwrap().display().to_string();
     let sidecar = pod["initContainers"]
         .as_sequence()
