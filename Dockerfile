@@ -1,19 +1,21 @@
 # defender-proxy container image: a static-ish Rust binary on distroless, running as non-root.
-#   podman build -t defender-proxy .
-#   docker run --rm -p 127.0.0.1:8080:8080 -v "$PWD/proxy.toml:/etc/defender-proxy/proxy.toml:ro" \
-#     -e AZURE_TENANT_ID -e AZURE_CLIENT_ID -e AZURE_CLIENT_SECRET defender-proxy
-# See README.md ("Container") for the listen address inside a container.
+#   docker build -t defender-proxy .
+# The image's config is deploy/container/proxy.toml: it listens on 0.0.0.0:8080 and requires
+# the inbound key, read from /run/secrets/defender-proxy-key. README.md ("Container") has the
+# `docker run` line.
 
 FROM docker.io/library/rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock proxy.toml ./
 COPY src ./src
+COPY crates ./crates
 RUN cargo build --release --locked \
     && cp target/release/defender-proxy /defender-proxy \
     && strip /defender-proxy
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /defender-proxy /usr/local/bin/defender-proxy
+COPY deploy/container/proxy.toml /etc/defender-proxy/proxy.toml
 USER 65532:65532
 EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \

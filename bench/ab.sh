@@ -7,9 +7,8 @@
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: bench/ab.sh BINARY_A BINARY_B" >&2; exit 64; }
 ROUNDS=${ROUNDS:-2}; DURATION=${DURATION:-5s}; CONNECTIONS=${CONNECTIONS:-64}
-command -v wrk >/dev/null && command -v nginx >/dev/null ||
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
 . "$(dirname "$0")/lib.sh"
+need_debian wrk:wrk nginx:nginx-light
 WORK=$(mktemp -d); chmod 755 "$WORK"
 UP=18121; PX=18122
 PID=""
@@ -20,7 +19,7 @@ dp_config $PX $UP > "$WORK/dp.toml"
 nginx -c "$WORK/up.conf" -p "$WORK"
 ticks() { cat /proc/"$1"/task/*/stat | awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u, s }'; }
 hz=$(getconf CLK_TCK)
-for r in $(seq "$ROUNDS"); do
+for _ in $(seq "$ROUNDS"); do
   for bin in "$1" "$2"; do
     if curl -s -o /dev/null "http://127.0.0.1:$PX/"; then echo "port $PX is taken" >&2; exit 1; fi
     setsid "$bin" run --config "$WORK/dp.toml" 2>/dev/null & PID=$!

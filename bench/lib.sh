@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the bench scripts (sourced, not run).
 
 # A defender-proxy config for the benchmarks: listen on 127.0.0.1:PORT, one client-secret
@@ -33,9 +34,13 @@ ${5:-}
 TOML
 }
 
+# The static token endpoint every upstream below serves (an nginx location).
+TOKEN_LOCATION='location ~ /oauth2/v2.0/token { default_type application/json; return 200 '"'"'{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'"'"'; }'
+
 # An nginx upstream on 127.0.0.1:PORT with PROCESSES workers, its pid file in WORK: a static
-# token endpoint, and BODY (JSON) for every other path, with HEADERS more answer fields (a real
-# API's answer has more than nginx's five: request-id, odata-version, strict-transport-security).
+# token endpoint, and BODY (JSON) for every other path, with HEADERS more response fields (a
+# real API's response has more than nginx's five: request-id, odata-version,
+# strict-transport-security).
 #   upstream_conf PORT WORK BODY [PROCESSES=auto] [HEADERS=0]
 upstream_conf() {
   local extra="" i
@@ -44,13 +49,16 @@ upstream_conf() {
 worker_processes ${4:-auto}; pid $2/up.pid; error_log $2/up.err warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$1;
-  location ~ /oauth2/v2.0/token { default_type application/json; return 200 '{"token_type":"Bearer","expires_in":3600,"access_token":"bench-token"}'; }
+  $TOKEN_LOCATION
   location / { default_type application/json; $extra return 200 '$3'; } } }
 NGINX
 }
 
-# nginx as the reverse proxy the others are compared with, on 127.0.0.1:PORT, its pid file
-# WORK/PIDNAME.pid: keep-alive pool to the upstream on UP_PORT, the same bearer injected.
+# The reverse proxies defender-proxy is compared with, each on 127.0.0.1:PORT in front of the
+# upstream on UP_PORT, each adding the same bearer and Host as defender-proxy does, with a
+# keep-alive pool to the upstream and no access log.
+
+# nginx; its pid file WORK/PIDNAME.pid.
 #   nginx_proxy_conf PORT UP_PORT WORK PIDNAME
 nginx_proxy_conf() {
   cat <<NGINX
@@ -74,11 +82,48 @@ http {
 NGINX
 }
 
+# haproxy (run in the foreground with -db: one process, one thread per core by default).
+#   haproxy_conf PORT UP_PORT
+haproxy_conf() {
+  cat <<HAPROXY
+global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend bench
+  bind 127.0.0.1:$1
+  default_backend api
+backend api
+  http-request set-header Authorization "Bearer bench-token"
+  http-request set-header Host 127.0.0.1:$2
+  server up 127.0.0.1:$2
+HAPROXY
+}
+
+# Caddy (Go's net/http reverse proxy), a Caddyfile: no admin endpoint, no automatic HTTPS.
+#   caddy_conf PORT UP_PORT
+caddy_conf() {
+  cat <<CADDY
+{
+  admin off
+  auto_https off
+}
+http://127.0.0.1:$1 {
+  reverse_proxy 127.0.0.1:$2 {
+    header_up Authorization "Bearer bench-token"
+    header_up Host 127.0.0.1:$2
+  }
+}
+CADDY
+}
+
 # The proxies under test each run in a session of their own, as nginx's daemon puts itself
-# (setsid): with the kernel's autogroup scheduling (kernel.sched_autogroup_enabled, on here),
-# the CPUs are shared between sessions first and between a session's threads after. Started
-# in the script's session, defender-proxy shared one share with wrk while nginx-proxy and the
-# upstream had one each: until session 10 every benchmark here ran it so. Start a proxy with
+# (setsid): with the kernel's autogroup scheduling (kernel.sched_autogroup_enabled), the CPUs
+# are shared between sessions first and between a session's threads after, so a proxy started
+# in the script's session would share one share with the load generator. Start a proxy with
 # `setsid CMD ... &` and, once it serves, check with `own_session PID`.
 own_session() { # pid
   local sid
@@ -112,16 +157,27 @@ ports_free() {
   done
 }
 
-# The upstream's answer in the benchmarks: 1 KiB of JSON.
+# Waits (at most 10 s) until URL answers 200.
+#   wait_ok URL
+wait_ok() {
+  local _
+  for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "no 200 from $1" >&2; exit 1
+}
+
+# The upstream's response in the benchmarks: 1 KiB of JSON.
 json_body() {
   python3 -c 'import json; print(json.dumps({"value":[{"id":i,"title":"x"*20} for i in range(24)]})[:1024].ljust(1024), end="")'
 }
 
-# Installs wrk and nginx from Debian when either is missing.
-need_wrk_nginx() {
-  if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
-  fi
+# Installs from Debian the packages whose commands are missing.
+#   need_debian COMMAND:PACKAGE...      e.g. need_debian wrk:wrk nginx:nginx-light
+need_debian() {
+  local missing=() p
+  for p in "$@"; do command -v "${p%%:*}" >/dev/null 2>&1 || missing+=("${p#*:}"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} (apt-get)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # An EXIT trap for the bench scripts: kills the processes in PIDS and the nginx instances whose
@@ -130,6 +186,7 @@ need_wrk_nginx() {
 stop_all() {
   local p f
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for f in "$@"; do [ -f "$WORK/$f.pid" ] && kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; done
+  for f in "$@"; do if [ -f "$WORK/$f.pid" ]; then kill "$(cat "$WORK/$f.pid")" 2>/dev/null || true; fi; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }

@@ -18,7 +18,9 @@ DURATION=${DURATION:-10s}
 RATE=${RATE:-1000}
 RATE_SECS=${RATE_SECS:-10}
 
-need_wrk_nginx
+if ! command -v wrk >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
+fi
 if ! command -v redis-server >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi

@@ -6,13 +6,17 @@
 //! loadgen rate URL RPS SECS      RPS requests a second for SECS, open loop (a late answer never
 //!                                delays the next request), each on its own connection: achieved
 //!                                rate and latency percentiles
+//! loadgen tenants URL N C        N requests, each naming another tenant (`x-tenant-id`), C at a time
 //! ```
 //!
 //! Both print one line of `key=value` pairs for the script to read.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// A client that opens a new connection for every request.
 fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -124,6 +128,46 @@ async fn rate(url: &str, rps: u64, secs: u64) {
     );
 }
 
+async fn tenants(url: &str, n: usize, concurrency: usize) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("an HTTP client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, url, next) = (http.clone(), url.to_string(), next.clone());
+            tokio::spawn(async move {
+                let mut ok = 0usize;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break ok;
+                    }
+                    let tenant = format!("00000000-0000-0000-0000-{i:012}");
+                    let served = match http.get(&url).header("x-tenant-id", tenant).send().await {
+                        Ok(r) => r.status().as_u16() == 200 && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    ok += usize::from(served);
+                }
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for w in workers {
+        ok += w.await.unwrap_or(0);
+    }
+    println!(
+        "requests={n} ok={ok} failed={} ms={}",
+        n - ok,
+        started.elapsed().as_millis()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -143,9 +187,13 @@ async fn main() {
             )
             .await
         }
+        ["tenants", url, n, c] => {
+            let n = n.parse().expect("N is a number");
+            tenants(url, n, c.parse().expect("C is a number")).await
+        }
         _ => {
             eprintln!(
-                "usage: loadgen burst URL N | loadgen startup URL -- CMD [ARGS...] | loadgen rate URL RPS SECS"
+                "usage: loadgen burst URL N | loadgen startup URL -- CMD [ARGS...] | loadgen tenants URL N C | loadgen rate URL RPS SECS"
             );
             std::process::exit(64);
         }

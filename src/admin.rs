@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`, on its own address so it never
-//! shadows an upstream path.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/ratelimits`, on its own address
+//! so it never shadows an upstream path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, stop: Cancellati
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/ratelimits", get(ratelimits))
         .with_state(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -36,21 +37,28 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, stop: Cancellati
     }
 }
 
-/// 200 when every credential's last token attempt succeeded or none was tried; else 503 with
-/// the reason per credential. Also names the rate-limit store's state: `local`, `ok` or
-/// `degraded` (still 200).
+/// 200 when every credential has the tokens its routes need without a tenant header (see
+/// `crate::warmup`), else 503 with the reason per credential. Without warm-up: when every
+/// credential's last token attempt succeeded or none was tried.
+/// Also names the rate-limit store's state: `local`, `ok` or `degraded` (which never makes it
+/// 503: the replica limits itself to its share meanwhile).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let rt = state.runtime.load();
     let mut ready = true;
     let mut creds = serde_json::Map::new();
     for c in &rt.credentials {
-        let text = match &**c.health.load() {
-            Health::Untried => "untried".to_string(),
-            Health::Ok => "ok".to_string(),
-            Health::Failed(reason) => {
+        let text = match (c.readiness(), &**c.health.load()) {
+            (Some(Ok(())), _) => "ok".to_string(),
+            (Some(Err(reason)), _) => {
+                ready = false;
+                reason
+            }
+            (None, Health::Failed(reason)) => {
                 ready = false;
                 reason.clone()
             }
+            (None, Health::Untried) => "untried".to_string(),
+            (None, Health::Ok) => "ok".to_string(),
         };
         creds.insert(c.name.to_string(), serde_json::Value::String(text));
     }
@@ -67,6 +75,25 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Every (limit, tenant) budget: used and remaining per window, the next free slot, the
+/// upstream's pause and the queue, with the tenant's alias (or `home`, or `*`).
+async fn ratelimits(State(state): State<Arc<AppState>>) -> Response {
+    let rt = state.runtime.load();
+    let budgets: Vec<serde_json::Value> = state
+        .shared
+        .limiter
+        .budgets()
+        .into_iter()
+        .map(|b| {
+            let tenant = rt.router.tenant_label(&b.tenant_id);
+            let mut v = serde_json::to_value(b).unwrap_or_default();
+            v["tenant"] = serde_json::Value::String(tenant.to_string());
+            v
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "limits": budgets })).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -20,6 +20,9 @@ pub enum ProxyError {
     /// The tenant header is not a GUID or a known alias.
     #[error("the tenant header is not a tenant GUID or a known alias")]
     BadTenant,
+    /// The tenant of a tenant-scoped path differs from the tenant header's or the route's.
+    #[error("the tenant in the path differs from the tenant header or the route's tenant")]
+    TenantConflict,
     /// The Host header is not one the proxy serves.
     #[error("the Host header is not allowed; see server.allowed_hosts")]
     BadHost,
@@ -96,6 +99,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "NoRoute"),
             ProxyError::BadTenant => (StatusCode::BAD_REQUEST, "BadTenant"),
+            ProxyError::TenantConflict => (StatusCode::BAD_REQUEST, "TenantConflict"),
             ProxyError::BadHost => (StatusCode::BAD_REQUEST, "BadHost"),
             ProxyError::BadOrigin => (StatusCode::FORBIDDEN, "BadOrigin"),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),

@@ -20,7 +20,6 @@ pub mod reload;
 pub mod rewrite;
 pub mod routing;
 pub mod runtime;
-pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
@@ -29,6 +28,7 @@ pub mod token;
 #[cfg(unix)]
 pub mod unix;
 pub mod upstream;
+pub mod warmup;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,7 +73,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A listener could not be bound or failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// TLS or HTTP client setup failed.
     #[error("{0}")]
@@ -91,14 +91,32 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config.server`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        Listeners::bind_as(config, "server.listen", "server.admin_listen").await
+    }
+
+    /// Binds the addresses of `config.server`; an error names `listen_setting` or
+    /// `admin_setting` (a key or a flag) as what moves the listener.
+    pub async fn bind_as(
+        config: &Config,
+        listen_setting: &str,
+        admin_setting: &str,
+    ) -> std::io::Result<Listeners> {
         let s = &config.server;
         let proxy = match s.listen.strip_prefix("unix:") {
             #[cfg(unix)]
-            Some(path) => server::Listener::Unix(unix::Socket::bind(
-                std::path::Path::new(path),
-                config::socket_mode(&s.socket_mode).unwrap_or(0o600),
-                s.socket_group.as_deref(),
-            )?),
+            Some(path) => server::Listener::Unix(
+                unix::Socket::bind(
+                    std::path::Path::new(path),
+                    config::socket_mode(&s.socket_mode).unwrap_or(0o600),
+                    s.socket_group.as_deref(),
+                )
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot open the proxy listener on {}: {e}; set {listen_setting} to another path", s.listen),
+                    )
+                })?,
+            ),
             #[cfg(not(unix))]
             Some(_) => {
                 return Err(std::io::Error::new(
@@ -106,14 +124,29 @@ impl Listeners {
                     "unix: sockets are not available on this platform",
                 ));
             }
-            None => server::Listener::Tcp(bind_listener(&s.listen).await?),
+            None => server::Listener::Tcp(bind_named(&s.listen, "proxy", listen_setting).await?),
         };
         let admin = match config.server.admin_listen.as_str() {
             "" => None,
-            addr => Some(bind_listener(addr).await?),
+            addr => Some(bind_named(addr, "admin", admin_setting).await?),
         };
         Ok(Listeners { proxy, admin })
     }
+}
+
+/// `bind_listener`, with an error that names the listener, its address and the setting
+/// (`setting`, a key or a flag) that moves it.
+pub async fn bind_named(addr: &str, listener: &str, setting: &str) -> std::io::Result<TcpListener> {
+    bind_listener(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => "another process listens there: stop it, or ",
+            _ => "",
+        };
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot open the {listener} listener on {addr}: {e}; {why}set {setting} to another address"),
+        )
+    })
 }
 
 /// Connections the kernel queues for a listener until the proxy accepts them.
@@ -254,6 +287,7 @@ pub async fn serve(
         tokio::spawn(log_clock_skew(store.clone()));
         tokio::spawn(store.clone().watch(state.cancel.clone()));
     }
+    warmup::spawn(&state);
     if let Some(source) = reload {
         tokio::spawn(reload::watch(
             state.clone(),

@@ -21,6 +21,39 @@ pub enum LoginError {
     Failed(String),
 }
 
+/// The `device_code` credential `name`; else an error that says what `login` is for and which
+/// credentials it can sign in.
+fn device_code_credential<'a>(
+    config: &'a Config,
+    name: &str,
+) -> Result<&'a crate::config::CredentialConfig, ConfigError> {
+    let signable: Vec<&str> = config
+        .credentials
+        .iter()
+        .filter(|(_, c)| c.kind == CredentialType::DeviceCode)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let which = match signable.as_slice() {
+        [] => "this config has none".to_string(),
+        names => format!("this config has {}", names.join(", ")),
+    };
+    match config.credentials.get(name) {
+        Some(c) if c.kind == CredentialType::DeviceCode => Ok(c),
+        Some(c) => Err(ConfigError::new(
+            "--credential",
+            format!(
+                "credential {name:?} is of type {:?}, which needs no sign-in; login signs a user in \
+                 for a device_code credential (user context): {which}",
+                c.kind.as_str()
+            ),
+        )),
+        None => Err(ConfigError::new(
+            "--credential",
+            format!("no credential named {name:?}; login takes a device_code credential: {which}"),
+        )),
+    }
+}
+
 /// Runs the sign-in for `credential`; `show` receives Microsoft's message for the user.
 pub async fn login(
     config: &Config,
@@ -28,16 +61,7 @@ pub async fn login(
     entra: &EntraClient,
     show: impl Fn(&str),
 ) -> Result<(), LoginError> {
-    let c = config
-        .credentials
-        .get(credential)
-        .filter(|c| c.kind == CredentialType::DeviceCode)
-        .ok_or_else(|| {
-            ConfigError::new(
-                "--credential",
-                format!("no device_code credential named {credential:?}"),
-            )
-        })?;
+    let c = device_code_credential(config, credential)?;
     let (tenant, client_id) = (
         c.tenant_id.clone().unwrap_or_default(),
         c.client_id.clone().unwrap_or_default(),

@@ -8,7 +8,10 @@
 //!
 //! Windows are split into 120 slots (0.5 s for a minute, 30 s for an hour) kept sparsely, so a
 //! bucket's memory is bounded whatever the traffic. An admission counts until the end of its
-//! slot plus the window: conservative by at most one slot, never over the limit.
+//! slot plus the window plus one more slot: a request reaches the upstream a little after it
+//! is admitted (its token is fetched, a connection taken), and the upstream counts its arrival.
+//! So the limiter is conservative by one to two slots (0.5 to 1 s of a minute), never over the
+//! limit as the upstream counts it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,9 @@ pub use shared::{RedisStore, Reserved, Unavailable, Windows};
 
 /// Slots a window is split into.
 const SLOTS: u64 = 120;
+/// Slots an admission counts for after its own: the window, and one slot of allowance for the
+/// time between admission and arrival upstream.
+const HOLD_SLOTS: u64 = SLOTS + 1;
 
 /// Counters of one limit.
 #[derive(Debug)]
@@ -135,7 +141,7 @@ impl Window {
         while self
             .entries
             .front()
-            .is_some_and(|(s, _)| s + SLOTS < current)
+            .is_some_and(|(s, _)| s + HOLD_SLOTS < current)
         {
             self.entries.pop_front();
         }
@@ -149,7 +155,7 @@ impl Window {
         for (s, n) in self.entries.iter().rev() {
             seen = seen.saturating_add(*n);
             if seen >= self.limit {
-                slot = s0.max(s + SLOTS + 1);
+                slot = s0.max(s + HOLD_SLOTS + 1);
                 break;
             }
         }
@@ -343,7 +349,7 @@ impl Limiter {
             name: name.into(),
             per_minute: c.per_minute,
             per_hour: c.per_hour,
-            max_wait: Duration::from_secs(c.max_wait_secs),
+            max_wait: Duration::from_secs(c.max_wait_secs()),
             stats,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             fallback: None,
@@ -392,30 +398,43 @@ impl Limiter {
     }
 
     /// Waits (FIFO) until the request may be sent, or refuses at once when that would take
-    /// longer than `spec.max_wait`. With a shared store the queue is every replica's; while
-    /// the store is unavailable, this replica's share of it.
+    /// longer than `spec.max_wait`.
     pub async fn acquire(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Result<Admission, Refused> {
+        self.acquire_within(spec, tenant, spec.max_wait).await
+    }
+
+    /// Waits (FIFO) until the request may be sent, or refuses at once when that would take
+    /// longer than `budget` (what is left of the request's wait budget). With a shared store
+    /// the queue is every replica's; while the store is unavailable, this replica's share of it.
+    pub async fn acquire_within(
+        &self,
+        spec: &LimitSpec,
+        tenant: &Arc<str>,
+        budget: Duration,
+    ) -> Result<Admission, Refused> {
         if let Some((store, _)) = &self.store {
-            match self.acquire_shared(store, spec, tenant).await {
+            match self.acquire_shared(store, spec, tenant, budget).await {
                 Ok(decided) => return decided,
                 Err(Unavailable) => store.degraded_decisions.inc(),
             };
         }
-        self.acquire_local(self.local_spec(spec), tenant).await
+        self.acquire_local(self.local_spec(spec), tenant, budget)
+            .await
     }
 
-    /// `acquire` on this process's buckets.
+    /// `acquire_within` on this process's buckets.
     async fn acquire_local(
         &self,
         spec: &LimitSpec,
         tenant: &Arc<str>,
+        budget: Duration,
     ) -> Result<Admission, Refused> {
         let bucket = self.bucket(spec, tenant);
         let arrived = Instant::now();
         let mut first = true;
         loop {
             let now = if first { arrived } else { Instant::now() };
-            let budget = spec.max_wait.saturating_sub(now - arrived);
+            let budget = budget.saturating_sub(now - arrived);
             let (reserved, generation) = {
                 let mut b = lock(&bucket);
                 (b.reserve(now, budget), b.rebuilds)
@@ -580,6 +599,9 @@ pub fn retry_after_from(headers: &http::HeaderMap, body: Option<&[u8]>) -> Optio
     }
     None
 }
+
+mod budget;
+pub use budget::{Budget, WindowBudget};
 
 #[cfg(test)]
 mod tests;

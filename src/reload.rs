@@ -1,4 +1,4 @@
-//! Hot reload: on SIGHUP, on request, or when `proxy.toml` or a file it names changes, the
+//! Hot reload: on SIGHUP (Unix), on request, or when `proxy.toml` or a file it names changes, the
 //! config is loaded, validated and compiled, then swapped in whole. In-flight requests finish
 //! on the config they started with; a bad config is refused with a logged reason and the old
 //! one keeps serving; tokens of unchanged credentials are kept (their cache keys do not change).
@@ -75,6 +75,7 @@ pub async fn watch(
         match reload(&state, &source.path, &config) {
             Ok(new) => {
                 state.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                crate::warmup::spawn(&state);
                 config = new;
             }
             Err(e) => {
@@ -143,22 +144,28 @@ fn fingerprint(path: &Path, config: &Config) -> Vec<Option<(SystemTime, u64)>> {
         .collect()
 }
 
-/// SIGHUP as a stream; never fires where there is none.
-struct Hangup(Option<tokio::signal::unix::Signal>);
+/// SIGHUP as a stream; never fires where there is none. Windows has no SIGHUP: there a
+/// reload comes from a file change (or `trigger`) only.
+struct Hangup(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
 
 impl Hangup {
     async fn recv(&mut self) {
-        match &mut self.0 {
-            Some(s) => {
-                if s.recv().await.is_none() {
-                    std::future::pending::<()>().await;
-                }
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0 {
+            if s.recv().await.is_some() {
+                return;
             }
-            None => std::future::pending::<()>().await,
         }
+        std::future::pending::<()>().await
     }
 }
 
+#[cfg(unix)]
 fn hangup_signal() -> Hangup {
     Hangup(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {
+    Hangup()
 }

@@ -12,6 +12,12 @@ use crate::config::{Config, CredentialConfig, RouteConfig, is_guid, is_tenant_na
 use crate::error::ProxyError;
 use crate::rewrite::LinkRewriter;
 
+/// The tenant name of the credential's own tenant, in the header, the path, logs and metrics.
+pub const HOME: &str = "home";
+
+/// The first segment of the tenant-scoped form of a URL: `/tenants/{alias-or-guid}/<path>`.
+pub const TENANTS_SEGMENT: &str = "/tenants/";
+
 /// A tenant a request is for: the ID sent to Entra and a bounded label for metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
@@ -80,6 +86,13 @@ impl TenantPolicy {
             .or_else(|| self.by_guid.get(&lower))
         {
             return Ok(Cow::Borrowed(t));
+        }
+        if lower == HOME {
+            // The name logs and metrics give the credential's own tenant.
+            return self
+                .home()
+                .map(Cow::Borrowed)
+                .ok_or(ProxyError::TenantNotAllowed);
         }
         if self.any_guid && is_guid(&lower) {
             return Ok(Cow::Owned(Tenant {
@@ -198,15 +211,17 @@ impl Route {
         &self.prefix
     }
 
-    /// Rewrites upstream links to the proxy at `host` (the request's validated Host).
-    pub fn link_rewriter(&self, host: &str) -> LinkRewriter {
+    /// Rewrites upstream links to the proxy at `host` (the request's validated Host), in the
+    /// tenant-scoped form `/tenants/{tenant}/...` when `tenant` is given.
+    pub fn link_rewriter(&self, host: &str, tenant: Option<&str>) -> LinkRewriter {
         let upstream = format!("{}{}", self.upstream.origin, self.upstream.base_path);
         let client_prefix = if self.strip_prefix {
             self.prefix.as_str()
         } else {
             ""
         };
-        LinkRewriter::new(&upstream, &format!("http://{host}{client_prefix}"))
+        let scope = tenant.map_or(String::new(), |t| format!("{TENANTS_SEGMENT}{t}"));
+        LinkRewriter::new(&upstream, &format!("http://{host}{scope}{client_prefix}"))
     }
 }
 
@@ -265,6 +280,32 @@ impl Router {
         }
     }
 
+    /// The tenant for a request on `route` whose tenant header is `header` and whose
+    /// tenant-scoped path names `path`. The two must name the same tenant, and a pinned route's
+    /// tenant, or the request is refused with `TenantConflict` rather than one chosen silently.
+    pub fn scoped_tenant<'a>(
+        &'a self,
+        route: &'a Route,
+        header: Option<&[u8]>,
+        path: Option<&str>,
+    ) -> Result<Cow<'a, Tenant>, ProxyError> {
+        let Some(name) = path else {
+            return self.tenant(route, header);
+        };
+        let policy = &self.policies[route.credential];
+        let from_path = policy.resolve(name)?;
+        if let Some(h) = header {
+            let from_header = policy.resolve(visible(h).ok_or(ProxyError::BadTenant)?)?;
+            if from_header.id != from_path.id {
+                return Err(ProxyError::TenantConflict);
+            }
+        }
+        match &route.pinned {
+            Some(pinned) if pinned.id != from_path.id => Err(ProxyError::TenantConflict),
+            _ => Ok(from_path),
+        }
+    }
+
     /// A bounded label for a tenant ID: its alias, `home`, or `*`.
     pub fn tenant_label(&self, id: &str) -> Arc<str> {
         self.policies
@@ -314,6 +355,25 @@ fn visible(bytes: &[u8]) -> Option<&str> {
         .all(|b| matches!(b, b'\t' | b' '..=b'~'))
         .then(|| std::str::from_utf8(bytes).ok())
         .flatten()
+}
+
+/// Splits a tenant-scoped path `/tenants/{tenant}/<path>` into the tenant and the path the
+/// routes see (`/` when nothing follows the tenant). `None` for any other path.
+pub fn split_tenant_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix(TENANTS_SEGMENT)?;
+    Some(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
+/// The name of `tenant` in a tenant-scoped URL: its alias (or `home`), else its GUID.
+pub fn tenant_path_name(tenant: &Tenant) -> &str {
+    if &*tenant.label == "*" {
+        &tenant.id
+    } else {
+        &tenant.label
+    }
 }
 
 /// A request's path; an empty one (an absolute-form target such as `http://host?q`) is `/`.

@@ -40,6 +40,10 @@ pub struct Runtime {
     pub access_log: bool,
     /// Rate limits, in the order routes refer to them.
     pub limits: Vec<LimitSpec>,
+    /// The wait budget of a request on a route without a rate limit.
+    pub max_wait: Duration,
+    /// Fetch the routes' home-tenant tokens in the background at start and on reload.
+    pub warm_up: bool,
     /// Named clients; when there are any, every request must carry one's key.
     pub clients: Vec<Client>,
 }
@@ -126,6 +130,8 @@ impl Runtime {
                 .iter()
                 .map(|(name, c)| limiter.spec(name, c))
                 .collect(),
+            max_wait: Duration::from_secs(s.max_wait_secs),
+            warm_up: s.warm_up,
         })
     }
 }

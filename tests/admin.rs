@@ -72,7 +72,7 @@ async fn shutdown_drains_in_flight_requests() {
     let url = format!("{}/api/_test/slow?millis=1500", env.base);
     let http = env.http.clone();
     let slow = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_in_flight(1).await;
     let addr = env.proxy.proxy_addr;
     env.proxy.shutdown().await.unwrap();
     assert_eq!(
@@ -88,19 +88,14 @@ async fn shutdown_drains_in_flight_requests() {
 
 #[tokio::test]
 async fn shutdown_gives_up_on_requests_that_outlast_the_grace_period() {
-    // One worker: the one on the caller's runtime, which outlives the proxy (a worker of its
-    // own thread drops its connections with its runtime).
     let env = common::start_edited(Setup::default(), |t| {
-        t.replace(
-            "shutdown_grace_secs = 5",
-            "shutdown_grace_secs = 1\nworkers = 1",
-        )
+        t.replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 1")
     })
     .await;
     let url = format!("{}/api/_test/slow?millis=10000", env.base);
     let http = env.http.clone();
     let slow = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_in_flight(1).await;
     let started = std::time::Instant::now();
     env.proxy.shutdown().await.unwrap();
     let took = started.elapsed();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::binary::{BIN, Proxy, free_port, listening, write_config};
 use common::{Setup, config_text};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 fn run_check(config: &Path, extra_env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
@@ -33,7 +33,15 @@ fn help_exits_zero_and_bad_usage_exits_64() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("check"));
-    for sub in ["run", "check", "demo", "health", "consent-url", "login"] {
+    for sub in [
+        "run",
+        "check",
+        "demo",
+        "sandbox",
+        "health",
+        "consent-url",
+        "login",
+    ] {
         let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{sub} --help");
     }
@@ -98,6 +106,10 @@ fn the_shipped_config_needs_its_variables_and_never_prints_the_secret() {
     ] {
         assert!(out.contains(needle), "missing {needle} in\n{out}");
     }
+    assert!(
+        !out.contains("warnings:"),
+        "the shipped limits queue a burst:\n{out}"
+    );
 }
 
 async fn sandbox_with(opts: SandboxOptions) -> Sandbox {
@@ -176,6 +188,12 @@ async fn the_demo_serves_the_sandbox_through_the_proxy() {
     let port = free_port();
     let mut child = Command::new(BIN)
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--sandbox-listen",
+            "127.0.0.1:0",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Setup, TestEnv, json, start_edited};
-use defender_proxy::sandbox::{self, SandboxOptions};
+use defender_sandbox::{self as sandbox, SandboxOptions};
 
 const SECRET_LINE: &str = "client_secret = \"sandbox-secret\"";
 

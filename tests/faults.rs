@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Setup, TestEnv, start};
-use defender_proxy::sandbox::{ApiFault, TokenFault};
+use defender_sandbox::{ApiFault, TokenFault};
 
 async fn inflight(env: &TestEnv) -> i64 {
     let text = env.metrics().await;

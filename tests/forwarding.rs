@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Setup, TestEnv, json, start};
-use defender_proxy::sandbox::{self, ApiFault};
+use defender_sandbox::{self as sandbox, ApiFault};
 
 #[tokio::test]
 async fn forwards_with_a_bearer_for_the_home_tenant() {
@@ -148,19 +148,21 @@ async fn no_route_is_a_defender_shaped_404() {
     assert_eq!(json(resp).await["error"]["code"], "NoRoute");
 }
 
+/// Throttling the request's wait budget cannot cover (here `server.max_wait_secs`, 60 s, on a
+/// route without a limit) is passed on at once.
 #[tokio::test]
-async fn upstream_throttling_passes_through_with_retry_after() {
+async fn upstream_throttling_beyond_the_wait_budget_passes_through_with_retry_after() {
     let env = start(Setup::default()).await;
     env.sandbox.set_api_fault_times(
         ApiFault::Status {
             status: 429,
-            retry_after: Some("7".into()),
+            retry_after: Some("70".into()),
         },
         1,
     );
     let resp = env.get("/api/incidents").await;
     assert_eq!(resp.status(), 429);
-    assert_eq!(resp.headers()["retry-after"], "7");
+    assert_eq!(resp.headers()["retry-after"], "70");
     assert!(
         TestEnv::code(&resp).is_none(),
         "an upstream answer is not the proxy's error"

@@ -1,6 +1,8 @@
 //! The Kubernetes manifests parse, carry what a sidecar needs, and agree with the proxy
 //! config they ship: the probes hit the admin port the config listens on, the config is
-//! valid, and every file it names is under a mounted volume.
+//! valid with the shipped routes and rate limits, and every file it names is under a mounted
+//! volume. They create no Secret (the README's `kubectl create secret` does) and say which
+//! image to build and push.
 
 use std::path::Path;
 
@@ -70,8 +72,9 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
             .parse()
             .unwrap();
         assert!(
-            config.server.listen.starts_with("127.0.0.1:"),
-            "{file}: the proxy stays on the pod's loopback"
+            config.server.listen.starts_with("127.0.0.1:")
+                || config.server.listen.starts_with("unix:/"),
+            "{file}: the proxy stays on the pod's loopback or a socket"
         );
         let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
         let sidecar = pod["initContainers"]
@@ -112,16 +115,47 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
         assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
         let app = &pod["containers"][0];
         let env = app["env"].as_sequence().unwrap();
-        assert!(
-            env.iter()
-                .any(|e| str_of(&e["value"])
+        match config.server.listen.strip_prefix("unix:") {
+            Some(socket) => check_socket_is_shared(&file, socket, sidecar, app),
+            None => assert!(
+                env.iter().any(|e| str_of(&e["value"])
                     .starts_with(&format!("http://{}", config.server.listen))),
-            "{file}: the app is pointed at the proxy"
-        );
+                "{file}: the app is pointed at the proxy"
+            ),
+        }
         check_files_are_mounted(&file, &config, sidecar);
         check_workload_identity(&file, &config, &docs, pod);
         check_shared_store(&file, &config, &docs, pod);
     }
+}
+
+/// A Unix socket listener: the socket's folder is one volume, writable in the sidecar and
+/// mounted in the app, whose environment names the socket.
+fn check_socket_is_shared(file: &str, socket: &str, sidecar: &Value, app: &Value) {
+    let folder = Path::new(socket).parent().unwrap().to_str().unwrap();
+    let volume_at = |c: &Value| {
+        c["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|m| str_of(&m["mountPath"]) == folder && m["readOnly"] != true)
+            .map(|m| str_of(&m["name"]).to_string())
+    };
+    let shared = volume_at(sidecar);
+    assert!(
+        shared.is_some(),
+        "{file}: the sidecar cannot write {folder}"
+    );
+    assert_eq!(
+        volume_at(app),
+        shared,
+        "{file}: the app does not mount {folder}"
+    );
+    let env = app["env"].as_sequence().unwrap();
+    assert!(
+        env.iter().any(|e| str_of(&e["value"]) == socket),
+        "{file}: the app is not pointed at {socket}"
+    );
 }
 
 /// A workload identity credential needs the pod label and an annotated service account.
@@ -242,5 +276,106 @@ fn check_files_are_mounted(file: &str, config: &Config, sidecar: &Value) {
             .find(|(m, _)| f.starts_with(m))
             .unwrap_or_else(|| panic!("{file}: {f} is not under a volume mount"));
         assert!(mount.1, "{file}: {} should be mounted read-only", mount.0);
+    }
+}
+
+fn manifest_text(file: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/kubernetes")
+            .join(file),
+    )
+    .unwrap()
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+#[test]
+fn every_manifest_keeps_the_shipped_routes_and_rate_limits() {
+    let shipped_text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml")).unwrap();
+    let env = |k: &str| match k {
+        "AZURE_TENANT_ID" => Some("00000000-0000-0000-0000-000000000000".to_string()),
+        "AZURE_CLIENT_ID" | "AZURE_CLIENT_SECRET" => Some("c".to_string()),
+        _ => None,
+    };
+    let shipped = Config::from_toml(&shipped_text, &env).unwrap();
+    let shown = |c: &Config| format!("{:#?}\n{:#?}", c.routes, c.rate_limit);
+    for file in manifest_files() {
+        let config = proxy_config(&documents(&file));
+        assert!(!config.rate_limit.is_empty(), "{file}: no rate limits");
+        assert_eq!(
+            shown(&config),
+            shown(&shipped),
+            "{file}: not the shipped routes and limits"
+        );
+    }
+}
+
+#[test]
+fn no_manifest_creates_a_secret_and_the_readme_shows_how_to_create_each_one_used() {
+    for file in manifest_files() {
+        let docs = documents(&file);
+        assert!(
+            !docs.iter().any(|d| d["kind"] == "Secret"),
+            "{file}: a Secret with a placeholder value would be applied as is"
+        );
+        let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_sequence().unwrap();
+        for name in volumes
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+        {
+            let create = format!("kubectl create secret generic {name} ");
+            assert!(readme().contains(&create), "README: no `{create}...`");
+            assert!(
+                manifest_text(&file).contains(&create),
+                "{file}: no `{create}...`"
+            );
+        }
+    }
+}
+
+/// Issue 22: the catch-all route had no quota, so a burst through it met the upstream's 429s.
+#[test]
+fn every_route_of_every_manifest_has_a_documented_quota() {
+    for file in manifest_files() {
+        let config = proxy_config(&documents(&file));
+        for route in &config.routes {
+            let limit = route
+                .rate_limit
+                .as_ref()
+                .unwrap_or_else(|| panic!("{file}: route {} has no rate_limit", route.name));
+            let l = &config.rate_limit[limit];
+            assert!(l.per_minute.is_some(), "{file}: {limit}");
+            assert!(
+                l.max_wait_secs() >= 60,
+                "{file}: {limit} cannot queue a burst"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_manifest_says_which_image_to_build_and_push() {
+    for file in manifest_files() {
+        let docs = documents(&file);
+        let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+        let sidecar = pod["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "defender-proxy")
+            .unwrap();
+        let image = str_of(&sidecar["image"]);
+        for step in [
+            format!("docker build -t {image} ."),
+            format!("docker push {image}"),
+        ] {
+            assert!(manifest_text(&file).contains(&step), "{file}: no `{step}`");
+            assert!(readme().contains(&step), "README: no `{step}`");
+        }
     }
 }

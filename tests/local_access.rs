@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::binary::{BIN, write_config};
 use common::{Setup, start_edited};
-use defender_proxy::sandbox::Sandbox;
+use defender_sandbox::Sandbox;
 
 /// Runs curl with `args`; gives its output (the status code is printed last by `-w`).
 fn curl(args: &[&str]) -> Output {
@@ -84,28 +84,6 @@ async fn a_client_key_limited_to_one_route_is_refused_on_another() {
     assert_eq!(status(&curl(&["-H", &key("responder-key"), &xdr])), "200");
     assert_eq!(status(&curl(&[&xdr])), "401", "no key");
     assert_eq!(status(&curl(&["-H", &key("reports-keyX"), &xdr])), "401");
-}
-
-/// A `PYTHONPATH` under which `import httpx` works, installing it under `target/` if needed.
-fn httpx_path() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python-httpx");
-    let dir = dir.to_str().unwrap().to_string();
-    let ok = || {
-        Command::new("python3")
-            .args(["-c", "import httpx"])
-            .env("PYTHONPATH", &dir)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ok() {
-        let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target", &dir, "httpx"])
-            .status()
-            .expect("python3 is needed for this test");
-        assert!(status.success(), "pip could not install httpx");
-    }
-    assert!(ok(), "httpx is still not importable from {dir}");
-    dir
 }
 
 /// Starts the binary on `socket`; waits for the socket to appear.
@@ -184,7 +162,10 @@ async fn the_unix_socket_serves_its_owner_and_no_other_user() {
         \x20   print(r.status_code)\n";
     let py = Command::new("python3")
         .args(["-c", script, sock])
-        .env("PYTHONPATH", httpx_path())
+        .env(
+            "PYTHONPATH",
+            common::python::python_path_for("httpx", "httpx", "target/python-httpx"),
+        )
         .output()
         .unwrap();
     assert!(
@@ -242,4 +223,29 @@ async fn a_loopback_tcp_caller_is_named_by_its_user_in_the_access_log() {
         .find(|l| l.contains("path=\"/api/incidents\""))
         .unwrap_or_else(|| panic!("no access line in:\n{logs}"));
     assert!(line.contains(&format!("peer_uid={uid}")), "{line}");
+}
+
+#[test]
+fn check_shows_the_methods_and_clients_but_never_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+        .replace("name = \"mde\"\n", "name = \"mde\"\nmethods = [\"GET\"]\n")
+        + "\n[clients.reports]\nkey = \"reports-key-9f2\"\nroutes = [\"mde\"]\nmethods = [\"GET\"]\n";
+    let config = write_config(dir.path(), &text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("route=mde") && stdout.contains("methods=GET"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("reports      key=*** (config/env)  routes: mde  methods: GET"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("reports-key-9f2"), "{stdout}");
 }

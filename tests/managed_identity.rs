@@ -5,7 +5,7 @@ mod common;
 
 use common::binary::Proxy;
 use common::{Setup, TestEnv, json, start_edited};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions, TokenFault};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions, TokenFault};
 
 fn managed(endpoint: &str, extra: &str) -> impl FnOnce(String) -> String {
     let block = format!(

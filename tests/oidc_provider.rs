@@ -158,7 +158,7 @@ fn device_config(port: u16, store: &Path, upstream: &str) -> String {
         .replace(
             &format!(
                 "[credentials.app.tenants]\ncontoso = \"{}\"\n",
-                defender_proxy::sandbox::TENANT_B
+                defender_sandbox::TENANT_B
             ),
             "",
         )

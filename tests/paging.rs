@@ -5,8 +5,8 @@
 mod common;
 
 use common::binary::Proxy;
-use common::{Setup, json, start, start_edited};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use common::{Setup, TestEnv, json, start, start_edited};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 #[tokio::test]
 async fn following_next_links_through_the_proxy_lists_every_incident_of_the_tenant() {
@@ -14,13 +14,12 @@ async fn following_next_links_through_the_proxy_lists_every_incident_of_the_tena
     let mut url = format!("{}/api/incidents?$top=50", env.base);
     let (mut pages, mut items) = (0, 0);
     loop {
-        let resp = env
-            .http
-            .get(&url)
-            .header("x-tenant-id", "contoso")
-            .send()
-            .await
-            .unwrap();
+        // The header on the first page only: the links carry the tenant.
+        let mut request = env.http.get(&url);
+        if pages == 0 {
+            request = request.header("x-tenant-id", "contoso");
+        }
+        let resp = request.send().await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         let body = json(resp).await;
         let page = body["value"].as_array().unwrap();
@@ -30,7 +29,7 @@ async fn following_next_links_through_the_proxy_lists_every_incident_of_the_tena
         match body["@odata.nextLink"].as_str() {
             Some(next) => {
                 assert!(
-                    next.starts_with(&format!("{}/api/incidents?", env.base)),
+                    next.starts_with(&format!("{}/tenants/contoso/api/incidents?", env.base)),
                     "{next}"
                 );
                 url = next.to_string();
@@ -171,4 +170,109 @@ async fn a_200_mib_json_body_is_rewritten_while_streaming_with_flat_memory() {
     assert_eq!(total as i64, n as i64 + 2 * growth);
     eprintln!("proxy peak RSS while rewriting a 200 MiB JSON body: {peak} KiB");
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
+
+/// The repro of issue 22: a next link followed without the header answered from the home
+/// tenant, mixing two customers' incidents in one list.
+#[tokio::test]
+async fn a_next_link_followed_without_the_header_stays_in_the_tenant() {
+    let env = start(Setup::default()).await;
+    let resp = env
+        .http
+        .get(format!("{}/api/incidents?$top=2", env.base))
+        .header("x-tenant-id", "contoso")
+        .send()
+        .await
+        .unwrap();
+    let next = json(resp).await["@odata.nextLink"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        next.starts_with(&format!("{}/tenants/contoso/api/incidents?", env.base)),
+        "{next}"
+    );
+    let page = json(env.http.get(&next).send().await.unwrap()).await;
+    let items = page["value"].as_array().unwrap();
+    assert!(!items.is_empty());
+    assert!(
+        items.iter().all(|i| i["tenantId"] == sandbox::TENANT_B),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn every_route_has_a_tenant_scoped_form_with_the_headers_allowlist() {
+    let env = start(Setup::default()).await;
+    for path in [
+        "/tenants/contoso/api/incidents?$top=3",
+        &format!("/tenants/{}/mde/api/machines?$top=3", sandbox::TENANT_B),
+        "/tenants/CONTOSO/mde/api/alerts?$top=3",
+    ] {
+        let resp = env.get(path).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let body = json(resp).await;
+        let items = body["value"].as_array().unwrap();
+        assert!(!items.is_empty(), "{path}");
+        assert!(
+            items.iter().all(|i| i["tenantId"] == sandbox::TENANT_B),
+            "{path}"
+        );
+    }
+    let home = json(env.get("/tenants/home/api/incidents?$top=3").await).await;
+    assert_eq!(home["value"][0]["tenantId"], sandbox::TENANT_A);
+    let next = home["@odata.nextLink"].as_str().unwrap();
+    assert!(
+        next.starts_with(&format!("{}/tenants/home/api/incidents?", env.base)),
+        "{next}"
+    );
+    let resp = env.get("/tenants/fabrikam/api/incidents").await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TenantNotAllowed"));
+    let resp = env.get("/tenants/a%20b/api/incidents").await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("BadTenant"));
+}
+
+#[tokio::test]
+async fn a_path_tenant_that_differs_from_the_header_is_a_conflict() {
+    let env = start(Setup::default()).await;
+    let send = |tenant: &'static str| {
+        env.http
+            .get(format!("{}/tenants/contoso/api/incidents?$top=1", env.base))
+            .header("x-tenant-id", tenant)
+            .send()
+    };
+    let resp = send("home").await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(TestEnv::code(&resp).as_deref(), Some("TenantConflict"));
+    let body = json(resp).await;
+    assert_eq!(body["error"]["code"], "TenantConflict");
+    let resp = send(sandbox::TENANT_B).await.unwrap();
+    assert_eq!(resp.status(), 200, "the same tenant by GUID agrees");
+}
+
+#[tokio::test]
+async fn home_in_the_header_selects_the_home_tenant_and_location_carries_the_tenant() {
+    let env = start(Setup::default()).await;
+    let resp = env
+        .http
+        .get(format!("{}/api/incidents?$top=1", env.base))
+        .header("x-tenant-id", "home")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(json(resp).await["value"][0]["tenantId"], sandbox::TENANT_A);
+    let resp = env
+        .http
+        .get(format!("{}/mde/api/_test/redirect?to=self", env.base))
+        .header("x-tenant-id", "contoso")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["location"],
+        format!("{}/tenants/contoso/mde/api/incidents?$top=1", env.base)
+    );
 }

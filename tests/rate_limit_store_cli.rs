@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::binary::{BIN, Proxy, write_config};
 use common::redis_server::{RedisServer, tls_args};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 const RIGHT: &str = "right-horse-battery-9c1e";
 const WRONG: &str = "wrong-password-7f3a";

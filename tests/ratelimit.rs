@@ -1,13 +1,14 @@
-//! Rate limits through the proxy: local budgets per (limit, tenant) refuse with a truthful
-//! Retry-After without reaching the upstream; upstream throttling pauses the bucket and is
-//! waited out and retried when the wait fits `max_wait_secs`, else passed on.
+//! Rate limits through the proxy: local budgets per (limit, tenant) queue a burst, and refuse
+//! with a truthful Retry-After without reaching the upstream what the wait budget cannot
+//! cover; upstream throttling, on any route, pauses the bucket and is waited out and retried
+//! when the wait fits what is left of the request's one budget, else passed on.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{Setup, TestEnv, json};
-use defender_proxy::sandbox::{ApiFault, SandboxOptions};
+use defender_sandbox::{ApiFault, SandboxOptions};
 
 fn limited(per_minute: u32, max_wait_secs: u64) -> Setup {
     Setup {
@@ -270,4 +271,173 @@ async fn a_request_that_waited_in_the_queue_is_sent_with_a_token_valid_then() {
         "no expired token sent"
     );
     assert_eq!(env.sandbox.token_requests(), 2);
+}
+
+/// The most requests that arrived within any `window`, from arrival times oldest first.
+fn most_in_any(window: Duration, arrivals: &[Instant]) -> usize {
+    let mut start = 0;
+    (0..arrivals.len())
+        .map(|end| {
+            while arrivals[end] - arrivals[start] >= window {
+                start += 1;
+            }
+            end + 1 - start
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Issue 22: with `max_wait_secs = 30` a burst of 150 got 50 × 429 at once (a 30 s wait never
+/// reaches the slot that frees after 60 s); the default budget covers the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_quota_queues_and_every_call_succeeds() {
+    // The token is had before the burst (warm-up, then /readyz): the first requests reach the
+    // upstream right after their admission, as the later ones do, however loaded the machine.
+    let setup = Setup {
+        server: "warm_up = true".into(),
+        extra: "[rate_limit.mde]\nper_minute = 100\n".into(),
+        ..Setup::default()
+    };
+    let env = common::start_edited(setup, |t| {
+        t.replace(
+            "strip_prefix = true\n",
+            "strip_prefix = true\nrate_limit = \"mde\"\n",
+        )
+    })
+    .await;
+    let ready = format!("{}/readyz", env.admin);
+    for _ in 0..500 {
+        if env.http.get(&ready).send().await.unwrap().status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let calls = (0..150).map(|_| {
+        let (http, url) = (
+            env.http.clone(),
+            format!("{}/mde/api/alerts?$top=1", env.base),
+        );
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+    });
+    let mut statuses = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        statuses.push(call.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        (Duration::from_secs(59)..Duration::from_secs(75)).contains(&elapsed),
+        "{elapsed:?}"
+    );
+    let arrivals = env.sandbox.api_request_times();
+    assert_eq!(arrivals.len(), 150, "the upstream never throttled");
+    let most = most_in_any(Duration::from_secs(60), &arrivals);
+    assert!(most <= 100, "{most} requests within 60 s upstream");
+    eprintln!("150 calls against 100/min: {elapsed:?}, at most {most} in any 60 s upstream");
+}
+
+#[tokio::test]
+async fn upstream_throttling_is_absorbed_on_a_route_without_a_limit() {
+    let env = common::start(Setup::default()).await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("1".into()),
+        },
+        1,
+    );
+    let started = Instant::now();
+    let resp = env.get("/mde/api/machines?$top=1").await;
+    assert_eq!(resp.status(), 200, "the client only sees a slower answer");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(env.sandbox.api_requests(), 2);
+}
+
+/// Issue 22: with `max_wait_secs = 10` and an upstream that kept answering `Retry-After: 7`,
+/// one request was held 21 s and sent 4 times: each wait fitted alone, not together.
+#[tokio::test]
+async fn one_wait_budget_covers_every_retry_of_a_request() {
+    let env = with_limit(limited(100, 10)).await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 429,
+            retry_after: Some("7".into()),
+        },
+        3,
+    );
+    let started = Instant::now();
+    let resp = env.get("/api/incidents").await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status(), 429, "the second 7 s wait does not fit");
+    assert_eq!(resp.headers()["retry-after"], "7");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert_eq!(env.sandbox.api_requests(), 2);
+}
+
+#[tokio::test]
+async fn the_server_budget_bounds_waits_on_routes_without_a_limit() {
+    let env = common::start(Setup {
+        server: "max_wait_secs = 60".into(),
+        ..Setup::default()
+    })
+    .await;
+    env.sandbox.set_api_fault_times(
+        ApiFault::Status {
+            status: 503,
+            retry_after: Some("61".into()),
+        },
+        1,
+    );
+    let started = Instant::now();
+    let resp = env.get("/mde/api/machines").await;
+    assert_eq!(
+        resp.status(),
+        503,
+        "passed on at once: 61 s is beyond the budget"
+    );
+    assert_eq!(resp.headers()["retry-after"], "61");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_remaining_budget_is_in_each_response_and_on_the_admin_listener() {
+    let env = with_limit(Setup {
+        extra: "[rate_limit.incidents]\nper_minute = 3\nper_hour = 10\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    let resp = env.get("/api/incidents?$top=1").await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["x-defender-proxy-ratelimit"], "incidents");
+    assert_eq!(h["x-defender-proxy-ratelimit-remaining-minute"], "2");
+    assert_eq!(h["x-defender-proxy-ratelimit-remaining-hour"], "9");
+    let resp = env.get("/mde/api/machines?$top=1").await;
+    assert!(
+        resp.headers().get("x-defender-proxy-ratelimit").is_none(),
+        "not limited"
+    );
+    let budgets = json(
+        env.http
+            .get(format!("{}/ratelimits", env.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let limits = budgets["limits"].as_array().unwrap();
+    assert_eq!(limits.len(), 1, "{budgets}");
+    let b = &limits[0];
+    assert_eq!(
+        (b["limit"].as_str(), b["tenant"].as_str()),
+        (Some("incidents"), Some("home"))
+    );
+    assert_eq!(b["windows"][0]["window_secs"], 60);
+    assert_eq!(b["windows"][0]["used"], 1);
+    assert_eq!(b["windows"][0]["remaining"], 2);
+    assert_eq!(b["windows"][1]["remaining"], 9);
+    assert_eq!(b["next_free_in_secs"], 0.0);
+    assert_eq!(b["queue_length"], 0);
+    assert!(b["paused_for_secs"].is_null());
 }

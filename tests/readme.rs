@@ -127,3 +127,35 @@ fn every_whole_config_in_the_readme_passes_check_and_prints_what_it_says() {
         );
     }
 }
+
+#[test]
+fn the_readme_names_the_toolchain_cargo_toml_asks_for_and_says_windows_is_untested() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    let package = manifest["package"].as_table().unwrap();
+    let section = readme
+        .split("\n## What you need\n")
+        .nth(1)
+        .expect("a \"What you need\" section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    for needle in [
+        format!("Rust {}", package["rust-version"].as_str().unwrap()),
+        format!("edition {}", package["edition"].as_str().unwrap()),
+        "C compiler".into(),
+        "node and npm".into(),
+        "python3".into(),
+        "GB".into(),
+        "cargo install --locked --path .".into(),
+        "Windows".into(),
+        "**untested**".into(),
+    ] {
+        assert!(
+            section.contains(&needle),
+            "\"What you need\" lacks {needle:?}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Setup, TestEnv, json, start_reloading};
-use defender_proxy::sandbox;
+use defender_sandbox as sandbox;
 
 const EXTRA_ROUTE: &str = "\n[[route]]\nname = \"contoso\"\nprefix = \"/contoso/\"\nstrip_prefix = true\nupstream = \"UPSTREAM\"\nscope = \"https://api.security.microsoft.com/.default\"\ncredential = \"app\"\ntenant = \"contoso\"\n";
 
@@ -142,7 +142,7 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
     let http = env.http.clone();
     let url = format!("{}/mde/api/_test/slow?millis=800", env.base);
     let slow = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.wait_in_flight(1).await;
     let text = std::fs::read_to_string(config_path(&dir)).unwrap();
     let without_mde = text.replace("prefix = \"/mde/\"", "prefix = \"/other/\"");
     std::fs::write(config_path(&dir), without_mde).unwrap();

@@ -14,7 +14,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use common::binary::{Proxy, free_port};
 use common::redis_server::{RedisServer, eventually};
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 use tokio::time::Instant;
 
 /// Windows are divided by this: a minute lasts 6 s, an hour 6 min.

@@ -36,7 +36,7 @@ async fn tls_relay(target: std::net::SocketAddr) -> std::net::SocketAddr {
 async fn https_env(extra_ca: bool, idp_over_tls: bool) -> TestEnv {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = defender_proxy::sandbox::Sandbox::start(listener, Default::default())
+    let sandbox = defender_sandbox::Sandbox::start(listener, Default::default())
         .await
         .unwrap();
     let https = format!(
@@ -90,6 +90,22 @@ async fn an_https_identity_provider_and_upstream_with_an_unknown_ca_are_refused(
         0,
         "nothing was sent over the untrusted connection"
     );
+    let ready = env
+        .http
+        .get(format!("{}/readyz", env.admin))
+        .send()
+        .await
+        .unwrap();
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    let reason = ready["credentials"]["app"].as_str().unwrap();
+    for needle in [
+        "https://localhost:",
+        "/oauth2/v2.0/token: TLS: the certificate is from an unknown CA",
+        "UnknownIssuer",
+        "add its CA with [tls] extra_ca_file",
+    ] {
+        assert!(reason.contains(needle), "{needle:?} not in {reason:?}");
+    }
     let env = https_env(false, false).await;
     let resp = env.get("/api/incidents").await;
     assert_eq!(
@@ -160,7 +176,7 @@ async fn connect_proxy() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Stri
 async fn https_upstreams_go_through_the_https_proxy_of_the_environment() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sandbox = defender_proxy::sandbox::Sandbox::start(listener, Default::default())
+    let sandbox = defender_sandbox::Sandbox::start(listener, Default::default())
         .await
         .unwrap();
     let relay = tls_relay(sandbox.addr()).await;
@@ -201,4 +217,40 @@ async fn https_upstreams_go_through_the_https_proxy_of_the_environment() {
         vec![format!("localhost:{}", relay.port())],
         "one tunnel to the upstream"
     );
+}
+
+/// Issue 22: a token endpoint that cannot be reached is named, with the cause chain.
+#[tokio::test]
+async fn an_unreachable_token_endpoint_is_named_with_its_cause() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = common::start_edited(Setup::default(), |t| {
+        t.replace(
+            "[cloud]\nauthority_host = \"",
+            &format!("[cloud]\nauthority_host = \"http://127.0.0.1:{port}\"\n# was: \""),
+        )
+    })
+    .await;
+    let resp = env.get("/api/incidents").await;
+    assert_eq!(resp.status(), 503);
+    let ready: serde_json::Value = env
+        .http
+        .get(format!("{}/readyz", env.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reason = ready["credentials"]["app"].as_str().unwrap();
+    let url = format!(
+        "http://127.0.0.1:{port}/{}/oauth2/v2.0/token",
+        defender_sandbox::TENANT_A
+    );
+    assert!(
+        reason.contains(&format!("{url}: could not connect: ")),
+        "{reason}"
+    );
+    assert!(reason.to_ascii_lowercase().contains("refused"), "{reason}");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Setup, TestEnv, json, start};
-use defender_proxy::sandbox::{self, SandboxOptions, TokenFault};
+use defender_sandbox::{self as sandbox, SandboxOptions, TokenFault};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_cold_requests_cause_one_token_request() {

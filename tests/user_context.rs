@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 
 use common::binary::{BIN, write_config};
 use common::{Setup, TestEnv, json};
-use defender_proxy::sandbox::{self, DeviceStatus, Sandbox, SandboxOptions};
 use defender_proxy::token::device_code::read_store;
+use defender_sandbox::{self as sandbox, DeviceStatus, Sandbox, SandboxOptions};
 
 fn user_config(sandbox_url: &str, store: &std::path::Path) -> String {
     common::config_text(sandbox_url, &Setup::default())

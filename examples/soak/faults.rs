@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use defender_proxy::sandbox::{ApiFault, TokenFault};
+use defender_sandbox::{ApiFault, TokenFault};
 use fastrand::Rng;
 use serde_json::Value;
 use tokio::time::Instant;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use defender_proxy::sandbox::{TENANT_A, TENANT_B};
+use defender_sandbox::{TENANT_A, TENANT_B};
 use fastrand::Rng;
 use reqwest::{RequestBuilder, Response};
 use serde_json::{Value, json};

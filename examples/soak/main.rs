@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use defender_proxy::sandbox::{Sandbox, SandboxOptions};
+use defender_sandbox::{Sandbox, SandboxOptions};
 use tokio::time::Instant;
 
 /// Tokens live this long, so the proxy refreshes them every half minute and a token lost to a

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use defender_proxy::sandbox::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, TENANT_A, TENANT_B};
+use defender_sandbox::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, TENANT_A, TENANT_B};
 use tokio::time::Instant;
 
 /// How often the proxy's RSS is read.

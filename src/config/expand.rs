@@ -26,8 +26,27 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
     }
 }
 
-/// Expands every string value below `table`, naming `path` in errors.
+/// Expands every string value below `table`, naming `path` in errors. Every value is tried,
+/// so that one run reports all the variables that are not set, not only the first.
 pub fn expand_table(table: &mut toml::Table, path: &str, env: &dyn Env) -> Result<(), ConfigError> {
+    let mut errors = Vec::new();
+    expand_entries(table, path, env, &mut errors);
+    let mut errors = errors.into_iter();
+    let Some(mut first) = errors.next() else {
+        return Ok(());
+    };
+    for e in errors {
+        first.message.push_str(&format!("\n{e}"));
+    }
+    Err(first)
+}
+
+fn expand_entries(
+    table: &mut toml::Table,
+    path: &str,
+    env: &dyn Env,
+    errors: &mut Vec<ConfigError>,
+) {
     for (key, value) in table.iter_mut() {
         let key = path_segment(key);
         let child = if path.is_empty() {
@@ -35,9 +54,8 @@ pub fn expand_table(table: &mut toml::Table, path: &str, env: &dyn Env) -> Resul
         } else {
             format!("{path}.{key}")
         };
-        expand_value(value, &child, env)?;
+        expand_value(value, &child, env, errors);
     }
-    Ok(())
 }
 
 /// A key as a path segment: bare when TOML allows, else quoted, so that `""` or `"a.b"`
@@ -54,20 +72,20 @@ pub(super) fn path_segment(key: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn expand_value(value: &mut toml::Value, path: &str, env: &dyn Env) -> Result<(), ConfigError> {
+fn expand_value(value: &mut toml::Value, path: &str, env: &dyn Env, errors: &mut Vec<ConfigError>) {
     match value {
-        toml::Value::String(s) if s.contains('$') => {
-            *s = expand_str(s, env).map_err(|msg| ConfigError::new(path, msg))?;
-        }
+        toml::Value::String(s) if s.contains('$') => match expand_str(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(msg) => errors.push(ConfigError::new(path, msg)),
+        },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_value(item, &format!("{path}[{i}]"), env)?;
+                expand_value(item, &format!("{path}[{i}]"), env, errors);
             }
         }
-        toml::Value::Table(t) => expand_table(t, path, env)?,
+        toml::Value::Table(t) => expand_entries(t, path, env, errors),
         _ => {}
     }
-    Ok(())
 }
 
 /// Expands one string. The error message names the variable, never a value.
@@ -177,6 +195,18 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "route[0].upstream: environment variable MISSING is not set"
+        );
+    }
+
+    #[test]
+    fn every_missing_variable_is_named_in_one_error() {
+        let mut t: toml::Table =
+            toml::from_str("[c]\na = \"${ONE}\"\nb = \"${TENANT}\"\nc = [\"${TWO}\"]").unwrap();
+        let err = expand_table(&mut t, "", &env).unwrap_err();
+        assert_eq!(err.path, "c.a");
+        assert_eq!(
+            err.to_string(),
+            "c.a: environment variable ONE is not set\nc.c[0]: environment variable TWO is not set"
         );
     }
 

@@ -36,6 +36,22 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// Adds the name of the route a `route[N]...` error is about: people know their routes by
+    /// name, not by position in the file.
+    fn naming_route(mut self, name_of: impl Fn(usize) -> Option<String>) -> Self {
+        let index = self
+            .path
+            .strip_prefix("route[")
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|i| i.parse().ok());
+        if let Some(name) = index.and_then(name_of).filter(|n| !n.is_empty()) {
+            self.message.push_str(&format!(" (route {name:?})"));
+        }
+        self
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
@@ -118,6 +134,12 @@ pub struct ServerConfig {
     pub socket_mode: String,
     /// Group (name or number) that owns a `unix:` listen socket.
     pub socket_group: Option<String>,
+    /// The wait budget of a request on a route without a `rate_limit`: the longest it waits
+    /// out upstream throttling (429/503 with a retry time) before the client sees the 429.
+    pub max_wait_secs: u64,
+    /// Fetch each route's token for its home (or pinned) tenant at start and after each
+    /// reload; `/readyz` is 503 until they were had.
+    pub warm_up: bool,
 }
 
 impl Default for ServerConfig {
@@ -137,6 +159,8 @@ impl Default for ServerConfig {
             workers: 0,
             socket_mode: "0600".into(),
             socket_group: None,
+            max_wait_secs: DEFAULT_SERVER_MAX_WAIT_SECS,
+            warm_up: true,
         }
     }
 }
@@ -300,7 +324,8 @@ pub struct RouteConfig {
     /// Rewrite `@odata.nextLink`/`@odata.deltaLink` and `Location` to come back through the proxy.
     #[serde(default = "yes")]
     pub rewrite_links: bool,
-    /// Absorb upstream 429/503 (wait and retry) when the wait fits the limit's `max_wait_secs`.
+    /// Absorb upstream 429/503 (wait and retry) when the wait fits the request's budget: the
+    /// limit's `max_wait_secs`, or `server.max_wait_secs` on a route without a limit.
     #[serde(default = "yes")]
     pub retry_throttled: bool,
     /// The methods the route forwards; any when unset.
@@ -319,13 +344,25 @@ pub struct RateLimitConfig {
     pub per_minute: Option<u32>,
     /// Requests per rolling hour.
     pub per_hour: Option<u32>,
-    /// Longest a request queues before it is refused with 429.
-    #[serde(default = "default_max_wait_secs")]
-    pub max_wait_secs: u64,
+    /// A request's wait budget in total (queue, absorbed upstream throttling, retries);
+    /// default: `default_max_wait_secs()`.
+    pub max_wait_secs: Option<u64>,
 }
 
-fn default_max_wait_secs() -> u64 {
-    30
+/// `server.max_wait_secs` when not set: a minute, Defender's shortest quota window.
+pub const DEFAULT_SERVER_MAX_WAIT_SECS: u64 = 60;
+
+impl RateLimitConfig {
+    /// The wait budget of a request: `max_wait_secs`, else the shortest window plus 5 s. An
+    /// admission counts for its window plus one to two slots (up to 1 s of a minute),
+    /// so a budget of exactly the window could not reach the first slot that frees.
+    pub fn max_wait_secs(&self) -> u64 {
+        let window = match (self.per_minute, self.per_hour) {
+            (None, Some(_)) => 3600,
+            _ => 60,
+        };
+        self.max_wait_secs.unwrap_or(window + 5)
+    }
 }
 
 /// The kinds of rate-limit store.
@@ -397,11 +434,16 @@ impl Config {
     /// Parses and expands TOML text without validating.
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
-        expand::expand_table(&mut table, "", env)?;
+        let routes = table.get("route").and_then(toml::Value::as_array).cloned();
+        let name_of = |i: usize| {
+            let name = routes.as_ref()?.get(i)?.get("name")?.as_str()?;
+            Some(name.to_string())
+        };
+        expand::expand_table(&mut table, "", env).map_err(|e| e.naming_route(name_of))?;
         let de = toml::Value::Table(table);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = key_path(e.path());
-            ConfigError::new(path, without_value(e.into_inner().to_string()))
+            ConfigError::new(path, without_value(e.into_inner().to_string())).naming_route(name_of)
         })
     }
 
@@ -413,7 +455,8 @@ impl Config {
     /// Validates, filling values taken from the environment (authority host and the like).
     pub fn validated(mut self, env: &dyn Env) -> Result<Config, ConfigError> {
         validate::apply_env_fallbacks(&mut self, env);
-        validate::validate(&self)?;
+        validate::validate(&self)
+            .map_err(|e| e.naming_route(|i| Some(self.routes.get(i)?.name.clone())))?;
         Ok(self)
     }
 
@@ -487,10 +530,37 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
     let before = &text[..start];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let key = match e.span() {
+        Some(span) if message == "duplicate key" => duplicate_key(text, before, span),
+        _ => String::new(),
+    };
     ConfigError::new(
         "",
-        format!("invalid TOML at line {line}, column {column}: {message}"),
+        format!("invalid TOML at line {line}, column {column}: {message}{key}"),
     )
+}
+
+/// Names a duplicate key, and the table it is in (the last header above it): the parser's
+/// span covers the key, never a value, so no secret is shown.
+fn duplicate_key(text: &str, before: &str, span: std::ops::Range<usize>) -> String {
+    let key = text.get(span).unwrap_or_default().trim();
+    if key.is_empty() || key.len() > 200 || key.contains(['\n', '=']) {
+        return String::new();
+    }
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    if before[line_start..].trim_start().starts_with('[') {
+        return format!(" `{key}` (a table defined twice)");
+    }
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.split('#').next().unwrap_or(l).trim());
+    match table {
+        Some(table) => format!(" `{key}` in {table}"),
+        None => format!(" `{key}`"),
+    }
 }
 
 /// A serde path as `route[0].strip`, keys quoted when they are not bare (`""`, `"a.b"`).

@@ -33,6 +33,22 @@ fn a_minimal_config_is_valid_with_defaults() {
 }
 
 #[test]
+fn max_wait_defaults_to_the_shortest_window_and_a_bit() {
+    let c = Config::from_toml(
+        &format!(
+            "{BASE}\n[rate_limit.m]\nper_minute = 1\nper_hour = 9\n\
+             [rate_limit.h]\nper_hour = 9\n[rate_limit.set]\nper_minute = 1\nmax_wait_secs = 7\n"
+        ),
+        &no_env,
+    )
+    .unwrap();
+    assert_eq!(c.rate_limit["m"].max_wait_secs(), 65);
+    assert_eq!(c.rate_limit["h"].max_wait_secs(), 3605);
+    assert_eq!(c.rate_limit["set"].max_wait_secs(), 7);
+    assert_eq!(c.server.max_wait_secs, 60);
+}
+
+#[test]
 fn unknown_key_names_its_path() {
     let e = err(&format!("{BASE}\n[server]\nlisten_addr = \"x\"\n"));
     assert_eq!(e.path, "server.listen_addr");
@@ -92,12 +108,60 @@ fn wrong_types_name_their_path() {
 }
 
 #[test]
-fn missing_credential_reference_is_named() {
+fn missing_credential_reference_is_named_with_the_route_name() {
     let e = err(&BASE.replace("credential = \"app\"", "credential = \"ap\""));
     assert_eq!(
         e.to_string(),
-        "route[0].credential: no credential named \"ap\""
+        "route[0].credential: no credential named \"ap\" (route \"defender\")"
     );
+}
+
+#[test]
+fn route_errors_from_parsing_and_expansion_name_the_route() {
+    let e = err(&BASE.replace("credential = \"app\"", "credential = \"app\"\nstrip = true"));
+    assert!(e.message.ends_with("(route \"defender\")"), "{e}");
+    let e = err(&BASE.replace("upstream = \"xdr\"", "upstream = \"${NO_SUCH_UPSTREAM}\""));
+    assert_eq!(
+        e.to_string(),
+        "route[0].upstream: environment variable NO_SUCH_UPSTREAM is not set (route \"defender\")"
+    );
+}
+
+#[test]
+fn a_config_without_routes_is_refused() {
+    for text in [
+        "",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n",
+        &BASE[..BASE.find("[[route]]").unwrap()],
+    ] {
+        let e = err(text);
+        assert_eq!(e.path, "route", "{text}");
+        assert!(e.message.contains("defines no route"), "{e}");
+    }
+}
+
+#[test]
+fn a_duplicate_key_is_named_with_its_table() {
+    let e = err(&format!(
+        "{BASE}\n[server]\nlisten = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n"
+    ));
+    assert!(
+        e.message.ends_with("duplicate key `listen` in [server]"),
+        "{e}"
+    );
+    assert!(e.message.contains("line "), "{e}");
+    let e = err(&format!("{BASE}\n[server]\n[server]\n"));
+    assert!(e.message.contains("duplicate key `server`"), "{e}");
+    let e = err(&BASE.replace(
+        "client_secret = \"s3cret-value\"",
+        "client_secret = \"s3cret-value\"\nclient_secret = \"other-s3cret\"",
+    ));
+    assert!(
+        e.message
+            .ends_with("duplicate key `client_secret` in [credentials.app]"),
+        "{e}"
+    );
+    assert!(!e.message.contains("s3cret"), "{e}");
 }
 
 #[test]
@@ -245,6 +309,7 @@ fn tenant_aliases_name_one_tenant_each() {
         (format!("\"x/y\" = {b}"), "\"x/y\""),
         (format!("\"{}\" = {b}", "a".repeat(257)), ""),
         (format!("Contoso = {b}\ncontoso = {c}"), "contoso"),
+        (format!("Home = {b}"), "Home"),
         (format!("33333333-3333-3333-3333-333333333333 = {b}"), ""),
         (
             format!("\"11111111-1111-1111-1111-111111111111\" = {b}"),

@@ -63,6 +63,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::new(path, "limits must be at least 1"));
         }
     }
+    if config.routes.is_empty() {
+        return Err(ConfigError::new(
+            "route",
+            "the config defines no route: add a [[route]] table (the shipped proxy.toml has one per API)",
+        ));
+    }
     validate_store(&config.rate_limit_store)?;
     let mut prefixes = HashSet::new();
     let mut names = HashSet::new();
@@ -389,6 +395,9 @@ fn validate_tenants(path: &str, c: &CredentialConfig) -> Result<(), ConfigError>
         }
         if !is_tenant_name(alias) {
             return bad("an alias is up to 256 letters, digits, '-', '_' and '.'".into());
+        }
+        if alias.eq_ignore_ascii_case(crate::routing::HOME) {
+            return bad("\"home\" names the credential's own tenant; choose another alias".into());
         }
         if is_guid(alias) && !alias.eq_ignore_ascii_case(guid) {
             return bad("an alias that is a GUID must name that GUID".into());

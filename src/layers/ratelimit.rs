@@ -1,8 +1,12 @@
-//! The rate limit as a layer: a request on a route with a `rate_limit` waits its turn in the
-//! (limit, tenant) queue, or is refused at once with a truthful `Retry-After` when its turn is
-//! further off than `max_wait_secs`. An upstream 429 or 503 that says when to come back pauses
-//! the bucket until then; when the route allows it, the wait fits, and the body was kept, the
-//! request waits and is sent again, unseen by the client (at most `MAX_ABSORBED` times).
+//! The rate limit as a layer. Each request has one wait budget in total: its route's limit's
+//! `max_wait_secs`, or `server.max_wait_secs` on a route without a limit. A request on a route
+//! with a `rate_limit` waits its turn in the (limit, tenant) queue, or is refused at once with
+//! a truthful `Retry-After` when its turn is further off than what is left of its budget. An
+//! upstream 429 or 503 that says when to come back, on any route, pauses the bucket (if any)
+//! until then; when the route allows it, the wait fits what is left of the budget, and the body
+//! was kept, the request waits and is sent again, unseen by the client (at most `MAX_ABSORBED`
+//! times). Otherwise the upstream's answer, with its own `Retry-After`, goes to the client.
+//! Every response on a limited route tells what is left of the budget in its headers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -18,7 +22,7 @@ use super::route::Routed;
 use super::{BoxFuture, Next, Request, Response, Shared, send};
 use crate::body;
 use crate::error::ProxyError;
-use crate::ratelimit::{LimitSpec, retry_after_from};
+use crate::ratelimit::{LimitSpec, Limiter, retry_after_from};
 use crate::runtime::Runtime;
 
 /// Upstream throttling answers absorbed per request at most.
@@ -79,7 +83,16 @@ impl Service<Request> for RateLimit {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.send(req).await })
+        Box::pin(async move {
+            let routed = Routed::of(&req)?;
+            let (shared, rt) = (this.shared.clone(), this.rt.clone());
+            let mut resp = this.send(req).await?;
+            let limit = routed.route(&rt).rate_limit.and_then(|i| rt.limits.get(i));
+            if let Some(spec) = limit {
+                budget_headers(&shared.limiter, spec, &routed.tenant.id, resp.headers_mut());
+            }
+            Ok(resp)
+        })
     }
 }
 
@@ -90,11 +103,13 @@ impl RateLimit {
         let spec = route.rate_limit.and_then(|i| self.rt.limits.get(i));
         let tenant = &routed.tenant.id;
         let limiter = &self.shared.limiter;
+        let deadline = Instant::now() + spec.map_or(self.rt.max_wait, |s| s.max_wait);
         let (mut next, mut absorbed) = (Some(req), 0);
         loop {
             if let Some(spec) = spec {
+                let left = deadline.saturating_duration_since(Instant::now());
                 limiter
-                    .acquire(spec, tenant)
+                    .acquire_within(spec, tenant, left)
                     .await
                     .map_err(|refused| ProxyError::RateLimited {
                         limit: spec.name.to_string(),
@@ -111,24 +126,57 @@ impl RateLimit {
                 return Ok(resp);
             }
             let (resp, wait) = retry_time(resp).await;
-            let (Some(spec), Some(wait)) = (spec, wait) else {
+            let Some(wait) = wait else {
                 return Ok(resp);
             };
-            limiter.pause(spec, tenant, Instant::now() + wait);
-            if !absorbs(route.retry_throttled, spec, wait, absorbed) || again.is_none() {
-                spec.stats.passed_through.fetch_add(1, Ordering::Relaxed);
+            let until = Instant::now() + wait;
+            if let Some(spec) = spec {
+                limiter.pause(spec, tenant, until);
+            }
+            let fits = until <= deadline && absorbed < MAX_ABSORBED;
+            if !route.retry_throttled || !fits || again.is_none() {
+                if let Some(spec) = spec {
+                    spec.stats.passed_through.fetch_add(1, Ordering::Relaxed);
+                }
                 return Ok(resp);
             }
-            tracing::info!(route = %route.name, limit = %spec.name, wait_ms = wait.as_millis() as u64, "upstream throttled; waiting and retrying");
-            spec.stats.absorbed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(route = %route.name, wait_ms = wait.as_millis() as u64, "upstream throttled; waiting and retrying");
+            match spec {
+                // The paused bucket holds the retry back, behind the requests queued before it.
+                Some(spec) => {
+                    spec.stats.absorbed.fetch_add(1, Ordering::Relaxed);
+                }
+                None => tokio::time::sleep_until(until).await,
+            }
             (absorbed, next) = (absorbed + 1, again);
         }
     }
 }
 
-/// Whether a throttled request waits `wait` and goes again, after `absorbed` such waits.
-fn absorbs(allowed: bool, spec: &LimitSpec, wait: Duration, absorbed: u32) -> bool {
-    allowed && absorbed < MAX_ABSORBED && wait <= spec.max_wait
+/// Names the limit a response counted against...
+pub const LIMIT_HEADER: HeaderName = HeaderName::from_static("x-defender-proxy-ratelimit");
+/// ...and what is left of it in its rolling minute...
+pub const REMAINING_MINUTE_HEADER: HeaderName =
+    HeaderName::from_static("x-defender-proxy-ratelimit-remaining-minute");
+/// ...and its rolling hour, for the windows the limit has.
+pub const REMAINING_HOUR_HEADER: HeaderName =
+    HeaderName::from_static("x-defender-proxy-ratelimit-remaining-hour");
+
+/// Tells the client what is left of the (limit, tenant) budget, so it can pace itself.
+fn budget_headers(limiter: &Limiter, spec: &LimitSpec, tenant: &Arc<str>, h: &mut HeaderMap) {
+    let Some(budget) = limiter.budget(spec, tenant) else {
+        return;
+    };
+    if let Ok(name) = HeaderValue::from_str(&spec.name) {
+        h.insert(LIMIT_HEADER, name);
+    }
+    for w in &budget.windows {
+        let header = match w.window_secs {
+            60 => REMAINING_MINUTE_HEADER,
+            _ => REMAINING_HOUR_HEADER,
+        };
+        h.insert(header, HeaderValue::from(w.remaining));
+    }
 }
 
 /// When a throttling answer says to come back: its `Retry-After`, or else its (small) body,

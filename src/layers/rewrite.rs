@@ -1,7 +1,8 @@
 //! Paging links that lead back through the proxy: on routes with `rewrite_links`, the
 //! `Location` header and the `@odata.nextLink` / `@odata.deltaLink` values of JSON answers that
 //! point at the route's upstream are rewritten to the Host the client used (as checked by the
-//! guard). A small body is rewritten whole, with an exact `Content-Length`; a larger one while
+//! guard), in the tenant-scoped form `/tenants/{tenant}/...` when the request's tenant came
+//! from its header or path (so following a link stays in that tenant). A small body is rewritten whole, with an exact `Content-Length`; a larger one while
 //! it streams (`crate::rewrite`), without one.
 
 use std::pin::Pin;
@@ -82,11 +83,12 @@ impl Service<Request> for Rewrite {
 
 /// The rewriter for a request whose route rewrites links.
 fn rewriter_for(rt: &Runtime, req: &Request) -> Option<LinkRewriter> {
-    let route = req.extensions().get::<Routed>()?.route(rt);
+    let routed = req.extensions().get::<Routed>()?;
+    let route = routed.route(rt);
     let host = req.extensions().get::<CheckedHost>()?;
     route
         .rewrite_links
-        .then(|| route.link_rewriter(host.0.as_str()))
+        .then(|| route.link_rewriter(host.0.as_str(), routed.link_tenant.as_deref()))
 }
 
 async fn rewrite(

@@ -1,6 +1,9 @@
 //! Route and tenant: the route is the longest path prefix that matches; the tenant is the one
-//! the route pins, else the tenant header's (a GUID or an alias of the route's credential),
-//! else the credential's home tenant. Both go into the request's extensions as `Routed`.
+//! the route pins, else the tenant-scoped path's or the tenant header's (a GUID, an alias of the
+//! route's credential, or `home`), else the credential's home tenant. Both go into the
+//! request's extensions as `Routed`. A tenant-scoped path, `/tenants/{tenant}/<path>`, loses
+//! its first two segments here, before routing; when it and the header name different tenants
+//! the request is refused.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,7 +15,7 @@ use super::access_log::Trace;
 use super::guard::ClientName;
 use super::{Request, Response};
 use crate::error::ProxyError;
-use crate::routing::{Route, Tenant, path_of};
+use crate::routing::{Route, Tenant, path_of, split_tenant_path, tenant_path_name};
 use crate::runtime::Runtime;
 
 /// Where a request goes, in its extensions.
@@ -22,6 +25,9 @@ pub struct Routed {
     pub index: usize,
     /// The tenant the request is for.
     pub tenant: Tenant,
+    /// The tenant's name in tenant-scoped links, when the header or the path chose it: links
+    /// the upstream returns then lead back to the same tenant without the header.
+    pub link_tenant: Option<Arc<str>>,
 }
 
 impl Routed {
@@ -80,7 +86,11 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        match resolve(&self.rt, &req) {
+        let path_tenant = match unscope(&mut req) {
+            Ok(t) => t,
+            Err(e) => return Either::Left(ready(Err(e))),
+        };
+        match resolve(&self.rt, &req, path_tenant.as_deref()) {
             Ok(routed) => {
                 req.extensions_mut().insert(routed);
                 Either::Right(self.inner.call(req))
@@ -90,7 +100,28 @@ where
     }
 }
 
-fn resolve(rt: &Runtime, req: &Request) -> Result<Routed, ProxyError> {
+/// Turns a tenant-scoped request target into the plain one, returning the path's tenant.
+fn unscope(req: &mut Request) -> Result<Option<String>, ProxyError> {
+    let Some((tenant, rest)) = split_tenant_path(path_of(req.uri())) else {
+        return Ok(None);
+    };
+    let tenant = tenant.to_string();
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("tenant-scoped path"))?,
+    );
+    *req.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("tenant-scoped path"))?;
+    Ok(Some(tenant))
+}
+
+fn resolve(rt: &Runtime, req: &Request, path_tenant: Option<&str>) -> Result<Routed, ProxyError> {
     let (index, route) = rt.router.route(path_of(req.uri()))?;
     let trace = req.extensions().get::<Trace>();
     if let Some(trace) = trace {
@@ -105,12 +136,18 @@ fn resolve(rt: &Runtime, req: &Request) -> Result<Routed, ProxyError> {
     }
     let tenant = rt
         .router
-        .tenant(route, header.map(|v| v.as_bytes()))?
+        .scoped_tenant(route, header.map(|v| v.as_bytes()), path_tenant)?
         .into_owned();
     if let Some(trace) = trace {
         trace.set_tenant(&tenant);
     }
-    Ok(Routed { index, tenant })
+    let chosen = path_tenant.is_some() || (header.is_some() && route.pinned.is_none());
+    let link_tenant = chosen.then(|| tenant_path_name(&tenant).into());
+    Ok(Routed {
+        index,
+        tenant,
+        link_tenant,
+    })
 }
 
 /// The route must forward the method, and the calling client (if clients are configured)

@@ -382,24 +382,25 @@ impl Drop for SharedReservation {
 }
 
 impl Limiter {
-    /// `acquire` through the shared store: `Err(Unavailable)` when Redis could not be asked,
+    /// `acquire_within` through the shared store: `Err(Unavailable)` when Redis could not be asked,
     /// and the caller decides locally instead.
     pub(super) async fn acquire_shared(
         &self,
         store: &Arc<RedisStore>,
         spec: &LimitSpec,
         tenant: &Arc<str>,
+        budget: Duration,
     ) -> Result<Result<Admission, Refused>, Unavailable> {
         let key = (&*spec.name, &**tenant);
         let limits = (spec.per_minute, spec.per_hour);
         let arrived = Instant::now();
         let mut first = true;
         loop {
-            let budget = spec.max_wait.saturating_sub(arrived.elapsed());
+            let left = budget.saturating_sub(arrived.elapsed());
             let not_before = self.local_pause(self.local_spec(spec), tenant);
             let member = store.member();
             let reserved = store
-                .reserve(key, &member, budget, not_before, limits, self.windows)
+                .reserve(key, &member, left, not_before, limits, self.windows)
                 .await?;
             let wait = match reserved {
                 Reserved::Refused(retry_after) => {
@@ -477,7 +478,7 @@ mod tests {
             &RateLimitConfig {
                 per_minute: Some(10),
                 per_hour: None,
-                max_wait_secs: 0,
+                max_wait_secs: Some(0),
             },
         );
         let tenant: Arc<str> = "t".into();

@@ -14,7 +14,7 @@ fn spec(
         &RateLimitConfig {
             per_minute,
             per_hour,
-            max_wait_secs,
+            max_wait_secs: Some(max_wait_secs),
         },
     )
 }
@@ -42,7 +42,7 @@ async fn admission_counts_are_exact_per_minute_window() {
         "{refused:?}"
     );
     assert!(
-        refused.retry_after <= Duration::from_millis(60_500),
+        refused.retry_after <= Duration::from_millis(61_000),
         "{refused:?}"
     );
     tokio::time::advance(Duration::from_secs(30)).await;
@@ -129,7 +129,7 @@ async fn a_wait_beyond_max_wait_is_refused_without_reserving() {
         assert!(l.acquire(&s, &a).await.is_err());
     }
     assert_eq!(s.stats.refused.load(Ordering::Relaxed), 3);
-    tokio::time::advance(Duration::from_millis(60_500)).await;
+    tokio::time::advance(Duration::from_millis(61_000)).await;
     assert!(
         admit_now(&l, &s, &a).await,
         "the refused requests left no reservation behind"
@@ -303,19 +303,19 @@ async fn a_request_under_the_old_config_does_not_set_the_old_numbers_back() {
 async fn a_reservation_from_before_a_limit_change_gives_nothing_back_to_the_new_windows() {
     let l = Arc::new(Limiter::new(100));
     let a = t("a");
-    // Old numbers: one an hour (30 s slots), so a second request queues for slot 121.
+    // Old numbers: one an hour (30 s slots), so a second request queues for slot 122.
     let old = spec(&l, None, Some(1), 4000);
     assert!(admit_now(&l, &old, &a).await);
     let (l2, o2, a2) = (l.clone(), old.clone(), a.clone());
     let queued = tokio::spawn(async move { l2.acquire(&o2, &a2).await });
     tokio::time::advance(Duration::from_secs(1)).await;
-    // New numbers: two a minute (0.5 s slots). 60.6 s on, both go into the new slot 121...
+    // New numbers: two a minute (0.5 s slots). 61.1 s on, both go into the new slot 122...
     let new = spec(&l, Some(2), None, 0);
     assert!(l.acquire(&new, &a).await.is_ok());
-    tokio::time::advance(Duration::from_millis(60_600)).await;
+    tokio::time::advance(Duration::from_millis(61_100)).await;
     assert!(l.acquire(&new, &a).await.is_ok());
     assert!(admit_now(&l, &new, &a).await);
-    // ...and the old waiter, still asleep, goes away: its slot 121 is not the new slot 121.
+    // ...and the old waiter, still asleep, goes away: its slot 122 is not the new slot 122.
     queued.abort();
     let _ = queued.await;
     assert!(l.acquire(&new, &a).await.is_err(), "two is the limit");

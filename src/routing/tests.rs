@@ -111,6 +111,68 @@ fn tenant_comes_from_pin_then_header_then_home() {
 }
 
 #[test]
+fn home_selects_the_credentials_own_tenant() {
+    let r = router("");
+    let xdr = r.route("/api").unwrap().1;
+    let t = r.tenant(xdr, Some(hv("HOME"))).unwrap();
+    assert_eq!((&*t.id, &*t.label), (GUID_A, "home"));
+}
+
+#[test]
+fn a_path_tenant_must_agree_with_the_header_and_the_pin() {
+    let r = router("");
+    let xdr = r.route("/api").unwrap().1;
+    let t = r.scoped_tenant(xdr, None, Some("contoso")).unwrap();
+    assert_eq!(&*t.id, GUID_B);
+    let t = r
+        .scoped_tenant(xdr, Some(hv(GUID_B)), Some("contoso"))
+        .unwrap();
+    assert_eq!(&*t.id, GUID_B);
+    assert!(matches!(
+        r.scoped_tenant(xdr, Some(hv("home")), Some("contoso")),
+        Err(ProxyError::TenantConflict)
+    ));
+    assert!(matches!(
+        r.scoped_tenant(xdr, None, Some("fabrikam")),
+        Err(ProxyError::TenantNotAllowed)
+    ));
+    let pinned = r.route("/contoso").unwrap().1;
+    assert!(matches!(
+        r.scoped_tenant(pinned, None, Some("home")),
+        Err(ProxyError::TenantConflict)
+    ));
+    assert_eq!(
+        &*r.scoped_tenant(pinned, None, Some(GUID_B)).unwrap().id,
+        GUID_B
+    );
+}
+
+#[test]
+fn tenant_scoped_paths_split_into_tenant_and_route_path() {
+    assert_eq!(
+        split_tenant_path("/tenants/contoso/api/incidents"),
+        Some(("contoso", "/api/incidents"))
+    );
+    assert_eq!(
+        split_tenant_path("/tenants/contoso"),
+        Some(("contoso", "/"))
+    );
+    assert_eq!(split_tenant_path("/tenants/"), Some(("", "/")));
+    assert_eq!(split_tenant_path("/tenants"), None);
+    assert_eq!(split_tenant_path("/api/tenants/x"), None);
+}
+
+#[test]
+fn links_name_the_alias_or_the_guid_of_an_unlisted_tenant() {
+    let r = router(r#"any = "*""#);
+    let xdr = r.route("/api").unwrap().1;
+    let alias = r.tenant(xdr, Some(hv(GUID_B))).unwrap();
+    assert_eq!(tenant_path_name(&alias), "contoso");
+    let unlisted = r.tenant(xdr, Some(hv(GUID_C))).unwrap();
+    assert_eq!(tenant_path_name(&unlisted), GUID_C);
+}
+
+#[test]
 fn unknown_tenants_are_refused_and_malformed_ones_are_bad() {
     let r = router("");
     let xdr = r.route("/api").unwrap().1;
@@ -195,7 +257,12 @@ fn the_shipped_config_routes_each_quota_to_its_limit() {
         Some("mde-hunting")
     );
     assert_eq!(limit_of("/graph/v1.0/security/incidents"), Some("graph"));
-    assert_eq!(limit_of("/api/alerts"), None);
+    assert_eq!(
+        limit_of("/api/alerts"),
+        Some("defender"),
+        "the catch-all has a quota too"
+    );
+    assert!(r.routes().iter().all(|route| route.rate_limit.is_some()));
     let hunting = r.route("/mde/api/advancedqueries/run").unwrap().1;
     assert_eq!(
         hunting.upstream_path("/mde/api/advancedqueries/run"),

@@ -146,6 +146,14 @@ impl CertificateFiles {
     }
 }
 
+impl KeyMaterial {
+    /// The leaf certificate's DER: the one registered on the app (the demo registers it in the
+    /// sandbox).
+    pub fn leaf_der(&self) -> &[u8] {
+        self.chain.first().map_or(&[], |c| c.as_ref())
+    }
+}
+
 /// An app registration authenticating with a certificate.
 pub struct ClientCertificate {
     /// Application (client) ID.

@@ -281,14 +281,73 @@ fn form_escape(s: &str) -> String {
     out
 }
 
+/// Why a request to the identity provider failed: its URL (without query), what kind of
+/// failure it was (timeout, DNS, TLS, proxy, connect) and the cause chain, with a hint where
+/// the fix is in the config. Holds no secret: the form body is never part of an error.
 fn describe_transport(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "the token endpoint timed out".into()
-    } else if e.is_connect() {
-        "the token endpoint could not be reached".into()
+    let url = e.url().map_or_else(
+        || "the token endpoint".to_string(),
+        |u| {
+            let mut u = u.clone();
+            u.set_query(None);
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.to_string()
+        },
+    );
+    let chain = cause_chain(e);
+    let (kind, hint) = transport_kind(e.is_timeout(), e.is_connect(), &chain);
+    format!("{url}: {kind}: {chain}{hint}")
+}
+
+/// The kind of a transport failure and a hint, from its cause chain's text (hyper-util and
+/// rustls tell the kinds apart only in their messages).
+fn transport_kind(timeout: bool, connect: bool, chain: &str) -> (&'static str, &'static str) {
+    let lower = chain.to_ascii_lowercase();
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if timeout || has(&["timed out", "deadline has elapsed"]) {
+        ("timed out", "")
+    } else if has(&[
+        "dns error",
+        "lookup address",
+        "name or service not known",
+        "no such host",
+    ]) {
+        (
+            "DNS lookup failed",
+            " (is the host name right, and can this machine resolve it?)",
+        )
+    } else if has(&["unknownissuer", "unknown issuer"]) {
+        (
+            "TLS: the certificate is from an unknown CA",
+            " (behind a TLS-inspecting proxy? add its CA with [tls] extra_ca_file)",
+        )
+    } else if has(&["certificate", "tls", "handshake", "alert"]) {
+        ("TLS handshake failed", "")
+    } else if has(&["proxy"]) {
+        ("the HTTP proxy failed", " (check HTTPS_PROXY and NO_PROXY)")
+    } else if connect || has(&["connection refused", "connect"]) {
+        ("could not connect", "")
     } else {
-        "the connection to the token endpoint failed".into()
+        ("the connection failed", "")
     }
+}
+
+/// The messages of `e`'s sources, outermost first, each said once.
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.to_string());
+    }
+    parts.join(": ")
 }
 
 fn unavailable(reason: impl Into<String>, retry_after: Option<Duration>) -> TokenError {

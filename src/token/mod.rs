@@ -12,6 +12,7 @@ pub mod managed_identity;
 mod password;
 mod workload_identity;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,6 +215,9 @@ pub enum Credential {
     Test(cache::tests::Fake),
 }
 
+/// The last outcome per (tenant, scope) of the tokens readiness depends on.
+type Watched = HashMap<(Arc<str>, Arc<str>), Health>;
+
 /// A named credential and what it has done lately.
 #[derive(Debug)]
 pub struct CredentialSource {
@@ -227,6 +231,8 @@ pub struct CredentialSource {
     pub health: ArcSwap<Health>,
     /// Fetch counters.
     pub stats: FetchStats,
+    /// The last outcome for each (tenant, scope) readiness depends on (see `crate::warmup`).
+    watched: std::sync::Mutex<Watched>,
 }
 
 impl CredentialSource {
@@ -238,7 +244,42 @@ impl CredentialSource {
             credential,
             health: ArcSwap::from_pointee(Health::Untried),
             stats: FetchStats::default(),
+            watched: std::sync::Mutex::default(),
         }
+    }
+
+    /// Makes readiness depend on the tokens of (`tenant`, `scope`), not fetched yet.
+    pub fn watch(&self, tenant: &str, scope: &str) {
+        self.watched_lock()
+            .entry((tenant.into(), scope.into()))
+            .or_insert(Health::Untried);
+    }
+
+    /// Whether the watched tokens were all had, else the first reason why not; `None` when
+    /// nothing is watched.
+    pub fn readiness(&self) -> Option<Result<(), String>> {
+        let watched = self.watched_lock();
+        if watched.is_empty() {
+            return None;
+        }
+        let mut keys: Vec<_> = watched.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for ((tenant, scope), health) in keys {
+            match health {
+                Health::Ok => {}
+                Health::Untried => {
+                    return Some(Err(format!(
+                        "warming up: no token yet for tenant {tenant}, scope {scope}"
+                    )));
+                }
+                Health::Failed(reason) => return Some(Err(reason.clone())),
+            }
+        }
+        Some(Ok(()))
+    }
+
+    fn watched_lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Fetches one token (with the provider's retries) and records the outcome.
@@ -258,11 +299,11 @@ impl CredentialSource {
             #[cfg(test)]
             Credential::Test(f) => f.fetch(tenant).await,
         };
-        self.record(&result, tenant);
+        self.record(&result, tenant, scope);
         result
     }
 
-    fn record(&self, result: &Result<Token, TokenError>, tenant: &str) {
+    fn record(&self, result: &Result<Token, TokenError>, tenant: &str, scope: &str) {
         let (counter, health) = match result {
             Ok(_) => (&self.stats.ok, Health::Ok),
             Err(e @ (TokenError::Rejected { .. } | TokenError::LoginRequired { .. })) => (
@@ -290,6 +331,14 @@ impl CredentialSource {
                     TokenError::Unavailable { .. } => ("unavailable", None),
                 };
                 tracing::warn!(credential = %self.name, tenant, outcome, aadsts, error = %e, "token fetch failed")
+            }
+        }
+        if let Some(outcome) = self.watched_lock().get_mut(&(tenant.into(), scope.into())) {
+            // A token endpoint that is down for a while does not make a proxy with a usable
+            // token unready; a refusal does.
+            let transient = matches!(result, Err(TokenError::Unavailable { .. }));
+            if !(transient && *outcome == Health::Ok) {
+                *outcome = health.clone();
             }
         }
         self.health.store(Arc::new(health));

@@ -2,11 +2,12 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod python;
 pub mod redis_server;
 
 use defender_proxy::config::Config;
-use defender_proxy::sandbox::{self, Sandbox, SandboxOptions};
 use defender_proxy::{Handle, Listeners};
+use defender_sandbox::{self as sandbox, Sandbox, SandboxOptions};
 
 /// A running sandbox and proxy.
 pub struct TestEnv {
@@ -46,7 +47,7 @@ pub fn config_text(url: &str, setup: &Setup) -> String {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace_secs = 5
-{server}
+{warm_up}{server}
 
 [cloud]
 authority_host = "{url}"
@@ -78,6 +79,12 @@ credential = "app"
 {extra}
 "#,
         server = setup.server,
+        // Tests count token requests; the warm-up's are tested in tests/readiness.rs.
+        warm_up = if setup.server.contains("warm_up") {
+            ""
+        } else {
+            "warm_up = false\n"
+        },
         tenant_a = sandbox::TENANT_A,
         tenant_b = sandbox::TENANT_B,
         client_id = sandbox::DEFAULT_CLIENT_ID,
@@ -142,6 +149,24 @@ impl TestEnv {
             .text()
             .await
             .unwrap()
+    }
+
+    /// Waits (at most 10 s) until the proxy counts `n` requests in flight: a request sent
+    /// from a spawned task has then reached the request path, however loaded the machine.
+    pub async fn wait_in_flight(&self, n: i64) {
+        for _ in 0..1000 {
+            let text = self.metrics().await;
+            let now: i64 = text
+                .lines()
+                .find(|l| l.starts_with("defender_proxy_inflight_requests "))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            if now >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} requests never were in flight");
     }
 
     /// The error code header of a response.

@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use defender_proxy::config::{Config, ConfigError, CredentialConfig, is_guid, is_tenant_name};
+use defender_proxy::config::{
+    Config, ConfigError, CredentialConfig, CredentialType, is_guid, is_tenant_name,
+};
 use defender_proxy::error::ProxyError;
 use defender_proxy::layers::guard::check_path;
 use defender_proxy::routing::{Route, Router, TenantPolicy};
@@ -364,10 +366,17 @@ fn check_pin(
 }
 
 /// The tenants `name` can mean to a credential: an alias's GUID, a listed GUID itself, the
-/// home tenant, else any GUID when `"*"` is listed. Validation must leave no name with two.
+/// home tenant (by its ID, or as `home`), else any GUID when `"*"` is listed. Validation must
+/// leave no name with two.
 fn meanings(credential: &CredentialConfig, name: &str) -> BTreeSet<String> {
     let lower = name.to_ascii_lowercase();
     let mut out = BTreeSet::new();
+    if lower == "home" {
+        let identity = (credential.kind == CredentialType::ManagedIdentity)
+            .then(|| "managed-identity".to_string());
+        let home = credential.tenant_id.as_deref().map(str::to_ascii_lowercase);
+        out.extend(home.or(identity));
+    }
     for (alias, guid) in credential.tenants.iter().filter(|(_, g)| *g != "*") {
         if alias.eq_ignore_ascii_case(name) {
             out.insert(guid.to_ascii_lowercase());

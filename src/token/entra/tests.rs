@@ -230,3 +230,30 @@ async fn a_long_retry_after_ends_the_retries() {
     assert!(r.unwrap_err().is_transient());
     assert_eq!(calls, 1);
 }
+
+#[test]
+fn transport_failures_are_told_apart_with_a_hint_where_the_config_helps() {
+    let kind = |chain: &str| transport_kind(false, true, chain);
+    assert_eq!(
+        kind("client error (Connect): dns error: failed to lookup address information").0,
+        "DNS lookup failed"
+    );
+    let (tls, hint) = kind("client error (Connect): invalid peer certificate: UnknownIssuer");
+    assert!(tls.contains("unknown CA") && hint.contains("extra_ca_file"));
+    assert_eq!(
+        kind("client error (Connect): received fatal alert: HandshakeFailure").0,
+        "TLS handshake failed"
+    );
+    assert_eq!(
+        kind("client error (Connect): proxy answered 407").0,
+        "the HTTP proxy failed"
+    );
+    assert_eq!(
+        kind("client error (Connect): Connection refused (os error 111)").0,
+        "could not connect"
+    );
+    assert_eq!(
+        transport_kind(true, false, "operation timed out").0,
+        "timed out"
+    );
+}

@@ -12,21 +12,28 @@ use super::time::iso8601;
 /// 2025-01-01T00:00:00Z: the newest item of every collection is created shortly before it.
 pub(super) const BASE_TIME: u64 = 1_735_689_600;
 
-/// Sizes of one tenant's collections, which link to each other by index.
+/// What one tenant's data is made from: the sizes of its collections, which link to each
+/// other by index, and the seed of the whole data set.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Counts {
     pub incidents: usize,
     pub alerts: usize,
     pub machines: usize,
+    /// [`super::SandboxOptions::seed`].
+    pub seed: u64,
 }
 
-/// A splitmix64 generator seeded with FNV-1a of (tenant, kind, index).
+/// A splitmix64 generator seeded with FNV-1a of (seed, tenant, kind, index).
 pub(super) struct Rng(u64);
 
 impl Rng {
-    pub fn for_item(tenant: &str, kind: &str, index: usize) -> Rng {
-        let bytes = tenant
-            .bytes()
+    /// Seed 0 hashes no seed bytes, so its data is the data of the sandbox before seeds.
+    pub fn for_item(seed: u64, tenant: &str, kind: &str, index: usize) -> Rng {
+        let seed_bytes = (seed != 0).then(|| seed.to_le_bytes());
+        let bytes = seed_bytes
+            .into_iter()
+            .flatten()
+            .chain(tenant.bytes())
             .chain(kind.bytes())
             .chain(index.to_le_bytes());
         Rng(fnv1a(bytes))
@@ -116,8 +123,8 @@ const RISK: [&str; 5] = ["None", "Low", "Medium", "High", "Informational"];
 const EXPOSURE: [&str; 3] = ["Low", "Medium", "High"];
 
 /// The 40-hex MDE device ID of machine `index`.
-pub(super) fn machine_id(tenant: &str, index: usize) -> String {
-    Rng::for_item(tenant, "machine-id", index).hex(40)
+pub(super) fn machine_id(seed: u64, tenant: &str, index: usize) -> String {
+    Rng::for_item(seed, tenant, "machine-id", index).hex(40)
 }
 
 /// `ws-0007.<tenant prefix>.sandbox.local`.
@@ -128,14 +135,14 @@ pub(super) fn machine_name(tenant: &str, index: usize) -> String {
 }
 
 /// Machine `index` of `tenant`, as MDE's `GET /api/machines` lists it.
-pub(super) fn machine(tenant: &str, index: usize) -> Value {
-    let mut rng = Rng::for_item(tenant, "machine", index);
+pub(super) fn machine(seed: u64, tenant: &str, index: usize) -> Value {
+    let mut rng = Rng::for_item(seed, tenant, "machine", index);
     let first_seen = created_at(&mut rng, index).saturating_sub(86_400 * 90);
     let last_seen = BASE_TIME - rng.below(86_400 * 3);
     let (os, version, build) = OS[rng.index(OS.len())];
     let octets = (rng.below(250) + 1, rng.below(250) + 1);
     json!({
-        "id": machine_id(tenant, index),
+        "id": machine_id(seed, tenant, index),
         "computerDnsName": machine_name(tenant, index),
         "firstSeen": iso8601(first_seen), "lastSeen": iso8601(last_seen),
         "osPlatform": os, "version": version, "osProcessor": "x64", "osArchitecture": "64-bit",
@@ -158,10 +165,16 @@ mod tests {
 
     #[test]
     fn machines_are_deterministic_and_per_tenant() {
-        assert_eq!(machine("t-a", 3), machine("t-a", 3));
-        assert_ne!(machine("t-a", 3)["id"], machine("t-b", 3)["id"]);
-        assert_eq!(machine("t-a", 3)["tenantId"], "t-a");
-        assert_eq!(machine_id("t-a", 0).len(), 40);
+        assert_eq!(machine(0, "t-a", 3), machine(0, "t-a", 3));
+        assert_ne!(machine(0, "t-a", 3)["id"], machine(0, "t-b", 3)["id"]);
+        assert_eq!(machine(0, "t-a", 3)["tenantId"], "t-a");
+        assert_eq!(machine_id(0, "t-a", 0).len(), 40);
+    }
+
+    #[test]
+    fn another_seed_makes_other_data() {
+        assert_eq!(machine(7, "t-a", 3), machine(7, "t-a", 3));
+        assert_ne!(machine(7, "t-a", 3)["id"], machine(0, "t-a", 3)["id"]);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use super::ratelimit::RateLimiter;
 use super::tokens::{Rejections, TokenStore};
 use super::{RecordedRequest, SandboxOptions};
 
+/// API request arrival times kept, enough for a test to check a quota over a window.
+const ARRIVALS_KEPT: usize = 10_000;
+
 /// Everything the handlers share, behind one `Arc`.
 pub(super) struct State {
     pub opts: SandboxOptions,
@@ -25,6 +28,8 @@ pub(super) struct State {
     pub api_fault: FaultSlot<ApiFault>,
     pub limiter: RateLimiter,
     last_request: Mutex<Option<RecordedRequest>>,
+    /// When the latest API requests arrived, oldest first (at most `ARRIVALS_KEPT`).
+    arrivals: Mutex<std::collections::VecDeque<std::time::Instant>>,
     shutdown: watch::Sender<bool>,
     /// Device codes and refresh tokens.
     pub user_flows: super::user_flow::UserFlows,
@@ -46,6 +51,7 @@ impl State {
             api_fault: FaultSlot::new(),
             limiter: RateLimiter::default(),
             last_request: Mutex::new(None),
+            arrivals: Mutex::default(),
             shutdown: watch::channel(false).0,
             certificates: super::assertion::Certificates::new(&opts.certificates),
             user_flows: Default::default(),
@@ -96,6 +102,16 @@ impl State {
             headers,
         };
         *lock(&self.last_request) = Some(request);
+        let mut arrivals = lock(&self.arrivals);
+        if arrivals.len() == ARRIVALS_KEPT {
+            arrivals.pop_front();
+        }
+        arrivals.push_back(std::time::Instant::now());
+    }
+
+    /// When the latest API requests arrived, oldest first.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        lock(&self.arrivals).iter().copied().collect()
     }
 
     pub fn last_request(&self) -> Option<RecordedRequest> {

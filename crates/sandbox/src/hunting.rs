@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::State as AxState;
 use axum::extract::rejection::JsonRejection;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -35,6 +36,7 @@ pub(super) fn routes() -> Router<Arc<State>> {
 }
 
 async fn run(
+    AxState(st): AxState<Arc<State>>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
@@ -47,7 +49,9 @@ async fn run(
         return defender_error(StatusCode::BAD_REQUEST, "BadRequest", message);
     };
     let rows = requested_rows(&query);
-    let results: Vec<Value> = (0..rows).map(|i| row(&caller.tenant, &query, i)).collect();
+    let results: Vec<Value> = (0..rows)
+        .map(|i| row(st.opts.seed, &caller.tenant, &query, i))
+        .collect();
     Json(json!({"Stats": stats(rows), "Schema": schema(), "Results": results})).into_response()
 }
 
@@ -81,12 +85,12 @@ fn schema() -> Value {
         .collect()
 }
 
-fn row(tenant: &str, query: &str, index: usize) -> Value {
-    let mut rng = Rng::for_item(tenant, query, index);
+fn row(seed: u64, tenant: &str, query: &str, index: usize) -> Value {
+    let mut rng = Rng::for_item(seed, tenant, query, index);
     let device = rng.index(50);
     json!({
         "Timestamp": iso8601(BASE_TIME.saturating_sub(rng.below(86_400 * 7))),
-        "DeviceId": machine_id(tenant, device),
+        "DeviceId": machine_id(seed, tenant, device),
         "DeviceName": machine_name(tenant, device),
         "ActionType": rng.pick(&ACTIONS),
         "FileName": rng.pick(&FILES),

@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode, Uri, header};
 use serde_json::{Value, json};
 
 use super::SandboxOptions;
-use super::api::defender_error;
+use super::api::api_error;
 use super::data::{Counts, machine};
 use super::data_alerts::{graph_alert, graph_incident, mde_alert, xdr_incident};
 use super::filter::Filter;
@@ -63,10 +63,86 @@ impl Collection {
         match self {
             Collection::Incidents => xdr_incident(tenant, index, counts),
             Collection::Alerts => mde_alert(tenant, index, counts),
-            Collection::Machines => machine(tenant, index),
+            Collection::Machines => machine(counts.seed, tenant, index),
             Collection::GraphIncidents => graph_incident(tenant, index, counts),
             Collection::GraphAlerts => graph_alert(tenant, index, counts),
         }
+    }
+
+    /// The properties Microsoft documents `$filter` on for this list (MDE's alerts page spells
+    /// two of them `InvestigationId` and `asssignedTo`; matching is case-insensitive, and
+    /// the real property is `assignedTo`).
+    fn filterable(self) -> &'static [&'static str] {
+        match self {
+            // https://learn.microsoft.com/defender-xdr/api-list-incidents
+            Collection::Incidents => &["lastUpdateTime", "createdTime", "status", "assignedTo"],
+            // https://learn.microsoft.com/defender-endpoint/api/get-alerts
+            Collection::Alerts => &[
+                "alertCreationTime",
+                "lastUpdateTime",
+                "incidentId",
+                "investigationId",
+                "id",
+                "assignedTo",
+                "detectionSource",
+                "lastEventTime",
+                "status",
+                "severity",
+                "category",
+            ],
+            // https://learn.microsoft.com/defender-endpoint/api/get-machines
+            Collection::Machines => &[
+                "computerDnsName",
+                "id",
+                "version",
+                "deviceValue",
+                "aadDeviceId",
+                "machineTags",
+                "lastSeen",
+                "exposureLevel",
+                "onboardingStatus",
+                "lastIpAddress",
+                "healthStatus",
+                "osPlatform",
+                "riskScore",
+                "rbacGroupId",
+            ],
+            // https://learn.microsoft.com/graph/api/security-list-incidents
+            Collection::GraphIncidents => &[
+                "assignedTo",
+                "classification",
+                "createdDateTime",
+                "determination",
+                "lastUpdateDateTime",
+                "severity",
+                "status",
+            ],
+            // https://learn.microsoft.com/graph/api/security-list-alerts_v2
+            Collection::GraphAlerts => &[
+                "assignedTo",
+                "classification",
+                "determination",
+                "createdDateTime",
+                "lastUpdateDateTime",
+                "severity",
+                "serviceSource",
+                "status",
+            ],
+        }
+    }
+
+    /// The documented maximum of `$top` (larger values are capped to it).
+    fn max_top(self) -> usize {
+        match self {
+            Collection::Incidents => 100,
+            Collection::Alerts | Collection::Machines => 10_000,
+            Collection::GraphIncidents => 50,
+            Collection::GraphAlerts => 2_000,
+        }
+    }
+
+    fn is_graph(self) -> bool {
+        matches!(self, Collection::GraphIncidents | Collection::GraphAlerts)
     }
 
     fn id_key(self) -> &'static str {
@@ -115,6 +191,7 @@ fn counts(opts: &SandboxOptions) -> Counts {
         incidents: opts.incidents_per_tenant,
         alerts: opts.alerts_per_tenant,
         machines: opts.machines_per_tenant,
+        seed: opts.seed,
     }
 }
 
@@ -127,15 +204,15 @@ fn list(
     query: QueryPairs,
 ) -> Response {
     let Ok(Query(params)) = query else {
-        return bad_request("The query string is malformed.");
+        return bad_request(coll, "The query string is malformed.");
     };
-    let page = match Page::from_params(&params, &st.opts) {
+    let page = match Page::from_params(&params, &st.opts, coll.max_top()) {
         Ok(page) => page,
-        Err(message) => return bad_request(&message),
+        Err(message) => return bad_request(coll, &message),
     };
-    let filter = match filter_of(&params) {
+    let filter = match filter_of(&params, coll.filterable()) {
         Ok(filter) => filter,
-        Err(message) => return bad_request(&message),
+        Err(message) => return bad_request(coll, &message),
     };
     let counts = counts(&st.opts);
     let mut items: Vec<Value> = (0..coll.len(counts))
@@ -161,7 +238,8 @@ fn one(coll: Collection, st: &State, tenant: &str, id: &str) -> Response {
         .find(|item| id_matches(&item[coll.id_key()], id));
     match found {
         Some(item) => odata(StatusCode::OK, &item),
-        None => defender_error(
+        None => api_error(
+            coll.is_graph(),
             StatusCode::NOT_FOUND,
             "ResourceNotFound",
             &format!("'{id}' was not found."),
@@ -177,11 +255,13 @@ fn id_matches(value: &Value, id: &str) -> bool {
     }
 }
 
-fn filter_of(params: &[(String, String)]) -> Result<Filter, String> {
-    match params.iter().find(|(k, _)| k == "$filter") {
-        Some((_, text)) => Filter::parse(text).map_err(|e| format!("Invalid $filter: {e}")),
-        None => Ok(Filter::default()),
-    }
+fn filter_of(params: &[(String, String)], allowed: &[&str]) -> Result<Filter, String> {
+    let Some((_, text)) = params.iter().find(|(k, _)| k == "$filter") else {
+        return Ok(Filter::default());
+    };
+    let mut filter = Filter::parse(text).map_err(|e| format!("Invalid $filter: {e}"))?;
+    filter.check_fields(allowed)?;
+    Ok(filter)
 }
 
 fn odata(status: StatusCode, body: &Value) -> Response {
@@ -192,8 +272,13 @@ fn odata(status: StatusCode, body: &Value) -> Response {
     (status, headers, body.to_string()).into_response()
 }
 
-fn bad_request(message: &str) -> Response {
-    defender_error(StatusCode::BAD_REQUEST, "BadRequest", message)
+fn bad_request(coll: Collection, message: &str) -> Response {
+    api_error(
+        coll.is_graph(),
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        message,
+    )
 }
 
 /// The window of a list request.
@@ -204,7 +289,11 @@ struct Page {
 }
 
 impl Page {
-    fn from_params(params: &[(String, String)], opts: &SandboxOptions) -> Result<Page, String> {
+    fn from_params(
+        params: &[(String, String)],
+        opts: &SandboxOptions,
+        max_top: usize,
+    ) -> Result<Page, String> {
         let number = |name: &str| -> Result<Option<usize>, String> {
             match params.iter().find(|(k, _)| k == name) {
                 Some((_, v)) => v
@@ -217,6 +306,7 @@ impl Page {
         };
         let top = number("$top")?
             .unwrap_or(opts.page_size)
+            .min(max_top)
             .min(opts.max_page_size);
         let skip = number("$skip")?.unwrap_or(0);
         Ok(Page { top, skip })
@@ -372,8 +462,51 @@ mod tests {
     fn page_caps_top_and_rejects_garbage() {
         let opts = SandboxOptions::default();
         let params = vec![("$top".to_owned(), "1000".to_owned())];
-        assert_eq!(Page::from_params(&params, &opts).map(|p| p.top), Ok(100));
+        let incidents = Collection::Incidents.max_top();
+        let top = |max| Page::from_params(&params, &opts, max).map(|p| p.top);
+        assert_eq!(top(incidents), Ok(100));
+        assert_eq!(top(Collection::Machines.max_top()), Ok(1000));
         let params = vec![("$skip".to_owned(), "-1".to_owned())];
-        assert!(Page::from_params(&params, &opts).is_err());
+        assert!(Page::from_params(&params, &opts, incidents).is_err());
+    }
+
+    #[tokio::test]
+    async fn filter_takes_only_the_documented_properties() {
+        let sb = start(SandboxOptions::default()).await;
+        let a = token(&sb, TENANT_A, XDR).await;
+        let new = get_json(
+            &sb,
+            &a,
+            "/api/incidents?$filter=Status%20eq%20'Active'",
+            200,
+        )
+        .await;
+        let items = new["value"].as_array().expect("value");
+        assert!(!items.is_empty() && items.iter().all(|i| i["status"] == "Active"));
+        let refused = get_json(
+            &sb,
+            &a,
+            "/api/incidents?$filter=severity%20eq%20'High'",
+            400,
+        )
+        .await;
+        assert_eq!(
+            refused["error"]["message"],
+            "The property 'severity' cannot be used in the $filter query option."
+        );
+        get_json(&sb, &a, "/api/alerts?$filter=severity%20eq%20'High'", 200).await;
+        let g = token(&sb, TENANT_A, GRAPH).await;
+        let refused = get_json(
+            &sb,
+            &g,
+            "/v1.0/security/alerts_v2?$filter=title%20eq%20'x'",
+            400,
+        )
+        .await;
+        assert_eq!(refused["error"]["code"], "BadRequest");
+        assert!(
+            refused["error"]["innerError"]["request-id"].is_string(),
+            "{refused}"
+        );
     }
 }

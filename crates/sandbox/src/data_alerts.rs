@@ -60,7 +60,7 @@ struct AlertCore {
 }
 
 fn alert_core(tenant: &str, j: usize, counts: Counts) -> AlertCore {
-    let mut rng = Rng::for_item(tenant, "alert", j);
+    let mut rng = Rng::for_item(counts.seed, tenant, "alert", j);
     let (title, category) = THREATS[rng.index(THREATS.len())];
     AlertCore {
         id: format!(
@@ -83,11 +83,13 @@ fn alert_core(tenant: &str, j: usize, counts: Counts) -> AlertCore {
 fn alert_created(tenant: &str, j: usize, counts: Counts, rng: &mut Rng) -> u64 {
     let incidents = counts.incidents.max(1);
     let round = (j / incidents) as u64;
-    incident_created(tenant, j % incidents) + round.saturating_mul(900) + rng.below(900)
+    incident_created(counts.seed, tenant, j % incidents)
+        + round.saturating_mul(900)
+        + rng.below(900)
 }
 
-fn incident_created(tenant: &str, i: usize) -> u64 {
-    created_at(&mut Rng::for_item(tenant, "incident-time", i), i)
+fn incident_created(seed: u64, tenant: &str, i: usize) -> u64 {
+    created_at(&mut Rng::for_item(seed, tenant, "incident-time", i), i)
 }
 
 /// Numeric incident IDs differ per tenant, so a mixed-up tenant shows.
@@ -107,7 +109,7 @@ pub(super) fn mde_alert(tenant: &str, j: usize, counts: Counts) -> Value {
         "description": format!("{} was observed on the device.", a.title),
         "alertCreationTime": iso8601(a.created), "firstEventTime": iso8601(a.created.saturating_sub(120)),
         "lastEventTime": iso8601(a.created.saturating_sub(60)), "lastUpdateTime": iso8601(a.created + 600),
-        "resolvedTime": Value::Null, "machineId": machine_id(tenant, a.machine),
+        "resolvedTime": Value::Null, "machineId": machine_id(counts.seed, tenant, a.machine),
         "computerDnsName": machine_name(tenant, a.machine), "tenantId": tenant,
     })
 }
@@ -122,7 +124,7 @@ fn xdr_incident_alert(tenant: &str, j: usize, counts: Counts) -> Value {
         "title": a.title, "category": a.category, "status": a.status, "severity": a.severity,
         "detectionSource": a.source.0, "investigationState": "UnsupportedAlertType",
         "devices": [{
-            "mdatpDeviceId": machine_id(tenant, a.machine),
+            "mdatpDeviceId": machine_id(counts.seed, tenant, a.machine),
             "deviceDnsName": machine_name(tenant, a.machine),
         }],
         "entities": [],
@@ -142,7 +144,13 @@ pub(super) fn graph_alert(tenant: &str, j: usize, counts: Counts) -> Value {
         "createdDateTime": iso8601(a.created), "lastUpdateDateTime": iso8601(a.created + 600),
         "firstActivityDateTime": iso8601(a.created.saturating_sub(120)),
         "alertWebUrl": format!("https://security.microsoft.com/alerts/{}?tid={tenant}", a.id),
-        "tenantId": tenant, "evidence": [],
+        "incidentWebUrl": format!("https://security.microsoft.com/incidents/{}?tid={tenant}", a.incident_id),
+        "tenantId": tenant, "assignedTo": Value::Null, "detectorId": Value::Null,
+        "productName": "Microsoft Defender for Endpoint", "recommendedActions": "",
+        "actorDisplayName": Value::Null, "threatDisplayName": Value::Null,
+        "threatFamilyName": Value::Null, "mitreTechniques": [], "alertPolicyId": Value::Null,
+        "lastActivityDateTime": iso8601(a.created.saturating_sub(60)),
+        "resolvedDateTime": Value::Null, "comments": [], "systemTags": [], "evidence": [],
     })
 }
 
@@ -161,8 +169,8 @@ struct IncidentCore {
 }
 
 fn incident_core(tenant: &str, i: usize, counts: Counts) -> IncidentCore {
-    let mut rng = Rng::for_item(tenant, "incident", i);
-    let created = incident_created(tenant, i);
+    let mut rng = Rng::for_item(counts.seed, tenant, "incident", i);
+    let created = incident_created(counts.seed, tenant, i);
     let first_alert = alert_core(tenant, i, counts);
     IncidentCore {
         id: incident_id(tenant, i),
@@ -211,6 +219,7 @@ pub(super) fn graph_incident(tenant: &str, i: usize, counts: Counts) -> Value {
         "assignedTo": c.assigned_to, "classification": lower_camel(c.classification),
         "determination": c.determination.1, "status": lower_camel(c.status),
         "severity": lower_camel(c.severity), "customTags": c.tags, "systemTags": [], "comments": [],
+        "description": Value::Null, "summary": Value::Null, "resolvingComment": Value::Null,
     })
 }
 
@@ -222,6 +231,7 @@ mod tests {
         incidents: 10,
         alerts: 25,
         machines: 4,
+        seed: 0,
     };
 
     #[test]

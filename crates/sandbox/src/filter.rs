@@ -53,6 +53,24 @@ impl Filter {
         Ok(Filter(clauses))
     }
 
+    /// Checks that every clause names one of `allowed` (case-insensitively, as Defender's
+    /// OData does) and spells it as `allowed` does; the error names the first that does not.
+    pub fn check_fields(&mut self, allowed: &[&str]) -> Result<(), String> {
+        for clause in &mut self.0 {
+            let Some(name) = allowed
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(&clause.field))
+            else {
+                return Err(format!(
+                    "The property '{}' cannot be used in the $filter query option.",
+                    clause.field
+                ));
+            };
+            clause.field = (*name).to_owned();
+        }
+        Ok(())
+    }
+
     pub fn matches(&self, item: &Value) -> bool {
         self.0.iter().all(|clause| clause.matches(item))
     }

@@ -33,6 +33,8 @@ pub(super) struct Minted {
 #[derive(Clone, Debug)]
 pub(super) struct Caller {
     pub tenant: String,
+    /// The app (client ID) the token was issued to.
+    pub client_id: String,
 }
 
 /// Why a bearer token was refused.
@@ -178,6 +180,7 @@ impl TokenStore {
         }
         Ok(Caller {
             tenant: entry.grant.tenant.clone(),
+            client_id: entry.grant.client_id.clone(),
         })
     }
 }

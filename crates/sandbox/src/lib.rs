@@ -90,20 +90,32 @@ pub struct SandboxOptions {
     pub machines_per_tenant: usize,
     /// Items per page when the request has no `$top` (50).
     pub page_size: usize,
-    /// The cap on `$top` (100).
+    /// A cap on `$top` below each list's documented maximum (100 for XDR incidents, 10,000
+    /// for MDE alerts and machines, 50 for Graph incidents, 2,000 for Graph alerts); none by
+    /// default.
     pub max_page_size: usize,
-    /// Enforce the per (tenant, API family) limits below (true).
+    /// Enforce the per (app, tenant, API family) quotas below (true).
     pub rate_limits: bool,
-    /// Incident requests (`/api/incidents*`) per tenant and window (50).
+    /// Incident requests (`/api/incidents*`) per minute (50).
     pub incidents_per_minute: u32,
-    /// Advanced hunting runs per tenant and window (45).
+    /// Incident requests per hour (1500).
+    pub incidents_per_hour: u32,
+    /// Advanced hunting runs (`/api/advancedhunting`, `/api/advancedqueries`) per minute (45).
     pub hunting_per_minute: u32,
-    /// MDE machine and alert requests (`/api/machines*`, `/api/alerts*`) per tenant and window (100).
+    /// MDE advanced queries (`/api/advancedqueries`) per hour (1500).
+    pub mde_hunting_per_hour: u32,
+    /// MDE machine and alert requests (`/api/machines*`, `/api/alerts*`) per minute (100).
     pub mde_per_minute: u32,
-    /// Graph requests (`/v1.0/*`) per tenant and window (150).
+    /// MDE machine and alert requests per hour (1500).
+    pub mde_per_hour: u32,
+    /// Graph requests (`/v1.0/*`) per minute (150).
     pub graph_per_minute: u32,
-    /// Length of the sliding rate-limit window (60).
+    /// Length of the "minute" window in seconds (60); the hour window is sixty of them, so a
+    /// test that shortens the minute shortens the hour alike.
     pub rate_window_secs: u64,
+    /// Seed of the generated data (0): the same seed gives the same incidents, alerts,
+    /// machines and hunting rows in every run.
+    pub seed: u64,
     /// Token audiences the API accepts (the five Defender / Graph resources).
     pub audiences: Vec<String>,
     /// Federated credentials: (client ID, the exact assertion accepted, e.g. a Kubernetes
@@ -137,13 +149,17 @@ impl Default for SandboxOptions {
             alerts_per_tenant: 300,
             machines_per_tenant: 80,
             page_size: 50,
-            max_page_size: 100,
+            max_page_size: usize::MAX,
             rate_limits: true,
             incidents_per_minute: 50,
+            incidents_per_hour: 1500,
             hunting_per_minute: 45,
+            mde_hunting_per_hour: 1500,
             mde_per_minute: 100,
+            mde_per_hour: 1500,
             graph_per_minute: 150,
             rate_window_secs: 60,
+            seed: 0,
             audiences: [
                 "https://api.security.microsoft.com",
                 "https://api.securitycenter.microsoft.com",
@@ -232,6 +248,11 @@ impl Sandbox {
     /// Stops accepting connections and closes idle ones.
     pub fn shutdown(&self) {
         self.state.shutdown();
+    }
+
+    /// When the latest API requests arrived (up to 10,000), oldest first.
+    pub fn api_request_times(&self) -> Vec<std::time::Instant> {
+        self.state.arrivals()
     }
 
     /// Token endpoint POSTs so far, whatever their outcome.

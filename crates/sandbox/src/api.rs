@@ -16,7 +16,8 @@ use serde_json::json;
 use super::faults::{ApiFault, aborted_response, fault_status};
 use super::ratelimit::{Family, retry_after_secs};
 use super::state::State;
-use super::tokens::AuthFailure;
+use super::time::{iso8601, unix_now};
+use super::tokens::{AuthFailure, Caller};
 use super::{hunting, lists, testapi};
 
 /// Every `/api/*` and `/v1.0/*` route, behind [`gate`].
@@ -26,7 +27,7 @@ pub(super) fn routes(state: Arc<State>) -> Router<Arc<State>> {
         .merge(hunting::routes())
         .merge(testapi::routes())
         .route("/api/{*rest}", any(not_found))
-        .route("/v1.0/{*rest}", any(not_found))
+        .route("/v1.0/{*rest}", any(graph_not_found))
         .layer(middleware::from_fn_with_state(state, gate))
 }
 
@@ -35,8 +36,9 @@ pub(super) fn routes(state: Arc<State>) -> Router<Arc<State>> {
 async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) -> Response {
     st.api_requests.fetch_add(1, Ordering::Relaxed);
     st.record(req.method(), req.uri(), req.headers());
+    let graph = is_graph(req.uri().path());
     if let Some(fault) = st.api_fault.take() {
-        if let Some(response) = fault_response(fault).await {
+        if let Some(response) = fault_response(graph, fault).await {
             return read_body_then(req, response).await;
         }
     }
@@ -48,19 +50,24 @@ async fn gate(AxState(st): AxState<Arc<State>>, mut req: Request, next: Next) ->
         Ok(caller) => caller,
         Err(failure) => {
             st.rejections.count(failure.label());
-            return read_body_then(req, unauthorized(&failure)).await;
+            return read_body_then(req, unauthorized(graph, &failure)).await;
         }
     };
     if !tenant_as_expected(&req, &caller.tenant) {
         st.rejections.count("wrong_tenant");
         let message = format!("The access token is for another tenant than {EXPECT_TENANT}.");
-        let response = defender_error(StatusCode::FORBIDDEN, "Forbidden", &message);
+        let response = api_error(graph, StatusCode::FORBIDDEN, "Forbidden", &message);
         return read_body_then(req, response).await;
     }
-    if let Err(wait) = admit(&st, &caller.tenant, req.uri().path()) {
+    if let Err(wait) = admit(&st, &caller, req.uri().path()) {
         let secs = retry_after_secs(wait);
         let message = format!("Rate limit is exceeded. Try again in {secs} seconds.");
-        let response = defender_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", &message);
+        let response = api_error(
+            graph,
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            &message,
+        );
         return read_body_then(req, with_retry_after(response, &secs.to_string())).await;
     }
     req.extensions_mut().insert(caller);
@@ -84,16 +91,17 @@ fn tenant_as_expected(req: &Request, tenant: &str) -> bool {
         .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(tenant.as_bytes()))
 }
 
-fn admit(st: &State, tenant: &str, path: &str) -> Result<(), Duration> {
+fn admit(st: &State, caller: &Caller, path: &str) -> Result<(), Duration> {
     let Some(family) = Family::of(path).filter(|_| st.opts.rate_limits) else {
         return Ok(());
     };
-    let window = Duration::from_secs(st.opts.rate_window_secs);
+    let minute = Duration::from_secs(st.opts.rate_window_secs);
+    let who = (caller.client_id.as_str(), caller.tenant.as_str());
     st.limiter
-        .admit(tenant, family, family.limit(&st.opts), window)
+        .admit(who, family, family.quota(&st.opts), minute)
 }
 
-async fn fault_response(fault: ApiFault) -> Option<Response> {
+async fn fault_response(graph: bool, fault: ApiFault) -> Option<Response> {
     match fault {
         ApiFault::Stall { millis } => {
             tokio::time::sleep(Duration::from_millis(millis)).await;
@@ -108,7 +116,7 @@ async fn fault_response(fault: ApiFault) -> Option<Response> {
         } => {
             let status = fault_status(status);
             let message = "The service returned an injected error (sandbox fault).";
-            let response = defender_error(status, status_code_name(status), message);
+            let response = api_error(graph, status, status_code_name(status), message);
             Some(match retry_after {
                 Some(value) => with_retry_after(response, &value),
                 None => response,
@@ -117,12 +125,18 @@ async fn fault_response(fault: ApiFault) -> Option<Response> {
     }
 }
 
-fn unauthorized(failure: &AuthFailure) -> Response {
+fn unauthorized(graph: bool, failure: &AuthFailure) -> Response {
     let challenge = match failure {
         AuthFailure::Missing => "Bearer",
         _ => "Bearer error=\"invalid_token\"",
     };
-    let mut response = defender_error(StatusCode::UNAUTHORIZED, "Unauthorized", &failure.message());
+    // Graph names every refused token InvalidAuthenticationToken.
+    let code = if graph {
+        "InvalidAuthenticationToken"
+    } else {
+        "Unauthorized"
+    };
+    let mut response = api_error(graph, StatusCode::UNAUTHORIZED, code, &failure.message());
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static(challenge),
@@ -136,6 +150,39 @@ async fn not_found() -> Response {
         "ResourceNotFound",
         "The requested resource does not exist.",
     )
+}
+
+async fn graph_not_found() -> Response {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        "The requested resource does not exist.",
+    )
+}
+
+/// Graph's paths (`/v1.0/...`), whose errors have Graph's shape.
+fn is_graph(path: &str) -> bool {
+    path == "/v1.0" || path.starts_with("/v1.0/")
+}
+
+/// An error in Graph's shape for Graph paths, else in Defender's.
+pub(super) fn api_error(graph: bool, status: StatusCode, code: &str, message: &str) -> Response {
+    if graph {
+        graph_error(status, code, message)
+    } else {
+        defender_error(status, code, message)
+    }
+}
+
+/// `{"error":{"code":..,"message":..,"innerError":{"date":..,"request-id":..,
+/// "client-request-id":..}}}`, the Microsoft Graph error shape
+/// (<https://learn.microsoft.com/graph/errors>).
+pub(super) fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let inner = json!({"date": iso8601(unix_now()), "request-id": request_id, "client-request-id": request_id});
+    let body = json!({"error": {"code": code, "message": message, "innerError": inner}});
+    let content_type = [(header::CONTENT_TYPE, "application/json")];
+    (status, content_type, body.to_string()).into_response()
 }
 
 /// `{"error":{"code":..,"message":..,"target":<request id>}}`, the Defender error shape.
