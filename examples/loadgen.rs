@@ -3,6 +3,9 @@
 //! ```text
 //! loadgen burst URL N            N requests at once, each on its own connection: time to the last answer
 //! loadgen startup URL -- CMD...  starts CMD and times until URL first answers 200, then stops CMD
+//! loadgen rate URL RPS SECS      RPS requests a second for SECS, open loop (a late answer never
+//!                                delays the next request), each on its own connection: achieved
+//!                                rate and latency percentiles
 //! loadgen tenants URL N C        N requests, each naming another tenant (`x-tenant-id`), C at a time
 //! ```
 //!
@@ -82,6 +85,49 @@ async fn startup(url: &str, cmd: &[String]) {
     }
 }
 
+async fn rate(url: &str, rps: u64, secs: u64) {
+    let http = client();
+    let total = rps * secs;
+    let interval = Duration::from_nanos(1_000_000_000 / rps.max(1));
+    let started = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        tokio::time::sleep_until(started + interval * i as u32).await;
+        let (http, url) = (http.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let ok = match http.get(url).send().await {
+                Ok(r) => r.status().as_u16() == 200 && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (ok, sent.elapsed())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut failed = 0;
+    for t in tasks {
+        match t.await {
+            Ok((true, d)) => latencies.push(d),
+            _ => failed += 1,
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "requests={total} ok={} failed={failed} rps={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        latencies.len(),
+        latencies.len() as f64 / took,
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+}
+
 async fn tenants(url: &str, n: usize, concurrency: usize) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
@@ -133,13 +179,21 @@ async fn main() {
     {
         ["burst", url, n] => burst(url, n.parse().expect("N is a number")).await,
         ["startup", url, "--", ..] => startup(url, &args[3..]).await,
+        ["rate", url, rps, secs] => {
+            rate(
+                url,
+                rps.parse().expect("RPS is a number"),
+                secs.parse().expect("SECS is a number"),
+            )
+            .await
+        }
         ["tenants", url, n, c] => {
             let n = n.parse().expect("N is a number");
             tenants(url, n, c.parse().expect("C is a number")).await
         }
         _ => {
             eprintln!(
-                "usage: loadgen burst URL N | loadgen startup URL -- CMD [ARGS...] | loadgen tenants URL N C"
+                "usage: loadgen burst URL N | loadgen startup URL -- CMD [ARGS...] | loadgen tenants URL N C | loadgen rate URL RPS SECS"
             );
             std::process::exit(64);
         }

@@ -40,6 +40,8 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, stop: Cancellati
 /// 200 when every credential has the tokens its routes need without a tenant header (see
 /// `crate::warmup`), else 503 with the reason per credential. Without warm-up: when every
 /// credential's last token attempt succeeded or none was tried.
+/// Also names the rate-limit store's state: `local`, `ok` or `degraded` (which never makes it
+/// 503: the replica limits itself to its share meanwhile).
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let rt = state.runtime.load();
     let mut ready = true;
@@ -60,7 +62,13 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         };
         creds.insert(c.name.to_string(), serde_json::Value::String(text));
     }
-    let body = serde_json::json!({ "status": if ready { "ready" } else { "unready" }, "credentials": creds });
+    // A degraded store does not make the replica unready: it limits locally meanwhile.
+    let store = state.shared.limiter.store_health();
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else { "unready" },
+        "credentials": creds,
+        "rate_limit_store": store,
+    });
     let status = if ready {
         StatusCode::OK
     } else {

@@ -6,8 +6,9 @@ use std::fmt::Write;
 use crate::AppState;
 use crate::cloud::Cloud;
 use crate::config::{
-    Config, ConfigError, CredentialConfig, CredentialType, is_guid, is_tenant_name,
+    Config, ConfigError, CredentialConfig, CredentialType, StoreType, is_guid, is_tenant_name,
 };
+use crate::ratelimit::RedisStore;
 use crate::token::TokenKey;
 
 /// The redacted summary: listeners, credentials (never a secret) and routes.
@@ -53,6 +54,7 @@ pub fn summary(config: &Config, state: &AppState) -> String {
             tenants.join(", ")
         );
     }
+    let _ = writeln!(out, "\nrate limit store: {}", store_line(config));
     let _ = writeln!(out, "\nroutes (longest prefix first):");
     for r in rt.router.routes() {
         let cred = &rt.credentials[r.credential].name;
@@ -108,6 +110,36 @@ pub fn summary(config: &Config, state: &AppState) -> String {
         }
     }
     out
+}
+
+/// `[rate_limit_store]` in one line; the password shows as `***` and where it comes from.
+fn store_line(config: &Config) -> String {
+    let s = &config.rate_limit_store;
+    if s.kind == StoreType::Local {
+        return "local (this process only)".into();
+    }
+    let password = match (&s.password, &s.password_file) {
+        (Some(p), _) => format!("{p} (config/env)"),
+        (None, Some(f)) => format!("*** (file {})", f.display()),
+        (None, None) => "none".into(),
+    };
+    format!(
+        "redis {}  user={}  password={password}  key_prefix={:?}  timeout_ms={}  replicas_hint={}",
+        s.url.as_deref().unwrap_or("-"),
+        s.username.as_deref().unwrap_or("default"),
+        s.key_prefix,
+        s.timeout_ms,
+        s.replicas_hint
+    )
+}
+
+/// `check --live` for the store: `None` when it is local, else `PING`'s outcome.
+pub async fn live_store(config: &Config) -> Option<Result<(), String>> {
+    let s = &config.rate_limit_store;
+    match s.kind {
+        StoreType::Local => None,
+        StoreType::Redis => Some(RedisStore::ping(s).await),
+    }
 }
 
 /// What a credential proves itself with, redacted: `secret=*** (file)`, a certificate's path,

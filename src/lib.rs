@@ -182,7 +182,7 @@ impl AppState {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = tls::client_config(config.tls.extra_ca_file.as_deref())
             .map_err(|e| ConfigError::new("tls.extra_ca_file", e))?;
-        let limiter = ratelimit::Limiter::new(RATE_LIMIT_BUCKETS);
+        let limiter = limiter(config)?;
         let runtime = Arc::new(Runtime::build(config, &limiter)?);
         let entra = EntraClient::new(tls.clone()).map_err(|e| RunError::Setup(e.to_string()))?;
         let cancel = CancellationToken::new();
@@ -220,6 +220,51 @@ impl AppState {
     }
 }
 
+/// Test-only: divides the rate-limit windows (a minute, an hour) by this, so tests of the
+/// windows take seconds. Never set in production.
+pub const TEST_TIME_SCALE_ENV: &str = "DEFENDER_PROXY_TEST_TIME_SCALE";
+/// Test-only: this process reads its wall clock this many milliseconds ahead (or behind, when
+/// negative), to show that the shared limits never depend on a replica's clock.
+pub const TEST_CLOCK_OFFSET_ENV: &str = "DEFENDER_PROXY_TEST_CLOCK_OFFSET_MS";
+
+/// The limiter of `config`: local, or shared through Redis.
+fn limiter(config: &Config) -> Result<ratelimit::Limiter, RunError> {
+    let scale = std::env::var(TEST_TIME_SCALE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let windows = ratelimit::Windows::scaled(scale);
+    let s = &config.rate_limit_store;
+    let store = match s.kind {
+        config::StoreType::Local => None,
+        config::StoreType::Redis => {
+            Some((Arc::new(ratelimit::RedisStore::new(s)?), s.replicas_hint))
+        }
+    };
+    Ok(ratelimit::Limiter::with_store(
+        RATE_LIMIT_BUCKETS,
+        windows,
+        store,
+    ))
+}
+
+/// Logs how far this replica's clock is from the shared store's (decisions use Redis's).
+async fn log_clock_skew(store: Arc<ratelimit::RedisStore>) {
+    let offset_ms: i64 = std::env::var(TEST_CLOCK_OFFSET_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    match store.clock_skew(offset_ms).await {
+        Ok(skew_ms) => tracing::info!(
+            skew_ms,
+            "rate_limit_store: connected to Redis; its clock is the one reservations use"
+        ),
+        Err(ratelimit::Unavailable) => tracing::info!(
+            "rate_limit_store: Redis not reachable yet; limiting locally until it is"
+        ),
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to
 /// `shutdown_grace_secs`.
 pub async fn run(
@@ -238,6 +283,10 @@ pub async fn serve(
     reload: Option<reload::ReloadSource>,
 ) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
+    if let Some(store) = state.shared.limiter.store() {
+        tokio::spawn(log_clock_skew(store.clone()));
+        tokio::spawn(store.clone().watch(state.cancel.clone()));
+    }
     warmup::spawn(&state);
     if let Some(source) = reload {
         tokio::spawn(reload::watch(

@@ -288,9 +288,18 @@ async fn check_config(path: &Path, live: bool) -> anyhow::Result<ExitCode> {
     if !live {
         return Ok(ExitCode::SUCCESS);
     }
+    let mut failed = false;
+    if let Some(outcome) = check::live_store(&config).await {
+        match outcome {
+            Ok(()) => println!("\nlive rate limit store check: ok (PING answered)"),
+            Err(reason) => {
+                failed = true;
+                println!("\nlive rate limit store check: FAILED: {reason}");
+            }
+        }
+    }
     println!("\nlive token check:");
     let rows = check::live(&state).await;
-    let mut failed = false;
     for row in &rows {
         let outcome = match &row.outcome {
             Ok(()) => "ok".to_string(),

@@ -28,6 +28,9 @@ use prometheus_client::registry::Registry;
 use crate::config::RateLimitConfig;
 use crate::telemetry::latency_histogram;
 
+mod shared;
+pub use shared::{RedisStore, Reserved, Unavailable, Windows};
+
 /// Slots a window is split into.
 const SLOTS: u64 = 120;
 /// Slots an admission counts for after its own: the window, and one slot of allowance for the
@@ -87,6 +90,9 @@ pub struct LimitSpec {
     /// Larger for a spec from a later config: a request that started under an older config
     /// never sets a bucket back to the old numbers.
     pub generation: u64,
+    /// With a shared store: this replica's share (limits divided by `replicas_hint`), used
+    /// locally while the store is unavailable.
+    pub fallback: Option<Arc<LimitSpec>>,
 }
 
 /// The request may be sent.
@@ -192,13 +198,13 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(spec: &LimitSpec, now: Instant) -> Self {
+    fn new(spec: &LimitSpec, spans: Windows, now: Instant) -> Self {
         let mut windows = Vec::with_capacity(2);
         if let Some(n) = spec.per_minute {
-            windows.push(Window::new(Duration::from_secs(60), n));
+            windows.push(Window::new(spans.minute, n));
         }
         if let Some(n) = spec.per_hour {
-            windows.push(Window::new(Duration::from_secs(3600), n));
+            windows.push(Window::new(spans.hour, n));
         }
         Bucket {
             epoch: now,
@@ -263,6 +269,10 @@ pub struct Limiter {
     /// The queue-time histograms of the limits, shared with their `LimitStats`.
     waits: ByLimit<Histogram>,
     generations: AtomicU64,
+    /// The window spans.
+    windows: Windows,
+    /// The shared store and the replicas it is shared by, when `type = "redis"`.
+    store: Option<(Arc<RedisStore>, u32)>,
 }
 
 fn lock(b: &Mutex<Bucket>) -> std::sync::MutexGuard<'_, Bucket> {
@@ -288,16 +298,39 @@ impl Drop for Reservation {
 impl Limiter {
     /// At most `capacity` (limit, tenant) buckets; an idle one is dropped after an hour and a bit.
     pub fn new(capacity: u64) -> Self {
+        Limiter::with_store(capacity, Windows::default(), None)
+    }
+
+    /// Like `new`, with window spans `windows` and, when given, a store shared by `replicas`
+    /// replicas (the local buckets then only hold each replica's share, for when the store is
+    /// unavailable).
+    pub fn with_store(
+        capacity: u64,
+        windows: Windows,
+        store: Option<(Arc<RedisStore>, u32)>,
+    ) -> Self {
         let buckets = moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .time_to_idle(Duration::from_secs(3600 + 120))
+            .time_to_idle(windows.hour + Duration::from_secs(120))
             .build();
         Limiter {
             buckets,
             stats: Mutex::default(),
             waits: Family::new_with_constructor(latency_histogram),
             generations: AtomicU64::new(0),
+            windows,
+            store,
         }
+    }
+
+    /// The shared store, if any.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.store.as_ref().map(|(s, _)| s)
+    }
+
+    /// `"local"`, or the shared store's health: `"ok"` or `"degraded"`.
+    pub fn store_health(&self) -> &'static str {
+        self.store.as_ref().map_or("local", |(s, _)| s.health())
     }
 
     /// The spec of `[rate_limit.NAME]`, with counters that survive reloads.
@@ -312,20 +345,41 @@ impl Limiter {
                 Arc::new(LimitStats::new(wait))
             })
             .clone();
-        LimitSpec {
+        let spec = LimitSpec {
             name: name.into(),
             per_minute: c.per_minute,
             per_hour: c.per_hour,
             max_wait: Duration::from_secs(c.max_wait_secs()),
             stats,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            fallback: None,
+        };
+        match &self.store {
+            Some((_, replicas)) => {
+                let share = |n: Option<u32>| n.map(|n| (n / replicas).max(1));
+                let local = LimitSpec {
+                    per_minute: share(spec.per_minute),
+                    per_hour: share(spec.per_hour),
+                    ..spec.clone()
+                };
+                LimitSpec {
+                    fallback: Some(Arc::new(local)),
+                    ..spec
+                }
+            }
+            None => spec,
         }
+    }
+
+    /// The spec whose numbers the local buckets hold: the replica's share with a shared store.
+    fn local_spec<'a>(&self, spec: &'a LimitSpec) -> &'a LimitSpec {
+        spec.fallback.as_deref().unwrap_or(spec)
     }
 
     fn bucket(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Arc<Mutex<Bucket>> {
         let key = (spec.name.clone(), tenant.clone());
         let bucket = self.buckets.get_with(key, || {
-            Arc::new(Mutex::new(Bucket::new(spec, Instant::now())))
+            Arc::new(Mutex::new(Bucket::new(spec, self.windows, Instant::now())))
         });
         {
             let mut b = lock(&bucket);
@@ -334,7 +388,7 @@ impl Limiter {
                     b.generation = spec.generation;
                 } else {
                     let (paused, rebuilds) = (b.paused_until, b.rebuilds);
-                    *b = Bucket::new(spec, Instant::now());
+                    *b = Bucket::new(spec, self.windows, Instant::now());
                     b.paused_until = paused;
                     b.rebuilds = rebuilds + 1;
                 }
@@ -350,8 +404,26 @@ impl Limiter {
     }
 
     /// Waits (FIFO) until the request may be sent, or refuses at once when that would take
-    /// longer than `budget` (what is left of the request's wait budget).
+    /// longer than `budget` (what is left of the request's wait budget). With a shared store
+    /// the queue is every replica's; while the store is unavailable, this replica's share of it.
     pub async fn acquire_within(
+        &self,
+        spec: &LimitSpec,
+        tenant: &Arc<str>,
+        budget: Duration,
+    ) -> Result<Admission, Refused> {
+        if let Some((store, _)) = &self.store {
+            match self.acquire_shared(store, spec, tenant, budget).await {
+                Ok(decided) => return decided,
+                Err(Unavailable) => store.degraded_decisions.inc(),
+            };
+        }
+        self.acquire_local(self.local_spec(spec), tenant, budget)
+            .await
+    }
+
+    /// `acquire_within` on this process's buckets.
+    async fn acquire_local(
         &self,
         spec: &LimitSpec,
         tenant: &Arc<str>,
@@ -403,14 +475,30 @@ impl Limiter {
         }
     }
 
-    /// The upstream asked to wait: nothing more is sent for (limit, tenant) before `until`.
+    /// The upstream asked to wait: nothing more is sent for (limit, tenant) before `until`,
+    /// by any replica when the store is shared.
     pub fn pause(&self, spec: &LimitSpec, tenant: &Arc<str>, until: Instant) {
         spec.stats
             .upstream_throttled
             .fetch_add(1, Ordering::Relaxed);
-        let bucket = self.bucket(spec, tenant);
-        let mut b = lock(&bucket);
-        b.paused_until = Some(b.paused_until.map_or(until, |p| p.max(until)));
+        let bucket = self.bucket(self.local_spec(spec), tenant);
+        {
+            let mut b = lock(&bucket);
+            b.paused_until = Some(b.paused_until.map_or(until, |p| p.max(until)));
+        }
+        if let Some((store, _)) = &self.store {
+            self.share_pause(store, spec, tenant, until);
+        }
+    }
+
+    /// How long this replica knows (limit, tenant) to be paused.
+    fn local_pause(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Duration {
+        let key = (spec.name.clone(), tenant.clone());
+        self.buckets.get(&key).map_or(Duration::ZERO, |b| {
+            lock(&b).paused_until.map_or(Duration::ZERO, |p| {
+                p.saturating_duration_since(Instant::now())
+            })
+        })
     }
 
     /// Buckets held (for memory checks).
@@ -463,6 +551,15 @@ impl Limiter {
             }
             registry.register(name, help, family);
         }
+        let degraded = Counter::<u64>::default();
+        if let Some((store, _)) = &self.store {
+            degraded.inc_by(store.degraded_decisions.get());
+        }
+        registry.register(
+            "defender_proxy_ratelimit_store_degraded",
+            "Rate-limit decisions taken locally because the shared store was unavailable",
+            degraded,
+        );
         registry.register(
             "defender_proxy_ratelimit_wait_seconds",
             "Time requests spent queued",

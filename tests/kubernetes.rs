@@ -125,6 +125,7 @@ fn every_manifest_has_a_native_sidecar_with_probes_on_the_configured_admin_port(
         }
         check_files_are_mounted(&file, &config, sidecar);
         check_workload_identity(&file, &config, &docs, pod);
+        check_shared_store(&file, &config, &docs, pod);
     }
 }
 
@@ -182,6 +183,69 @@ fn check_workload_identity(file: &str, config: &Config, docs: &[Value], pod: &Va
             .as_str()
             .is_some(),
         "{file}"
+    );
+}
+
+/// A Redis store: its host is a Service of the manifest, its password a file from a Secret
+/// volume, and that Secret is made with `kubectl create secret`, not shipped as a placeholder.
+fn check_shared_store(file: &str, config: &Config, docs: &[Value], pod: &Value) {
+    use defender_proxy::config::StoreType;
+    let store = &config.rate_limit_store;
+    if store.kind != StoreType::Redis {
+        return;
+    }
+    let url = store.url.as_deref().unwrap();
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .split([':', '/'])
+        .next()
+        .unwrap();
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == host),
+        "{file}: no Service named {host}"
+    );
+    assert!(
+        store.password.is_none(),
+        "{file}: the password comes from a file"
+    );
+    let password = store.password_file.as_ref().unwrap().display().to_string();
+    let sidecar = pod["initContainers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "defender-proxy")
+        .unwrap();
+    let mount = sidecar["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| password.starts_with(str_of(&m["mountPath"])))
+        .unwrap();
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let secret = str_of(&volume["secret"]["secretName"]);
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret),
+        "{file}: Secret {secret} is a placeholder in the manifest"
+    );
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/kubernetes")
+            .join(file),
+    )
+    .unwrap();
+    assert!(
+        text.contains(&format!("kubectl create secret generic {secret}")),
+        "{file}: say how to create Secret {secret}"
     );
 }
 

@@ -83,6 +83,8 @@ pub struct Config {
     pub rate_limit: BTreeMap<String, RateLimitConfig>,
     /// Named local clients, each with its own inbound key and grants.
     pub clients: BTreeMap<String, ClientConfig>,
+    /// Where rate-limit reservations are kept: this process, or Redis shared by replicas.
+    pub rate_limit_store: RateLimitStoreConfig,
 }
 
 /// `[clients.NAME]`: a local tool with its own inbound key, limited to some routes and
@@ -363,6 +365,55 @@ impl RateLimitConfig {
     }
 }
 
+/// The kinds of rate-limit store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreType {
+    /// Each process keeps its own windows (one replica).
+    #[default]
+    Local,
+    /// Replicas share their windows through Redis.
+    Redis,
+}
+
+/// `[rate_limit_store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitStoreConfig {
+    /// `local` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: StoreType,
+    /// `redis://host:port[/db]` or `rediss://` (TLS); never with a password in it.
+    pub url: Option<String>,
+    /// The Redis user (ACL), when not `default`.
+    pub username: Option<String>,
+    /// The Redis password (usually `${REDIS_PASSWORD}`).
+    pub password: Option<Secret>,
+    /// A file holding the Redis password.
+    pub password_file: Option<PathBuf>,
+    /// Prefix of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Longest a Redis call may take before this replica falls back to local limits.
+    pub timeout_ms: u64,
+    /// Replicas sharing the limits: while Redis is unreachable each keeps limit / this.
+    pub replicas_hint: u32,
+}
+
+impl Default for RateLimitStoreConfig {
+    fn default() -> Self {
+        RateLimitStoreConfig {
+            kind: StoreType::Local,
+            url: None,
+            username: None,
+            password: None,
+            password_file: None,
+            key_prefix: "defender-proxy:".into(),
+            timeout_ms: 250,
+            replicas_hint: 1,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret::new)
@@ -412,11 +463,15 @@ impl Config {
     /// Files whose change should reload the config: secrets, certificates, CA roots. (A
     /// federated token file is not one: it rotates by design and is re-read at each fetch.)
     pub fn referenced_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = [&self.server.inbound_key_file, &self.tls.extra_ca_file]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let mut files: Vec<PathBuf> = [
+            &self.server.inbound_key_file,
+            &self.tls.extra_ca_file,
+            &self.rate_limit_store.password_file,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         for c in self.credentials.values() {
             for p in [
                 &c.client_secret_file,
@@ -441,6 +496,7 @@ impl Config {
         };
         fix(&mut self.server.inbound_key_file);
         fix(&mut self.tls.extra_ca_file);
+        fix(&mut self.rate_limit_store.password_file);
         for c in self.credentials.values_mut() {
             for p in [
                 &mut c.client_secret_file,

@@ -69,6 +69,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "the config defines no route: add a [[route]] table (the shipped proxy.toml has one per API)",
         ));
     }
+    validate_store(&config.rate_limit_store)?;
     let mut prefixes = HashSet::new();
     let mut names = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
@@ -605,6 +606,50 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// An absolute `https://` URL, or `http://` to loopback; no credentials, query or fragment.
+/// `[rate_limit_store]`: a Redis URL without credentials in it, sane numbers.
+fn validate_store(s: &super::RateLimitStoreConfig) -> Result<(), ConfigError> {
+    let path = "rate_limit_store";
+    if s.timeout_ms == 0 || s.timeout_ms > 60_000 {
+        return Err(ConfigError::new(
+            format!("{path}.timeout_ms"),
+            "must be 1 to 60000",
+        ));
+    }
+    if s.replicas_hint == 0 {
+        return Err(ConfigError::new(
+            format!("{path}.replicas_hint"),
+            "must be at least 1",
+        ));
+    }
+    if s.kind == super::StoreType::Local {
+        return Ok(());
+    }
+    let url = s.url.as_deref().ok_or_else(|| {
+        ConfigError::new(format!("{path}.url"), "is required when type = \"redis\"")
+    })?;
+    let bad = |why: &str| ConfigError::new(format!("{path}.url"), why.to_string());
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(|| bad("must start with redis:// or rediss:// (TLS)"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(bad(
+            "must not contain credentials; set password (e.g. \"${REDIS_PASSWORD}\") or password_file",
+        ));
+    }
+    if authority.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if s.password.is_some() && s.password_file.is_some() {
+        return Err(ConfigError::new(
+            format!("{path}.password"),
+            "set password or password_file, not both",
+        ));
+    }
+    Ok(())
+}
+
 fn check_url(url: &str, path: &str, allow_path: bool) -> Result<(), ConfigError> {
     // A URL with an `@` may carry a password: errors then leave it out.
     let shown = if url.contains('@') {

@@ -3,6 +3,7 @@
 
 pub mod binary;
 pub mod python;
+pub mod redis_server;
 
 use defender_proxy::config::Config;
 use defender_proxy::{Handle, Listeners};
