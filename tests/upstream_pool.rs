@@ -342,7 +342,10 @@ async fn an_early_answer_to_an_upload_is_passed_on() {
                     body.len()
                 );
                 let _ = tcp.write_all(answer.as_bytes()).await;
-                // Closed with the body unread: the proxy's writes fail (reset).
+                // Closed with the body unread: the proxy's writes fail (reset). A moment
+                // passes first: a reset that overtakes the answer on the wire loses it for any
+                // client, which is TCP's race, not the proxy's.
+                tokio::time::sleep(Duration::from_millis(200)).await;
             });
         }
     });
