@@ -5,15 +5,13 @@
 //! `Connection` header that names one of these headers cannot hide it.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
 use http::uri::Authority;
 use http::{HeaderMap, Method, header};
-use tower::{Layer, Service};
 
 use super::access_log::Trace;
-use super::{INBOUND_KEY_HEADER, Request, Response};
+use super::check::CheckLayer;
+use super::{INBOUND_KEY_HEADER, Request};
 use crate::error::ProxyError;
 use crate::routing::path_of;
 use crate::runtime::Runtime;
@@ -38,60 +36,21 @@ pub struct ClientName {
 const FORWARDED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Refuses requests that fail the checks; see the module doc.
-#[derive(Clone)]
-pub struct GuardLayer(Arc<Runtime>);
-
-impl GuardLayer {
-    /// The checks of config `rt`.
-    pub fn new(rt: &Arc<Runtime>) -> Self {
-        GuardLayer(rt.clone())
-    }
+pub fn layer(rt: &Arc<Runtime>) -> CheckLayer {
+    CheckLayer::new(rt, admit)
 }
 
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            rt: self.0.clone(),
+/// Checks `req`, and notes the checked Host and the calling client in its extensions.
+fn admit(rt: &Runtime, req: &mut Request) -> Result<(), ProxyError> {
+    let (host, client) = check(rt, req)?;
+    req.extensions_mut().insert(host);
+    if let Some(client) = client {
+        if let Some(trace) = req.extensions().get::<Trace>() {
+            trace.set_client(&client.name);
         }
+        req.extensions_mut().insert(client);
     }
-}
-
-/// The service of `GuardLayer`.
-#[derive(Clone)]
-pub struct Guard<S> {
-    inner: S,
-    rt: Arc<Runtime>,
-}
-
-impl<S> Service<Request> for Guard<S>
-where
-    S: Service<Request, Response = Response, Error = ProxyError>,
-{
-    type Response = Response;
-    type Error = ProxyError;
-    type Future = Either<Ready<Result<Response, ProxyError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        match check(&self.rt, &req) {
-            Ok((host, client)) => {
-                req.extensions_mut().insert(host);
-                if let Some(client) = client {
-                    if let Some(trace) = req.extensions().get::<Trace>() {
-                        trace.set_client(&client.name);
-                    }
-                    req.extensions_mut().insert(client);
-                }
-                Either::Right(self.inner.call(req))
-            }
-            Err(e) => Either::Left(ready(Err(e))),
-        }
-    }
+    Ok(())
 }
 
 /// Checks `req`; gives back the Host it was checked against, and the client whose key it

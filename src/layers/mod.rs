@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod bearer;
+pub mod check;
 pub mod connection;
 pub mod forward;
 pub mod guard;
@@ -115,8 +116,8 @@ pub fn stack(shared: &Arc<Shared>, rt: &Arc<Runtime>) -> Handler {
         .map_response(|resp: http::Response<_>| resp.map(body::boxed))
         .layer(TraceLayer::new_for_http())
         .layer(rescue::RescueLayer)
-        .layer(guard::GuardLayer::new(rt))
-        .layer(route::RouteLayer::new(rt))
+        .layer(guard::layer(rt))
+        .layer(route::layer(rt))
         .layer(headers::HeadersLayer::new(rt))
         .layer(keep_body::KeepBodyLayer::new(rt))
         .layer(rewrite::RewriteLayer::new(rt))

@@ -6,14 +6,11 @@
 //! the request is refused.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{Either, Ready, ready};
-use tower::{Layer, Service};
-
+use super::Request;
 use super::access_log::Trace;
+use super::check::CheckLayer;
 use super::guard::ClientName;
-use super::{Request, Response};
 use crate::error::ProxyError;
 use crate::routing::{Route, Tenant, path_of, split_tenant_path, tenant_path_name};
 use crate::runtime::Runtime;
@@ -46,58 +43,17 @@ impl Routed {
 }
 
 /// Finds the route and tenant; see the module doc.
-#[derive(Clone)]
-pub struct RouteLayer(Arc<Runtime>);
-
-impl RouteLayer {
-    /// The routes of config `rt`.
-    pub fn new(rt: &Arc<Runtime>) -> Self {
-        RouteLayer(rt.clone())
-    }
+pub fn layer(rt: &Arc<Runtime>) -> CheckLayer {
+    CheckLayer::new(rt, find)
 }
 
-impl<S> Layer<S> for RouteLayer {
-    type Service = FindRoute<S>;
-    fn layer(&self, inner: S) -> FindRoute<S> {
-        FindRoute {
-            inner,
-            rt: self.0.clone(),
-        }
-    }
-}
-
-/// The service of `RouteLayer`.
-#[derive(Clone)]
-pub struct FindRoute<S> {
-    inner: S,
-    rt: Arc<Runtime>,
-}
-
-impl<S> Service<Request> for FindRoute<S>
-where
-    S: Service<Request, Response = Response, Error = ProxyError>,
-{
-    type Response = Response;
-    type Error = ProxyError;
-    type Future = Either<Ready<Result<Response, ProxyError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let path_tenant = match unscope(&mut req) {
-            Ok(t) => t,
-            Err(e) => return Either::Left(ready(Err(e))),
-        };
-        match resolve(&self.rt, &req, path_tenant.as_deref()) {
-            Ok(routed) => {
-                req.extensions_mut().insert(routed);
-                Either::Right(self.inner.call(req))
-            }
-            Err(e) => Either::Left(ready(Err(e))),
-        }
-    }
+/// Takes the tenant out of a tenant-scoped path, then notes the route and tenant in the
+/// request's extensions.
+fn find(rt: &Runtime, req: &mut Request) -> Result<(), ProxyError> {
+    let path_tenant = unscope(req)?;
+    let routed = resolve(rt, req, path_tenant.as_deref())?;
+    req.extensions_mut().insert(routed);
+    Ok(())
 }
 
 /// Turns a tenant-scoped request target into the plain one, returning the path's tenant.
