@@ -150,16 +150,40 @@ pub fn empty() -> Body {
 #[derive(Debug, Clone)]
 pub struct Kept(pub Bytes);
 
-/// A copy of `req` to send again, when its whole body was kept (see `Kept`).
-pub fn replay(req: &http::Request<Body>) -> Option<http::Request<Body>> {
+/// What a request is sent again from (see `Kept`): its head and kept body, without its
+/// extensions. Those travel with the request to the upstream and come back in the response
+/// (`Sent`), so a copy is made only of what the upstream consumes.
+#[derive(Debug)]
+pub struct Replay {
+    head: http::Request<()>,
+    kept: Bytes,
+}
+
+/// The request's extensions, handed back in its response's extensions by the innermost
+/// service, for a layer that sends the request again.
+#[derive(Debug, Clone)]
+pub struct Sent(pub http::Extensions);
+
+/// What `req` can be sent again from, when its whole body was kept.
+pub fn replay(req: &http::Request<Body>) -> Option<Replay> {
     let kept = req.extensions().get::<Kept>()?.0.clone();
-    let mut copy = http::Request::new(full(kept));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
-    Some(copy)
+    let mut head = http::Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    Some(Replay { head, kept })
+}
+
+impl Replay {
+    /// The request again, with the extensions its first sending handed back in `resp`.
+    pub fn into_request<B>(self, resp: &mut http::Response<B>) -> http::Request<Body> {
+        let mut req = self.head.map(|()| full(self.kept));
+        if let Some(Sent(extensions)) = resp.extensions_mut().remove::<Sent>() {
+            *req.extensions_mut() = extensions;
+        }
+        req
+    }
 }
 
 /// Why a request body could not be read.
@@ -311,8 +335,19 @@ mod tests {
         req.extensions_mut().insert(Kept(Bytes::from_static(b"q")));
         req.headers_mut()
             .insert("x-a", http::HeaderValue::from_static("1"));
-        let copy = replay(&req).unwrap();
+        let template = replay(&req).unwrap();
+        let mut extensions = http::Extensions::new();
+        extensions.insert(7u8);
+        let mut resp = http::Response::new(());
+        resp.extensions_mut().insert(Sent(extensions));
+        let copy = template.into_request(&mut resp);
         assert_eq!(copy.method(), http::Method::POST);
         assert_eq!(copy.headers()["x-a"], "1");
+        assert_eq!(
+            copy.extensions().get::<u8>(),
+            Some(&7),
+            "the extensions came back"
+        );
+        assert!(resp.extensions().get::<Sent>().is_none());
     }
 }

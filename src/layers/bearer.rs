@@ -84,10 +84,11 @@ impl Bearer {
         let again = body::replay(&req);
         let token = fetch_token(&self.shared, &source, &key).await?;
         set_bearer(&mut req, &token);
-        let resp = send(&self.inner, req).await?;
-        let Some(mut again) = again.filter(|_| resp.status() == StatusCode::UNAUTHORIZED) else {
+        let mut resp = send(&self.inner, req).await?;
+        let Some(again) = again.filter(|_| resp.status() == StatusCode::UNAUTHORIZED) else {
             return Ok(resp);
         };
+        let mut again = again.into_request(&mut resp);
         tracing::info!(route = %route.name, "upstream answered 401; fetching a new token and replaying once");
         self.shared.tokens.invalidate(&key, &token);
         let token = fetch_token(&self.shared, &source, &key).await?;

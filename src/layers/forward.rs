@@ -53,7 +53,9 @@ impl Service<Request> for Forward {
         Box::pin(async move {
             let routed = Routed::of(&req)?;
             let trace = req.extensions().get::<Trace>().cloned();
-            let req = to_upstream(req, routed.route(&rt))?;
+            let mut req = to_upstream(req, routed.route(&rt))?;
+            // Handed back with the response, for a layer that sends the request again.
+            let handed_back = body::Sent(std::mem::take(req.extensions_mut()));
             let started = Instant::now();
             let sent = tokio::time::timeout(rt.request_timeout, client.send(req)).await;
             let resp = match sent {
@@ -64,7 +66,9 @@ impl Service<Request> for Forward {
             if let Some(trace) = trace {
                 trace.set_upstream(started.elapsed(), resp.headers().get(UPSTREAM_REQUEST_ID));
             }
-            Ok(resp.map(body::boxed))
+            let mut resp = resp.map(body::boxed);
+            resp.extensions_mut().insert(handed_back);
+            Ok(resp)
         })
     }
 }

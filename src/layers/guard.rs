@@ -182,8 +182,12 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
     let bad = Err(ProxyError::BadRequest(
         "the path contains dot segments or encoded separators",
     ));
-    let lower = path.to_ascii_lowercase();
-    if path.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+    let encoded = |name: &[u8]| {
+        path.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(name))
+    };
+    if path.contains('\\') || encoded(b"%2f") || encoded(b"%5c") {
         return bad;
     }
     if path.split('/').any(is_dot_segment) {
@@ -194,8 +198,16 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
 
 /// `.` or `..`, with any of the dots written `%2e` or `%2E`.
 fn is_dot_segment(segment: &str) -> bool {
-    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-    decoded == "." || decoded == ".."
+    let (mut rest, mut dots) = (segment.as_bytes(), 0);
+    while !rest.is_empty() && dots < 3 {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    rest.is_empty() && (1..=2).contains(&dots)
 }
 
 #[cfg(test)]
@@ -209,6 +221,8 @@ mod tests {
             "/api/./x",
             "/api/%2e%2E/x",
             "/api/.%2e",
+            "/api/%2E/x",
+            "/api/..",
             "/a%2fb",
             "/a%5Cb",
             "/a\\b",
@@ -223,6 +237,8 @@ mod tests {
             "/api/...",
             "/a%20b",
             "/api/.x",
+            "/api/%2e%2e%2e",
+            "/api/%2ex",
         ] {
             assert!(check_path(good).is_ok(), "{good}");
         }

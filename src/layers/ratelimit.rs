@@ -125,7 +125,7 @@ impl RateLimit {
             ) {
                 return Ok(resp);
             }
-            let (resp, wait) = retry_time(resp).await;
+            let (mut resp, wait) = retry_time(resp).await;
             let Some(wait) = wait else {
                 return Ok(resp);
             };
@@ -148,7 +148,8 @@ impl RateLimit {
                 }
                 None => tokio::time::sleep_until(until).await,
             }
-            (absorbed, next) = (absorbed + 1, again);
+            absorbed += 1;
+            next = again.map(|again| again.into_request(&mut resp));
         }
     }
 }

@@ -69,39 +69,54 @@ impl Service<Request> for Rewrite {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let (inner, rt) = (self.inner.clone(), self.rt.clone());
-        let rewriter = rewriter_for(&rt, &req);
+        let target = Target::of(&rt, &req);
         let head = req.method() == Method::HEAD;
         Box::pin(async move {
             let resp = send(&inner, req).await?;
-            match rewriter {
-                Some(rewriter) => rewrite(resp, rewriter, head).await,
+            match target {
+                Some(target) => rewrite(resp, || target.rewriter(&rt), head).await,
                 None => Ok(resp),
             }
         })
     }
 }
 
-/// The rewriter for a request whose route rewrites links.
-fn rewriter_for(rt: &Runtime, req: &Request) -> Option<LinkRewriter> {
-    let routed = req.extensions().get::<Routed>()?;
-    let route = routed.route(rt);
-    let host = req.extensions().get::<CheckedHost>()?;
-    route
-        .rewrite_links
-        .then(|| route.link_rewriter(host.0.as_str(), routed.link_tenant.as_deref()))
+/// Where a request whose route rewrites links came in: its route, the Host it used and its
+/// link tenant. The rewriter is built from it only for an answer that may hold a link.
+struct Target {
+    routed: Routed,
+    host: CheckedHost,
+}
+
+impl Target {
+    fn of(rt: &Runtime, req: &Request) -> Option<Target> {
+        let routed = req.extensions().get::<Routed>()?;
+        let host = req.extensions().get::<CheckedHost>()?;
+        routed.route(rt).rewrite_links.then(|| Target {
+            routed: routed.clone(),
+            host: host.clone(),
+        })
+    }
+
+    fn rewriter(&self, rt: &Runtime) -> LinkRewriter {
+        self.routed
+            .route(rt)
+            .link_rewriter(self.host.0.as_str(), self.routed.link_tenant.as_deref())
+    }
 }
 
 async fn rewrite(
     resp: Response,
-    rewriter: LinkRewriter,
+    rewriter: impl Fn() -> LinkRewriter,
     head: bool,
 ) -> Result<Response, ProxyError> {
     let (mut parts, incoming) = resp.into_parts();
+    let mut built = None;
     let location = parts
         .headers
         .get(header::LOCATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|l| rewriter.rewrite_location(l))
+        .and_then(|l| built.get_or_insert_with(&rewriter).rewrite_location(l))
         .and_then(|l| HeaderValue::try_from(l).ok());
     if let Some(location) = location {
         parts.headers.insert(header::LOCATION, location);
@@ -122,7 +137,7 @@ async fn rewrite(
         if !may_contain_link(&whole) {
             return Ok(Response::from_parts(parts, body::full(whole)));
         }
-        let mut state = RewriteState::new(rewriter);
+        let mut state = RewriteState::new(built.unwrap_or_else(rewriter));
         let mut out = state.push(&whole).to_vec();
         out.extend_from_slice(&state.finish());
         parts
@@ -134,7 +149,7 @@ async fn rewrite(
     parts.headers.remove(header::CONTENT_LENGTH);
     let rewritten = Rewritten {
         body: incoming,
-        state: RewriteState::new(rewriter),
+        state: RewriteState::new(built.unwrap_or_else(rewriter)),
         done: false,
     };
     Ok(Response::from_parts(parts, body::boxed(rewritten)))
