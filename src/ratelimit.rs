@@ -29,7 +29,7 @@ use crate::config::RateLimitConfig;
 use crate::telemetry::latency_histogram;
 
 mod shared;
-pub use shared::{RedisStore, Reserved, Unavailable, Windows};
+pub use shared::{Counts, RedisStore, Reserved, Unavailable, Windows};
 
 /// Slots a window is split into.
 const SLOTS: u64 = 120;
@@ -265,6 +265,9 @@ type CounterOf = (&'static str, &'static str, fn(&LimitStats) -> &AtomicU64);
 /// All buckets, and the counters of every limit seen.
 pub struct Limiter {
     buckets: moka::sync::Cache<Key, Arc<Mutex<Bucket>>>,
+    /// With a shared store: each (limit, tenant) budget as this replica's last reservation
+    /// found it, for the remaining-budget headers and `/ratelimits`.
+    views: moka::sync::Cache<Key, budget::SharedView>,
     stats: Mutex<HashMap<Arc<str>, Arc<LimitStats>>>,
     /// The queue-time histograms of the limits, shared with their `LimitStats`.
     waits: ByLimit<Histogram>,
@@ -313,14 +316,24 @@ impl Limiter {
             .max_capacity(capacity)
             .time_to_idle(windows.hour + Duration::from_secs(120))
             .build();
+        let views = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_idle(windows.hour)
+            .build();
         Limiter {
             buckets,
+            views,
             stats: Mutex::default(),
             waits: Family::new_with_constructor(latency_histogram),
             generations: AtomicU64::new(0),
             windows,
             store,
         }
+    }
+
+    /// The spans of the windows (a minute and an hour, except in tests).
+    pub fn windows(&self) -> Windows {
+        self.windows
     }
 
     /// The shared store, if any.

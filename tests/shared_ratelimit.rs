@@ -374,6 +374,62 @@ async fn an_upstream_pause_seen_by_one_replica_holds_every_replica() {
     b.proxy.terminate();
 }
 
+/// The remaining-budget headers and `/ratelimits` of a replica count every replica's requests,
+/// as its last reservation found them in Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_remaining_budget_a_replica_tells_is_the_shared_one() {
+    let redis = RedisServer::start().await;
+    let rig = Rig::start().await;
+    let http = common::client();
+    let a = replica(&rig, &redis.url(), 20, 2, &[]).await;
+    let b = replica(&rig, &redis.url(), 20, 2, &[]).await;
+    // Tokens first (their requests are the tenant's too: two of the quota).
+    for (r, rep) in [&a, &b].iter().enumerate() {
+        assert_eq!(get(&http, &rep.proxy.base, r, 99, "w").await.0, 200);
+    }
+    for i in 0..3 {
+        assert_eq!(get(&http, &a.proxy.base, 0, i, "a").await.0, 200);
+    }
+    let resp = http
+        .get(format!("{}/api/alerts?r=1&i=0&t=a", b.proxy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    // 2 + 3 + this one: 6 of 20 a minute and of 200 an hour, whichever replica sent them.
+    assert_eq!(header("x-defender-proxy-ratelimit").as_deref(), Some("mde"));
+    assert_eq!(
+        header("x-defender-proxy-ratelimit-remaining-minute").as_deref(),
+        Some("14")
+    );
+    assert_eq!(
+        header("x-defender-proxy-ratelimit-remaining-hour").as_deref(),
+        Some("194")
+    );
+    let budgets: serde_json::Value = http
+        .get(format!("{}/ratelimits", b.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mde = &budgets["limits"][0];
+    assert_eq!(mde["limit"], "mde", "{budgets}");
+    assert_eq!(mde["windows"][0]["used"], 6, "{budgets}");
+    assert_eq!(mde["windows"][0]["limit"], 20, "{budgets}");
+    assert!(mde["shared_as_of_secs_ago"].is_number(), "{budgets}");
+    a.proxy.terminate();
+    b.proxy.terminate();
+    drop(redis);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn when_redis_dies_replicas_keep_their_share_and_recover_by_themselves() {
     let mut redis = RedisServer::start().await;

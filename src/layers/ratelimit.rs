@@ -171,10 +171,12 @@ fn budget_headers(limiter: &Limiter, spec: &LimitSpec, tenant: &Arc<str>, h: &mu
     if let Ok(name) = HeaderValue::from_str(&spec.name) {
         h.insert(LIMIT_HEADER, name);
     }
+    let minute = limiter.windows().minute.as_secs();
     for w in &budget.windows {
-        let header = match w.window_secs {
-            60 => REMAINING_MINUTE_HEADER,
-            _ => REMAINING_HOUR_HEADER,
+        let header = if w.window_secs == minute {
+            REMAINING_MINUTE_HEADER
+        } else {
+            REMAINING_HOUR_HEADER
         };
         h.insert(header, HeaderValue::from(w.remaining));
     }

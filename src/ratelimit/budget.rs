@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Bucket, HOLD_SLOTS, LimitSpec, Limiter, SLOTS, Window, lock};
+use super::{Bucket, Counts, HOLD_SLOTS, LimitSpec, Limiter, Reserved, SLOTS, Window, lock};
 
 /// One rolling window of a bucket, now.
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +40,56 @@ pub struct Budget {
     pub paused_for_secs: Option<f64>,
     /// Requests waiting in the queue.
     pub queue_length: u32,
+    /// With a shared store: how long ago this replica's last reservation read these numbers
+    /// from it (they are every replica's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_as_of_secs_ago: Option<f64>,
+}
+
+/// A (limit, tenant) budget in the shared store, as a reservation found it.
+#[derive(Debug, Clone)]
+pub(super) struct SharedView {
+    counts: Counts,
+    per_minute: Option<u32>,
+    per_hour: Option<u32>,
+    seen: Instant,
+    /// When a request arriving then would have been sent at the earliest.
+    next_free: Instant,
+}
+
+impl SharedView {
+    fn budget(
+        &self,
+        limit: &str,
+        tenant: &str,
+        windows: super::Windows,
+        paused: Duration,
+    ) -> Budget {
+        let now = Instant::now();
+        let queued = self.counts.queued;
+        let window = |span: Duration, limit: u32, used: u32| WindowBudget {
+            window_secs: span.as_secs(),
+            limit,
+            used,
+            queued,
+            remaining: limit.saturating_sub(used.saturating_add(queued)),
+        };
+        let windows = [
+            self.per_minute
+                .map(|l| window(windows.minute, l, self.counts.minute)),
+            self.per_hour
+                .map(|l| window(windows.hour, l, self.counts.hour)),
+        ];
+        Budget {
+            limit: limit.to_string(),
+            tenant_id: tenant.to_string(),
+            windows: windows.into_iter().flatten().collect(),
+            next_free_in_secs: secs(self.next_free.saturating_duration_since(now).max(paused)),
+            paused_for_secs: (!paused.is_zero()).then(|| secs(paused)),
+            queue_length: queued,
+            shared_as_of_secs_ago: Some(secs(now - self.seen)),
+        }
+    }
 }
 
 impl Window {
@@ -84,6 +134,7 @@ impl Bucket {
             windows,
             next_free_in_secs: secs(next - now),
             paused_for_secs: paused.map(|p| secs(p - now)),
+            shared_as_of_secs_ago: None,
         }
     }
 }
@@ -94,23 +145,70 @@ fn secs(d: Duration) -> f64 {
 }
 
 impl Limiter {
-    /// Every bucket held, by limit then tenant.
+    /// Every budget held, by limit then tenant: with a shared store that answers, as this
+    /// replica's last reservations found them in it; otherwise this process's buckets (with a
+    /// store that does not answer, the replica's share it limits itself to meanwhile).
     pub fn budgets(&self) -> Vec<Budget> {
         let now = Instant::now();
-        let mut out: Vec<Budget> = self
-            .buckets
-            .iter()
-            .map(|(key, bucket)| lock(&bucket).budget(&key.0, &key.1, now))
-            .collect();
+        let mut out: Vec<Budget> = if self.store_health() == "ok" {
+            self.views
+                .iter()
+                .map(|(key, view)| {
+                    let paused = self.paused_for(&key.0, &key.1);
+                    view.budget(&key.0, &key.1, self.windows, paused)
+                })
+                .collect()
+        } else {
+            self.buckets
+                .iter()
+                .map(|(key, bucket)| lock(&bucket).budget(&key.0, &key.1, now))
+                .collect()
+        };
         out.sort_by(|a, b| (&a.limit, &a.tenant_id).cmp(&(&b.limit, &b.tenant_id)));
         out
     }
 
-    /// The windows of (limit, tenant) as they are now; none before its first request.
+    /// The windows of (limit, tenant) as they are now (see `budgets`); none before its first
+    /// request.
     pub fn budget(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Option<Budget> {
-        let bucket = self.buckets.get(&(spec.name.clone(), tenant.clone()))?;
+        let key = (spec.name.clone(), tenant.clone());
+        if self.store_health() == "ok" {
+            let view = self.views.get(&key)?;
+            let paused = self.paused_for(&spec.name, tenant);
+            return Some(view.budget(&spec.name, tenant, self.windows, paused));
+        }
+        let bucket = self.buckets.get(&key)?;
         let b = lock(&bucket).budget(&spec.name, tenant, Instant::now());
         Some(b)
+    }
+
+    /// Records what a reservation in the shared store found.
+    pub(super) fn saw_shared(
+        &self,
+        spec: &LimitSpec,
+        tenant: &Arc<str>,
+        counts: Counts,
+        reserved: Reserved,
+    ) {
+        let now = Instant::now();
+        let (Reserved::After(wait) | Reserved::Refused(wait)) = reserved;
+        let view = SharedView {
+            counts,
+            per_minute: spec.per_minute,
+            per_hour: spec.per_hour,
+            seen: now,
+            next_free: now + wait,
+        };
+        self.views.insert((spec.name.clone(), tenant.clone()), view);
+    }
+
+    /// How long this replica knows (limit, tenant) to stay paused.
+    fn paused_for(&self, limit: &Arc<str>, tenant: &Arc<str>) -> Duration {
+        let now = Instant::now();
+        self.buckets
+            .get(&(limit.clone(), tenant.clone()))
+            .and_then(|b| lock(&b).paused_until)
+            .map_or(Duration::ZERO, |p| p.saturating_duration_since(now))
     }
 }
 

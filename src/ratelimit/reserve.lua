@@ -6,7 +6,9 @@
 -- ARGV[3]: not before now + this (ms): a pause this replica knows of that may not have landed yet
 -- ARGV[4], ARGV[5]: per-minute limit (0: none) and the minute window (ms)
 -- ARGV[6], ARGV[7]: per-hour limit (0: none) and the hour window (ms)
--- Returns {1, wait_ms} when reserved, {0, wait_ms} when refused (the true time to a free slot).
+-- Returns {1, wait_ms, ...} when reserved, {0, wait_ms, ...} when refused (the true time to a
+-- free slot), followed by what the remaining-budget headers tell: the reservations sent within
+-- the last minute and the last hour, and those still waiting for their slot (this one included).
 --
 -- The earliest send time is the latest of: now, the pause, the last reservation (FIFO), and for
 -- each window the limit-th most recent reservation plus the window and one slot (1/120 of it,
@@ -48,10 +50,18 @@ for i = 4, 6, 2 do
     end
   end
 end
+local function counts(reply)
+  for i = 4, 6, 2 do
+    local from = string.format('(%d', now - tonumber(ARGV[i + 1]))
+    reply[#reply + 1] = redis.call('ZCOUNT', KEYS[1], from, string.format('%d', now))
+  end
+  reply[#reply + 1] = redis.call('ZCOUNT', KEYS[1], string.format('(%d', now), '+inf')
+  return reply
+end
 local wait = at - now
 if wait > budget then
-  return {0, wait}
+  return counts({0, wait})
 end
 redis.call('ZADD', KEYS[1], at, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], wait + longest + math.ceil(longest / 120) + 1000)
-return {1, wait}
+return counts({1, wait})

@@ -68,6 +68,18 @@ pub enum Reserved {
     Refused(Duration),
 }
 
+/// The shared budget of (limit, tenant) as one reservation found it (Redis clock): requests
+/// sent within the last minute and the last hour, and those waiting for a later slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Sent within the last minute.
+    pub minute: u32,
+    /// Sent within the last hour.
+    pub hour: u32,
+    /// Reserved for later.
+    pub queued: u32,
+}
+
 /// Redis could not be asked (unreachable, slow, or degraded and not yet due for a retry).
 #[derive(Debug)]
 pub struct Unavailable;
@@ -177,7 +189,7 @@ impl RedisStore {
         not_before: Duration,
         limits: (Option<u32>, Option<u32>),
         windows: Windows,
-    ) -> Result<Reserved, Unavailable> {
+    ) -> Result<(Reserved, Counts), Unavailable> {
         let (reservations, paused) = self.keys(key.0, key.1);
         let mut call = self.reserve.prepare_invoke();
         call.key(reservations)
@@ -190,13 +202,20 @@ impl RedisStore {
             .arg(limits.1.unwrap_or(0))
             .arg(windows.hour.as_millis() as u64);
         let mut conn = self.connection.clone();
-        let (reserved, wait_ms): (u8, u64) = self.call(call.invoke_async(&mut conn)).await?;
+        let (reserved, wait_ms, minute, hour, queued): (u8, u64, u32, u32, u32) =
+            self.call(call.invoke_async(&mut conn)).await?;
         let wait = Duration::from_millis(wait_ms);
-        Ok(if reserved == 1 {
+        let reserved = if reserved == 1 {
             Reserved::After(wait)
         } else {
             Reserved::Refused(wait)
-        })
+        };
+        let counts = Counts {
+            minute,
+            hour,
+            queued,
+        };
+        Ok((reserved, counts))
     }
 
     /// Gives a reservation back (the request was cancelled or must queue again).
@@ -399,9 +418,10 @@ impl Limiter {
             let left = budget.saturating_sub(arrived.elapsed());
             let not_before = self.local_pause(self.local_spec(spec), tenant);
             let member = store.member();
-            let reserved = store
+            let (reserved, counts) = store
                 .reserve(key, &member, left, not_before, limits, self.windows)
                 .await?;
+            self.saw_shared(spec, tenant, counts, reserved);
             let wait = match reserved {
                 Reserved::Refused(retry_after) => {
                     spec.stats.refused.fetch_add(1, Ordering::Relaxed);
