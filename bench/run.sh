@@ -8,6 +8,8 @@
 #      haproxy     haproxy doing the same
 #      caddy       Caddy doing the same
 #      dp          defender-proxy (release build, warm token, access log off)
+#      hyper-floor examples/hyperfloor.rs: hyper-util's server and client with no policy at all,
+#                  the same libraries and runtime as defender-proxy (what the stack costs)
 #    EXTRA=1 adds dp-limit (a generous rate limit on the route) and dp-log (access log on).
 #    Prints req/s, p50, p99, peak RSS and CPU time per request (medians over the rounds), and
 #    defender-proxy's targets: >= 0.75x nginx's rate, >= 3x Caddy's, p99 <= 2x nginx's, peak
@@ -58,15 +60,16 @@ if [ ! -x "$OHA" ]; then
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 if [ -n "${DP_BIN:-}" ]; then
-  nice -n 19 cargo build --release --quiet --example loadgen
+  nice -n 19 cargo build --release --quiet --example loadgen --example hyperfloor
   BIN=$(realpath "$DP_BIN")
   BUILT="given as DP_BIN"
 else
-  nice -n 19 cargo build --release --quiet --bin defender-proxy --example loadgen
+  nice -n 19 cargo build --release --quiet --bin defender-proxy --example loadgen --example hyperfloor
   BIN=$TARGET_DIR/release/defender-proxy
   BUILT="built from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+uncommitted changes')"
 fi
 LOADGEN=$TARGET_DIR/release/examples/loadgen
+FLOOR=$TARGET_DIR/release/examples/hyperfloor
 ulimit -n 20000 2>/dev/null || true
 
 WORK=$(mktemp -d)
@@ -75,8 +78,8 @@ PIDS=()
 trap 'stop_all nginx upstream' EXIT
 
 UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
-DPS=18109; DPM=18110; HAP=18112; CAD=18113; DPTA=18114
-ports_free $UP $NGX $DP $DPL $DPLOG $DPT $DPC $DPCA $DPS $DPM $HAP $CAD $DPTA
+DPS=18109; DPM=18110; HAP=18112; CAD=18113; DPTA=18114; FLR=18115
+ports_free $UP $NGX $DP $DPL $DPLOG $DPT $DPC $DPCA $DPS $DPM $HAP $CAD $DPTA $FLR
 BODY=$(json_body)
 BODY=${BODY//\'/}
 
@@ -112,6 +115,8 @@ setsid haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
 PIDS+=($!); PID[haproxy]=$!
 XDG_CONFIG_HOME=$WORK XDG_DATA_HOME=$WORK setsid caddy run --adapter caddyfile --config "$WORK/Caddyfile" >"$WORK/caddy.log" 2>&1 &
 PIDS+=($!); PID[caddy]=$!
+setsid "$FLOOR" 127.0.0.1:$FLR 127.0.0.1:$UP "$(nproc)" >"$WORK/floor.log" 2>&1 &
+PIDS+=($!); PID[floor]=$!
 
 config() { # port, extra route lines, access_log, extra tables, admin port
   dp_config "$1" "$UP" "$2" "$3" "$4" "${5:-}" "$WORKERS"
@@ -130,7 +135,7 @@ if [ -n "${EXTRA:-}" ]; then
   start_dp dp-log $DPLOG "" true ""
 fi
 # Ready, and for defender-proxy with its token fetched.
-for port in $UP $NGX $HAP $CAD $DP ${EXTRA:+$DPL $DPLOG}; do wait_ok "http://127.0.0.1:$port/api/incidents"; done
+for port in $UP $NGX $HAP $CAD $FLR $DP ${EXTRA:+$DPL $DPLOG}; do wait_ok "http://127.0.0.1:$port/api/incidents"; done
 for p in "${PIDS[@]}"; do own_session "$p"; done
 
 rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -169,9 +174,9 @@ target() { # what, value, condition (for bc): prints a line saying met or not me
 }
 
 # 1. Throughput.
-read -r -a NAMES <<< "direct nginx haproxy caddy dp${EXTRA:+ dp-limit dp-log}"
-declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [caddy]=$CAD [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG)
-declare -A LABEL=([direct]=direct [nginx]=nginx [haproxy]=haproxy [caddy]=caddy [dp]=defender-proxy [dp-limit]=dp+ratelimit [dp-log]=dp+accesslog)
+read -r -a NAMES <<< "direct nginx haproxy caddy floor dp${EXTRA:+ dp-limit dp-log}"
+declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [caddy]=$CAD [floor]=$FLR [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG)
+declare -A LABEL=([direct]=direct [nginx]=nginx [haproxy]=haproxy [caddy]=caddy [floor]=hyper-floor [dp]=defender-proxy [dp-limit]=dp+ratelimit [dp-log]=dp+accesslog)
 declare -A RPS P50 P99 CPU_US REQS ERRS
 run_wrk() { # name
   local before out
