@@ -119,3 +119,13 @@ impl Proxy {
             .unwrap()
     }
 }
+
+/// A proxy a test did not terminate (it failed, or let it go) is killed, not left running.
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
