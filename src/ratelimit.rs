@@ -505,8 +505,8 @@ impl Limiter {
     }
 
     /// How long this replica knows (limit, tenant) to be paused.
-    fn local_pause(&self, spec: &LimitSpec, tenant: &Arc<str>) -> Duration {
-        let key = (spec.name.clone(), tenant.clone());
+    fn local_pause(&self, limit: &Arc<str>, tenant: &Arc<str>) -> Duration {
+        let key = (limit.clone(), tenant.clone());
         self.buckets.get(&key).map_or(Duration::ZERO, |b| {
             lock(&b).paused_until.map_or(Duration::ZERO, |p| {
                 p.saturating_duration_since(Instant::now())

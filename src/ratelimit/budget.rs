@@ -154,7 +154,7 @@ impl Limiter {
             self.views
                 .iter()
                 .map(|(key, view)| {
-                    let paused = self.paused_for(&key.0, &key.1);
+                    let paused = self.local_pause(&key.0, &key.1);
                     view.budget(&key.0, &key.1, self.windows, paused)
                 })
                 .collect()
@@ -174,7 +174,7 @@ impl Limiter {
         let key = (spec.name.clone(), tenant.clone());
         if self.store_health() == "ok" {
             let view = self.views.get(&key)?;
-            let paused = self.paused_for(&spec.name, tenant);
+            let paused = self.local_pause(&spec.name, tenant);
             return Some(view.budget(&spec.name, tenant, self.windows, paused));
         }
         let bucket = self.buckets.get(&key)?;
@@ -200,15 +200,6 @@ impl Limiter {
             next_free: now + wait,
         };
         self.views.insert((spec.name.clone(), tenant.clone()), view);
-    }
-
-    /// How long this replica knows (limit, tenant) to stay paused.
-    fn paused_for(&self, limit: &Arc<str>, tenant: &Arc<str>) -> Duration {
-        let now = Instant::now();
-        self.buckets
-            .get(&(limit.clone(), tenant.clone()))
-            .and_then(|b| lock(&b).paused_until)
-            .map_or(Duration::ZERO, |p| p.saturating_duration_since(now))
     }
 }
 

@@ -416,7 +416,7 @@ impl Limiter {
         let mut first = true;
         loop {
             let left = budget.saturating_sub(arrived.elapsed());
-            let not_before = self.local_pause(self.local_spec(spec), tenant);
+            let not_before = self.local_pause(&spec.name, tenant);
             let member = store.member();
             let (reserved, counts) = store
                 .reserve(key, &member, left, not_before, limits, self.windows)
@@ -447,7 +447,7 @@ impl Limiter {
             // say, the reservation stands.
             let paused = !wait.is_zero()
                 && (store.paused_for(key).await.is_ok_and(|p| !p.is_zero())
-                    || !self.local_pause(self.local_spec(spec), tenant).is_zero());
+                    || !self.local_pause(&spec.name, tenant).is_zero());
             if paused {
                 continue;
             }
