@@ -70,7 +70,7 @@ pub enum Reserved {
 
 /// The shared budget of (limit, tenant) as one reservation found it (Redis clock): requests
 /// sent within the last minute and the last hour, and those waiting for a later slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     /// Sent within the last minute.
     pub minute: u32,
