@@ -4,7 +4,7 @@
 # A defender-proxy config for the benchmarks: listen on 127.0.0.1:PORT, one client-secret
 # credential and one catch-all route, both against the nginx upstream on UP_PORT (which also
 # serves the token endpoint).
-#   dp_config PORT UP_PORT [ROUTE_LINES] [ACCESS_LOG=false] [TABLES] [ADMIN_PORT] [WORKERS=0]
+#   dp_config PORT UP_PORT [ROUTE_LINES] [ACCESS_LOG=false] [TABLES] [ADMIN_PORT] [WORKERS=0] [RUNTIME=multi-thread]
 dp_config() {
   cat <<TOML
 [server]
@@ -12,6 +12,7 @@ listen = "127.0.0.1:$1"
 admin_listen = "${6:+127.0.0.1:$6}"
 max_request_body_bytes = 1073741824
 workers = ${7:-0}
+runtime = "${8:-multi-thread}"
 [cloud]
 authority_host = "http://127.0.0.1:$2"
 [log]

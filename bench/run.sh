@@ -8,11 +8,12 @@
 #      haproxy     haproxy doing the same
 #      caddy       Caddy doing the same
 #      dp          defender-proxy (release build, warm token, access log off)
+#      dp-percore  the same with server.runtime = "per-core"
 #      hyper-floor examples/hyperfloor.rs: hyper-util's server and client with no policy at all,
 #                  the same libraries and runtime as defender-proxy (what the stack costs)
 #    EXTRA=1 adds dp-limit (a generous rate limit on the route) and dp-log (access log on).
 #    Prints req/s, p50, p99, peak RSS and CPU time per request (medians over the rounds), and
-#    defender-proxy's targets: >= 0.75x nginx's rate, >= 3x Caddy's, p99 <= 2x nginx's, peak
+#    defender-proxy's targets, with each runtime: >= 0.75x nginx's rate, >= 3x Caddy's, p99 <= 2x nginx's, peak
 #    RSS <= 32 MiB.
 # 2. Added latency at a paced load: oha at PACED_RATE req/s for PACED_DURATION, direct and
 #    through defender-proxy, alternately, ROUNDS times. Added: defender-proxy's p50 (p99) minus
@@ -78,8 +79,8 @@ PIDS=()
 trap 'stop_all nginx upstream' EXIT
 
 UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
-DPS=18109; DPM=18110; HAP=18112; CAD=18113; DPTA=18114; FLR=18115
-ports_free $UP $NGX $DP $DPL $DPLOG $DPT $DPC $DPCA $DPS $DPM $HAP $CAD $DPTA $FLR
+DPS=18109; DPM=18110; HAP=18112; CAD=18113; DPTA=18114; FLR=18115; DPP=18116
+ports_free $UP $NGX $DP $DPL $DPLOG $DPT $DPC $DPCA $DPS $DPM $HAP $CAD $DPTA $FLR $DPP
 BODY=$(json_body)
 BODY=${BODY//\'/}
 
@@ -118,8 +119,8 @@ PIDS+=($!); PID[caddy]=$!
 setsid "$FLOOR" 127.0.0.1:$FLR 127.0.0.1:$UP "$(nproc)" >"$WORK/floor.log" 2>&1 &
 PIDS+=($!); PID[floor]=$!
 
-config() { # port, extra route lines, access_log, extra tables, admin port
-  dp_config "$1" "$UP" "$2" "$3" "$4" "${5:-}" "$WORKERS"
+config() { # port, extra route lines, access_log, extra tables, admin port, runtime
+  dp_config "$1" "$UP" "$2" "$3" "$4" "${5:-}" "$WORKERS" "${6:-multi-thread}"
 }
 GENEROUS=$'[rate_limit.generous]\nper_minute = 1000000000\nper_hour = 1000000000\nmax_wait_secs = 0'
 start_dp() { # name, port, config lines...: starts defender-proxy in a session of its own
@@ -130,12 +131,13 @@ start_dp() { # name, port, config lines...: starts defender-proxy in a session o
   PID[$name]=$!
 }
 start_dp dp $DP "" false ""
+start_dp dp-percore $DPP "" false "" "" per-core
 if [ -n "${EXTRA:-}" ]; then
   start_dp dp-limit $DPL 'rate_limit = "generous"' false "$GENEROUS"
   start_dp dp-log $DPLOG "" true ""
 fi
 # Ready, and for defender-proxy with its token fetched.
-for port in $UP $NGX $HAP $CAD $FLR $DP ${EXTRA:+$DPL $DPLOG}; do wait_ok "http://127.0.0.1:$port/api/incidents"; done
+for port in $UP $NGX $HAP $CAD $FLR $DP $DPP ${EXTRA:+$DPL $DPLOG}; do wait_ok "http://127.0.0.1:$port/api/incidents"; done
 for p in "${PIDS[@]}"; do own_session "$p"; done
 
 rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -174,9 +176,9 @@ target() { # what, value, condition (for bc): prints a line saying met or not me
 }
 
 # 1. Throughput.
-read -r -a NAMES <<< "direct nginx haproxy caddy floor dp${EXTRA:+ dp-limit dp-log}"
-declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [caddy]=$CAD [floor]=$FLR [dp]=$DP [dp-limit]=$DPL [dp-log]=$DPLOG)
-declare -A LABEL=([direct]=direct [nginx]=nginx [haproxy]=haproxy [caddy]=caddy [floor]=hyper-floor [dp]=defender-proxy [dp-limit]=dp+ratelimit [dp-log]=dp+accesslog)
+read -r -a NAMES <<< "direct nginx haproxy caddy floor dp dp-percore${EXTRA:+ dp-limit dp-log}"
+declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [caddy]=$CAD [floor]=$FLR [dp]=$DP [dp-percore]=$DPP [dp-limit]=$DPL [dp-log]=$DPLOG)
+declare -A LABEL=([direct]=direct [nginx]=nginx [haproxy]=haproxy [caddy]=caddy [floor]=hyper-floor [dp]=defender-proxy [dp-percore]=dp-per-core [dp-limit]=dp+ratelimit [dp-log]=dp+accesslog)
 declare -A RPS P50 P99 CPU_US REQS ERRS
 run_wrk() { # name
   local before out
@@ -222,15 +224,17 @@ for n in "${NAMES[@]}"; do
     "$(echo "${M_P99[$n]} / ${M_P99[nginx]}" | bc -l)" "${ERRS[$n]}"
 done
 echo "(cpu_us/req: user + system time of the proxy's processes per request; for direct, the upstream's)"
-r_nginx=$(echo "${M_RPS[dp]} / ${M_RPS[nginx]}" | bc -l)
-r_caddy=$(echo "${M_RPS[dp]} / ${M_RPS[caddy]}" | bc -l)
-p_nginx=$(echo "${M_P99[dp]} / ${M_P99[nginx]}" | bc -l)
 echo
-echo "targets (defender-proxy, medians above):"
-target "req/s >= 0.75x nginx's" "$(printf '%.2fx' "$r_nginx")" "$r_nginx >= 0.75"
-target "req/s >= 3x Caddy's" "$(printf '%.2fx' "$r_caddy")" "$r_caddy >= 3"
-target "p99 <= 2x nginx's" "$(printf '%.2fx' "$p_nginx")" "$p_nginx <= 2"
-target "peak RSS <= 32 MiB" "${M_RSS[dp]} MiB" "${M_RSS[dp]} <= 32"
+for n in dp dp-percore; do
+  r_nginx=$(echo "${M_RPS[$n]} / ${M_RPS[nginx]}" | bc -l)
+  r_caddy=$(echo "${M_RPS[$n]} / ${M_RPS[caddy]}" | bc -l)
+  p_nginx=$(echo "${M_P99[$n]} / ${M_P99[nginx]}" | bc -l)
+  echo "targets (${LABEL[$n]}, medians above):"
+  target "req/s >= 0.75x nginx's" "$(printf '%.2fx' "$r_nginx")" "$r_nginx >= 0.75"
+  target "req/s >= 3x Caddy's" "$(printf '%.2fx' "$r_caddy")" "$r_caddy >= 3"
+  target "p99 <= 2x nginx's" "$(printf '%.2fx' "$p_nginx")" "$p_nginx <= 2"
+  target "peak RSS <= 32 MiB" "${M_RSS[$n]} MiB" "${M_RSS[$n]} <= 32"
+done
 
 # 2. Added latency at a paced load: direct and through defender-proxy alternately (the order
 # swapped every round); the added latency is each round's difference, the median of those.

@@ -15,6 +15,7 @@ pub mod egress;
 pub mod error;
 pub mod layers;
 pub mod login;
+pub mod percore;
 pub mod ratelimit;
 pub mod reload;
 pub mod rewrite;
@@ -302,16 +303,31 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let hard = CancellationToken::new();
     let _close_on_drop = hard.clone().drop_guard();
+    // Per-core serving threads outlive this future unless told to stop.
+    let _stop_on_drop = stop.clone().drop_guard();
     let connections = state.shared.metrics.connections.clone();
-    let mut proxy = tokio::spawn(server::serve(
-        listeners.proxy,
-        state.handler(),
-        stop.clone(),
-        hard.clone(),
-        move || {
-            connections.inc();
-        },
-    ));
+    let accepted = move || {
+        connections.inc();
+    };
+    let mut proxy = match (config.server.runtime, listeners.proxy) {
+        (config::ServerRuntime::PerCore, server::Listener::Tcp(l)) => {
+            let threads = worker_count(config.server.workers);
+            let client = &state.shared.client;
+            let served =
+                percore::serve(l, threads, state.handler(), client, &stop, &hard, accepted)
+                    .map_err(|e| {
+                        RunError::Setup(format!("cannot start the serving threads: {e}"))
+                    })?;
+            tokio::spawn(served)
+        }
+        (_, listener) => tokio::spawn(server::serve(
+            listener,
+            state.handler(),
+            stop.clone(),
+            hard.clone(),
+            accepted,
+        )),
+    };
     let admin = listeners
         .admin
         .map(|l| tokio::spawn(admin::serve(state.clone(), l, stop.clone())));

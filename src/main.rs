@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use defender_proxy::config::{Config, ConfigError, ProcessEnv};
+use defender_proxy::config::{Config, ConfigError, ProcessEnv, ServerRuntime};
 use defender_proxy::telemetry::{LogFormat, init_logging};
 use defender_proxy::{AppState, Listeners, RunError, check, demo};
 
@@ -117,16 +117,23 @@ fn main() -> ExitCode {
         }
     };
     // One multi-threaded runtime serves everything; `server.workers` sets its threads (the
-    // config is read again, with its errors reported, when the command runs).
-    let workers = match &cli.command {
+    // config is read again, with its errors reported, when the command runs). With
+    // `server.runtime = "per-core"` the proxy listener has threads of its own, and this
+    // runtime, left with the admin listener and background work, needs one.
+    let server = match &cli.command {
         None => Some(None),
         Some(Command::Run { config, .. }) => Some(config.config.clone()),
         Some(_) => None,
     }
     .and_then(|own| Config::load(&config_path(own.or(cli.config.clone())), &ProcessEnv).ok())
-    .map_or(0, |c| c.server.workers);
+    .map(|c| c.server);
+    let workers = match &server {
+        Some(s) if s.runtime == ServerRuntime::PerCore => 1,
+        Some(s) => defender_proxy::worker_count(s.workers),
+        None => defender_proxy::worker_count(0),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(defender_proxy::worker_count(workers))
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

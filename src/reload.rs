@@ -123,6 +123,7 @@ fn warn_about_restart_only_changes(old: &Config, new: &Config) {
             old.server.shutdown_grace_secs != new.server.shutdown_grace_secs,
         ),
         ("server.workers", old.server.workers != new.server.workers),
+        ("server.runtime", old.server.runtime != new.server.runtime),
     ];
     for (key, _) in changed.iter().filter(|(_, c)| *c) {
         tracing::warn!(

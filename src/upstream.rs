@@ -30,7 +30,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pooled upstream client, shared by every request (a clone is another handle on it).
 #[derive(Clone)]
-pub struct Client(std::sync::Arc<Pooled<HttpsConnector<EgressConnector>, Body>>);
+pub struct Client(std::sync::Arc<Inner>);
+
+struct Inner {
+    pooled: Pooled<HttpsConnector<EgressConnector>, Body>,
+    /// For `another`.
+    tls: rustls::ClientConfig,
+}
 
 impl Client {
     /// A client whose connections are verified with `tls`.
@@ -40,7 +46,7 @@ impl Client {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -51,7 +57,15 @@ impl Client {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .build(connector);
-        Client(std::sync::Arc::new(client))
+        Client(std::sync::Arc::new(Inner {
+            pooled: client,
+            tls,
+        }))
+    }
+
+    /// A client with the same settings and a pool of its own.
+    pub fn another(&self) -> Client {
+        Client::new(self.0.tls.clone())
     }
 
     /// Sends `req` (its URI absolute: scheme, authority, path) and returns the response head
@@ -60,6 +74,6 @@ impl Client {
         &self,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.0.request(req).await
+        self.0.pooled.request(req).await
     }
 }

@@ -386,11 +386,43 @@ async fn the_health_command_probes_the_admin_listener() {
 
 #[tokio::test]
 async fn sigterm_drains_a_slow_request_and_a_long_download_then_exits_zero() {
+    drains_then_exits_zero("", &[]).await;
+}
+
+#[tokio::test]
+async fn per_core_threads_serve_and_drain_like_the_multi_thread_runtime() {
+    drains_then_exits_zero(
+        "runtime = \"per-core\"\nworkers = 2",
+        &["dp-core-0", "dp-core-1"],
+    )
+    .await;
+}
+
+/// Serves a slow request and a long download with `server_lines` in `[server]`, checks that
+/// the process has `threads` (by name), then SIGTERM: no new connections, both finish, exit 0.
+async fn drains_then_exits_zero(server_lines: &str, threads: &[&str]) {
     let sb = sandbox_with(SandboxOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(&sb.url(), &Setup::default())
-        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"");
+        .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"")
+        .replacen("[server]", &format!("[server]\n{server_lines}"), 1);
     let proxy = Proxy::start(&text, dir.path(), "info").await;
+    // The port is bound before the serving threads start: wait for them a little.
+    let mut names = Vec::new();
+    for _ in 0..100 {
+        names = std::fs::read_dir(format!("/proc/{}/task", proxy.child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect::<Vec<_>>();
+        if threads.iter().all(|t| names.iter().any(|n| n == t)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in threads {
+        assert!(names.iter().any(|n| n == t), "no thread {t} in {names:?}");
+    }
     let http = common::client();
     let slow = tokio::spawn(
         http.get(format!("{}/api/_test/slow?millis=1500", proxy.base))

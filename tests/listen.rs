@@ -1,5 +1,6 @@
 //! The listeners: the listen queue holds a burst of new connections, every accepted
-//! connection is counted, and `server.workers` (the runtime's threads) is bounded.
+//! connection is counted, and `server.workers` (the runtime's threads) is bounded. With
+//! `server.runtime = "per-core"` the same holds.
 
 mod common;
 
@@ -14,8 +15,46 @@ async fn an_absurd_worker_count_is_a_config_error() {
 }
 
 #[tokio::test]
+async fn per_core_serves_tcp_only_and_a_misspelt_runtime_is_named() {
+    let with = |lines: &str| {
+        let text = common::config_text("http://127.0.0.1:1", &Setup::default())
+            .replace("[server]\n", &format!("[server]\n{lines}\n"));
+        defender_proxy::config::Config::from_toml(&text, &|_: &str| None)
+    };
+    let unix = "runtime = \"per-core\"\nlisten = \"unix:/tmp/dp-test.sock\"";
+    let text = common::config_text("http://127.0.0.1:1", &Setup::default());
+    let unix_text = text
+        .lines()
+        .filter(|l| !l.starts_with("listen ="))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("[server]\n", &format!("[server]\n{unix}\n"));
+    let err = defender_proxy::config::Config::from_toml(&unix_text, &|_: &str| None).unwrap_err();
+    assert_eq!(err.path, "server.runtime");
+    assert_eq!(
+        with("runtime = \"per_core\"").unwrap_err().path,
+        "server.runtime"
+    );
+    assert!(with("runtime = \"per-core\"").is_ok());
+    assert!(with("runtime = \"multi-thread\"").is_ok());
+}
+
+#[tokio::test]
 async fn every_accepted_connection_is_counted() {
-    let env = start(Setup::default()).await;
+    counts_connections(Setup::default()).await;
+}
+
+#[tokio::test]
+async fn every_connection_a_per_core_thread_accepts_is_counted() {
+    counts_connections(Setup {
+        server: "runtime = \"per-core\"\nworkers = 2".into(),
+        ..Setup::default()
+    })
+    .await;
+}
+
+async fn counts_connections(setup: Setup) {
+    let env = start(setup).await;
     for _ in 0..3 {
         // A client of its own per request: a new connection each time.
         let resp = common::client()

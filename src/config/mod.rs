@@ -130,6 +130,9 @@ pub struct ServerConfig {
     pub inbound_key_file: Option<PathBuf>,
     /// Threads of the runtime that serves the proxy (`run`); 0 means one per CPU core.
     pub workers: usize,
+    /// How the proxy listener is served: by the one multi-threaded runtime, or by a
+    /// current-thread runtime per worker.
+    pub runtime: ServerRuntime,
     /// Permissions of a `unix:` listen socket, in octal.
     pub socket_mode: String,
     /// Group (name or number) that owns a `unix:` listen socket.
@@ -157,6 +160,7 @@ impl Default for ServerConfig {
             inbound_key: None,
             inbound_key_file: None,
             workers: 0,
+            runtime: ServerRuntime::MultiThread,
             socket_mode: "0600".into(),
             socket_group: None,
             max_wait_secs: DEFAULT_SERVER_MAX_WAIT_SECS,
@@ -363,6 +367,19 @@ impl RateLimitConfig {
         };
         self.max_wait_secs.unwrap_or(window + 5)
     }
+}
+
+/// `server.runtime`: what serves the proxy listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerRuntime {
+    /// One multi-threaded tokio runtime with `workers` threads serves every connection, and
+    /// a request may move between its threads.
+    #[default]
+    MultiThread,
+    /// `workers` threads, each a current-thread runtime that accepts its own connections and
+    /// keeps its own upstream pool, so a request runs start to finish on one thread.
+    PerCore,
 }
 
 /// The kinds of rate-limit store.

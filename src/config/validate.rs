@@ -100,6 +100,14 @@ fn validate_server(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     let s = &config.server;
+    if s.runtime == super::ServerRuntime::PerCore
+        && s.listen.starts_with(super::access::UNIX_PREFIX)
+    {
+        return Err(ConfigError::new(
+            "server.runtime",
+            "per-core serves a TCP listener; a unix: socket is served by the multi-thread runtime",
+        ));
+    }
     let remote = match s.listen.strip_prefix(super::access::UNIX_PREFIX) {
         Some(path) => super::access::validate_socket(path, s)?,
         None => {

@@ -30,7 +30,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// For config `rt`, with the shared client.
+    /// For config `rt`, with the shared client (used unless the request brings its own).
     pub fn new(shared: &Arc<Shared>, rt: &Arc<Runtime>) -> Self {
         Forward {
             client: shared.client.clone(),
@@ -49,7 +49,13 @@ impl Service<Request> for Forward {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let (client, rt) = (self.client.clone(), self.rt.clone());
+        let rt = self.rt.clone();
+        // A per-core server thread puts its own pool in the request (see `percore`).
+        let client = req
+            .extensions()
+            .get::<upstream::Client>()
+            .unwrap_or(&self.client)
+            .clone();
         Box::pin(async move {
             let routed = Routed::of(&req)?;
             let trace = req.extensions().get::<Trace>().cloned();
