@@ -11,13 +11,14 @@
 #      dp-percore  the same with server.runtime = "per-core"
 #      hyper-floor examples/hyperfloor.rs: hyper-util's server and client with no policy at all,
 #                  the same libraries and runtime as defender-proxy (what the stack costs)
+#      floor-per-core  the same, with a current-thread runtime and client per thread, as dp-percore
 #    EXTRA=1 adds dp-limit (a generous rate limit on the route) and dp-log (access log on).
 #    Prints req/s, p50, p99, peak RSS and CPU time per request (medians over the rounds), and
-#    defender-proxy's targets, with each runtime: >= 0.75x nginx's rate, >= 3x Caddy's, p99 <= 2x nginx's, peak
-#    RSS <= 32 MiB.
+#    defender-proxy's targets with each runtime: >= 0.75x nginx's rate, >= 3x Caddy's, p99 <=
+#    2x nginx's, peak RSS <= 32 MiB.
 # 2. Added latency at a paced load: oha at PACED_RATE req/s for PACED_DURATION, direct and
-#    through defender-proxy, alternately, ROUNDS times. Added: defender-proxy's p50 (p99) minus
-#    the direct one in the same round, the median over the rounds. Targets: p50 added <= 0.2
+#    through defender-proxy (each runtime), in turn, ROUNDS times. Added: defender-proxy's p50
+#    (p99) minus the direct one in the same round, the median over the rounds. Targets: p50 added <= 0.2
 #    ms, p99 added <= 1 ms.
 # 3. Each on a fresh proxy: TENANTS tenants (peak RSS < 40 MiB), a cold burst of BURST requests
 #    (1 token request), a 1 GiB download and a 256 MiB upload (flat memory), start-up time.
@@ -27,7 +28,7 @@
 # target/tools. Exits 0 when everything ran, whether or not the targets are met (STRICT=1:
 # exits 2 when one is not).
 #
-#   bench/run.sh                              # the full run, about 7 minutes
+#   bench/run.sh                              # the full run, about 12 minutes
 #   DURATION=2s ROUNDS=1 PACED_DURATION=3s bench/run.sh   # a smoke run, about a minute
 #   DP_BIN=/path/to/defender-proxy bench/run.sh           # another binary (not built here)
 #
@@ -79,8 +80,8 @@ PIDS=()
 trap 'stop_all nginx upstream' EXIT
 
 UP=18101; NGX=18102; DP=18103; DPL=18104; DPLOG=18105; DPT=18106; DPC=18107; DPCA=18108
-DPS=18109; DPM=18110; HAP=18112; CAD=18113; DPTA=18114; FLR=18115; DPP=18116
-ports_free $UP $NGX $DP $DPL $DPLOG $DPT $DPC $DPCA $DPS $DPM $HAP $CAD $DPTA $FLR $DPP
+DPS=18109; DPM=18110; HAP=18112; CAD=18113; DPTA=18114; FLR=18115; DPP=18116; FLP=18117
+ports_free $UP $NGX $DP $DPL $DPLOG $DPT $DPC $DPCA $DPS $DPM $HAP $CAD $DPTA $FLR $DPP $FLP
 BODY=$(json_body)
 BODY=${BODY//\'/}
 
@@ -118,6 +119,8 @@ XDG_CONFIG_HOME=$WORK XDG_DATA_HOME=$WORK setsid caddy run --adapter caddyfile -
 PIDS+=($!); PID[caddy]=$!
 setsid "$FLOOR" 127.0.0.1:$FLR 127.0.0.1:$UP "$(nproc)" >"$WORK/floor.log" 2>&1 &
 PIDS+=($!); PID[floor]=$!
+setsid "$FLOOR" 127.0.0.1:$FLP 127.0.0.1:$UP "$(nproc)" per-core >"$WORK/floor-per-core.log" 2>&1 &
+PIDS+=($!); PID[floor-pc]=$!
 
 config() { # port, extra route lines, access_log, extra tables, admin port, runtime
   dp_config "$1" "$UP" "$2" "$3" "$4" "${5:-}" "$WORKERS" "${6:-multi-thread}"
@@ -137,7 +140,7 @@ if [ -n "${EXTRA:-}" ]; then
   start_dp dp-log $DPLOG "" true ""
 fi
 # Ready, and for defender-proxy with its token fetched.
-for port in $UP $NGX $HAP $CAD $FLR $DP $DPP ${EXTRA:+$DPL $DPLOG}; do wait_ok "http://127.0.0.1:$port/api/incidents"; done
+for port in $UP $NGX $HAP $CAD $FLR $FLP $DP $DPP ${EXTRA:+$DPL $DPLOG}; do wait_ok "http://127.0.0.1:$port/api/incidents"; done
 for p in "${PIDS[@]}"; do own_session "$p"; done
 
 rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -176,9 +179,9 @@ target() { # what, value, condition (for bc): prints a line saying met or not me
 }
 
 # 1. Throughput.
-read -r -a NAMES <<< "direct nginx haproxy caddy floor dp dp-percore${EXTRA:+ dp-limit dp-log}"
-declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [caddy]=$CAD [floor]=$FLR [dp]=$DP [dp-percore]=$DPP [dp-limit]=$DPL [dp-log]=$DPLOG)
-declare -A LABEL=([direct]=direct [nginx]=nginx [haproxy]=haproxy [caddy]=caddy [floor]=hyper-floor [dp]=defender-proxy [dp-percore]=dp-per-core [dp-limit]=dp+ratelimit [dp-log]=dp+accesslog)
+read -r -a NAMES <<< "direct nginx haproxy caddy floor floor-pc dp dp-percore${EXTRA:+ dp-limit dp-log}"
+declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [caddy]=$CAD [floor]=$FLR [floor-pc]=$FLP [dp]=$DP [dp-percore]=$DPP [dp-limit]=$DPL [dp-log]=$DPLOG)
+declare -A LABEL=([direct]=direct [nginx]=nginx [haproxy]=haproxy [caddy]=caddy [floor]=hyper-floor [floor-pc]=floor-per-core [dp]=defender-proxy [dp-percore]=dp-per-core [dp-limit]=dp+ratelimit [dp-log]=dp+accesslog)
 declare -A RPS P50 P99 CPU_US REQS ERRS
 run_wrk() { # name
   local before out
@@ -236,8 +239,9 @@ for n in dp dp-percore; do
   target "peak RSS <= 32 MiB" "${M_RSS[$n]} MiB" "${M_RSS[$n]} <= 32"
 done
 
-# 2. Added latency at a paced load: direct and through defender-proxy alternately (the order
-# swapped every round); the added latency is each round's difference, the median of those.
+# 2. Added latency at a paced load: direct and through defender-proxy with each runtime, in
+# turn (the order reversed every other round); the added latency is each round's difference
+# from direct, the median of those.
 run_oha() { # port: prints "req/s p50_ms p99_ms errors"
   "$OHA" --no-tui --output-format json -q "$PACED_RATE" -z "$PACED_DURATION" -c "$PACED_CONNECTIONS" --latency-correction --wait-ongoing-requests-after-deadline \
     "http://127.0.0.1:$1/api/incidents" | python3 -c '
@@ -249,9 +253,9 @@ p = r["latencyPercentiles"]
 print("%.0f %.4f %.4f %d" % (r["summary"]["requestsPerSec"], p["p50"] * 1000, p["p99"] * 1000, errors))'
 }
 echo "paced: oha -q $PACED_RATE -z $PACED_DURATION -c $PACED_CONNECTIONS, $ROUNDS round(s)" >&2
-ADD50=""; ADD99=""; declare -A Q_RPS Q_P50 Q_P99 Q_ERR LAST50 LAST99
+declare -A ADD50 ADD99 Q_RPS Q_P50 Q_P99 Q_ERR LAST50 LAST99
 for r in $(seq 0 $((ROUNDS - 1))); do
-  order="direct dp"; [ $((r % 2)) = 1 ] && order="dp direct"
+  order="direct dp dp-percore"; [ $((r % 2)) = 1 ] && order="dp-percore dp direct"
   for n in $order; do
     sleep "$PAUSE"
     out=$(run_oha "${PORT[$n]}")
@@ -260,17 +264,23 @@ for r in $(seq 0 $((ROUNDS - 1))); do
     Q_ERR[$n]=$(( ${Q_ERR[$n]:-0} + err ))
     LAST50[$n]=$p50; LAST99[$n]=$p99
   done
-  ADD50+=" $(echo "${LAST50[dp]} - ${LAST50[direct]}" | bc -l)"; ADD99+=" $(echo "${LAST99[dp]} - ${LAST99[direct]}" | bc -l)"
+  for n in dp dp-percore; do
+    ADD50[$n]="${ADD50[$n]:-} $(echo "${LAST50[$n]} - ${LAST50[direct]}" | bc -l)"
+    ADD99[$n]="${ADD99[$n]:-} $(echo "${LAST99[$n]} - ${LAST99[direct]}" | bc -l)"
+  done
 done
-add50=$(echo "$ADD50" | median); add99=$(echo "$ADD99" | median)
 echo
 echo "2. added latency: oha -q $PACED_RATE -z $PACED_DURATION -c $PACED_CONNECTIONS --latency-correction, $ROUNDS round(s) alternating, medians"
 printf '%-15s %9s %8s %8s %7s\n' name req/s p50_ms p99_ms errors
-for n in direct dp; do
+for n in direct dp dp-percore; do
   printf '%-15s %9.0f %8.3f %8.3f %7s\n' "${LABEL[$n]}" "$(echo "${Q_RPS[$n]}" | median)" "$(echo "${Q_P50[$n]}" | median)" "$(echo "${Q_P99[$n]}" | median)" "${Q_ERR[$n]}"
 done
-target "p50 added <= 0.2 ms" "$(printf '%.3f ms' "$add50")" "$add50 <= 0.2"
-target "p99 added <= 1 ms" "$(printf '%.3f ms' "$add99")" "$add99 <= 1"
+for n in dp dp-percore; do
+  add50=$(echo "${ADD50[$n]}" | median); add99=$(echo "${ADD99[$n]}" | median)
+  echo "targets (${LABEL[$n]}):"
+  target "p50 added <= 0.2 ms" "$(printf '%.3f ms' "$add50")" "$add50 <= 0.2"
+  target "p99 added <= 1 ms" "$(printf '%.3f ms' "$add99")" "$add99 <= 1"
+done
 
 echo
 echo "3. unchanged goals (each on a fresh defender-proxy)"

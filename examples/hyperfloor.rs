@@ -5,8 +5,11 @@
 //! 502 when the upstream cannot be reached.
 //!
 //! ```text
-//! hyperfloor LISTEN UPSTREAM WORKERS      e.g. hyperfloor 127.0.0.1:18111 127.0.0.1:18101 2
+//! hyperfloor LISTEN UPSTREAM WORKERS [per-core]   e.g. hyperfloor 127.0.0.1:18111 127.0.0.1:18101 2
 //! ```
+//!
+//! With `per-core`, like defender-proxy's `server.runtime = "per-core"`: WORKERS threads, each
+//! a current-thread runtime accepting from the listener, with a client pool of its own.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, combinators::UnsyncBoxBody};
@@ -20,9 +23,13 @@ type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, listen, upstream, workers] = &args[..] else {
-        eprintln!("usage: hyperfloor LISTEN UPSTREAM WORKERS");
-        std::process::exit(64);
+    let (listen, upstream, workers, per_core) = match &args[..] {
+        [_, l, u, w] => (l, u, w, false),
+        [_, l, u, w, mode] if mode == "per-core" => (l, u, w, true),
+        _ => {
+            eprintln!("usage: hyperfloor LISTEN UPSTREAM WORKERS [per-core]");
+            std::process::exit(64);
+        }
     };
     let upstream: &'static str = Box::leak(upstream.clone().into_boxed_str());
     let workers: usize = workers.parse().expect("WORKERS is a number");
@@ -30,6 +37,24 @@ fn main() {
     listener
         .set_nonblocking(true)
         .expect("a non-blocking listener");
+    if per_core {
+        let threads: Vec<_> = (0..workers)
+            .map(|_| {
+                let listener = listener.try_clone().expect("a listener for each thread");
+                std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime")
+                        .block_on(serve(listener, upstream))
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        return;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
