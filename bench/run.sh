@@ -28,7 +28,7 @@
 # target/tools. Exits 0 when everything ran, whether or not the targets are met (STRICT=1:
 # exits 2 when one is not).
 #
-#   bench/run.sh                              # the full run, about 12 minutes
+#   bench/run.sh                              # the full run, about 13 minutes
 #   DURATION=2s ROUNDS=1 PACED_DURATION=3s bench/run.sh   # a smoke run, about a minute
 #   DP_BIN=/path/to/defender-proxy bench/run.sh           # another binary (not built here)
 #
