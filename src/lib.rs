@@ -284,6 +284,8 @@ pub async fn serve(
     reload: Option<reload::ReloadSource>,
 ) -> Result<(), RunError> {
     let state = AppState::new(&config)?;
+    // The background tasks below end with this future, also when it returns early.
+    let _cancel_on_drop = state.cancel.clone().drop_guard();
     if let Some(store) = state.shared.limiter.store() {
         tokio::spawn(log_clock_skew(store.clone()));
         tokio::spawn(store.clone().watch(state.cancel.clone()));
@@ -315,6 +317,7 @@ pub async fn serve(
             let client = &state.shared.client;
             let served =
                 percore::serve(l, threads, state.handler(), client, &stop, &hard, accepted)
+                    .await
                     .map_err(|e| {
                         RunError::Setup(format!("cannot start the serving threads: {e}"))
                     })?;

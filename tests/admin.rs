@@ -88,7 +88,20 @@ async fn shutdown_drains_in_flight_requests() {
 
 #[tokio::test]
 async fn shutdown_gives_up_on_requests_that_outlast_the_grace_period() {
-    let env = common::start_edited(Setup::default(), |t| {
+    gives_up_after_the_grace(Setup::default()).await;
+}
+
+#[tokio::test]
+async fn per_core_threads_give_up_on_requests_that_outlast_the_grace_period() {
+    gives_up_after_the_grace(Setup {
+        server: "runtime = \"per-core\"\nworkers = 2".into(),
+        ..Setup::default()
+    })
+    .await;
+}
+
+async fn gives_up_after_the_grace(setup: Setup) {
+    let env = common::start_edited(setup, |t| {
         t.replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 1")
     })
     .await;

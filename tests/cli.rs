@@ -407,9 +407,9 @@ async fn drains_then_exits_zero(server_lines: &str, threads: &[&str]) {
         .replace("admin_listen = \"127.0.0.1:0\"", "admin_listen = \"\"")
         .replacen("[server]", &format!("[server]\n{server_lines}"), 1);
     let proxy = Proxy::start(&text, dir.path(), "info").await;
-    // The port is bound before the serving threads start: wait for them a little.
+    // The port is bound before the serving threads start: wait for them (up to 10 s).
     let mut names = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..500 {
         names = std::fs::read_dir(format!("/proc/{}/task", proxy.child.id()))
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())

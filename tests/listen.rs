@@ -31,6 +31,7 @@ async fn per_core_serves_tcp_only_and_a_misspelt_runtime_is_named() {
         .replace("[server]\n", &format!("[server]\n{unix}\n"));
     let err = defender_proxy::config::Config::from_toml(&unix_text, &|_: &str| None).unwrap_err();
     assert_eq!(err.path, "server.runtime");
+    assert!(err.message.contains("TCP listener"), "{}", err.message);
     assert_eq!(
         with("runtime = \"per_core\"").unwrap_err().path,
         "server.runtime"
@@ -46,14 +47,24 @@ async fn every_accepted_connection_is_counted() {
 
 #[tokio::test]
 async fn every_connection_a_per_core_thread_accepts_is_counted() {
-    counts_connections(Setup {
+    let env = counts_connections(Setup {
         server: "runtime = \"per-core\"\nworkers = 2".into(),
         ..Setup::default()
     })
     .await;
+    // This process's threads: the two serving threads are among them while the proxy runs.
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for t in ["dp-core-0", "dp-core-1"] {
+        assert!(names.iter().any(|n| n == t), "no thread {t} in {names:?}");
+    }
+    env.proxy.shutdown().await.unwrap();
 }
 
-async fn counts_connections(setup: Setup) {
+async fn counts_connections(setup: Setup) -> common::TestEnv {
     let env = start(setup).await;
     for _ in 0..3 {
         // A client of its own per request: a new connection each time.
@@ -71,6 +82,7 @@ async fn counts_connections(setup: Setup) {
             .any(|l| l == "defender_proxy_connections_total 3"),
         "{metrics}"
     );
+    env
 }
 
 /// A burst of new connections waits in the listen queue, however many the proxy has yet to
