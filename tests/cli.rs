@@ -410,11 +410,7 @@ async fn drains_then_exits_zero(server_lines: &str, threads: &[&str]) {
     // The port is bound before the serving threads start: wait for them (up to 10 s).
     let mut names = Vec::new();
     for _ in 0..500 {
-        names = std::fs::read_dir(format!("/proc/{}/task", proxy.child.id()))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim().to_string())
-            .collect::<Vec<_>>();
+        names = common::thread_names(&proxy.child.id().to_string());
         if threads.iter().all(|t| names.iter().any(|n| n == t)) {
             break;
         }

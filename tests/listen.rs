@@ -53,11 +53,7 @@ async fn every_connection_a_per_core_thread_accepts_is_counted() {
     })
     .await;
     // This process's threads: the two serving threads are among them while the proxy runs.
-    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
+    let names = common::thread_names("self");
     for t in ["dp-core-0", "dp-core-1"] {
         assert!(names.iter().any(|n| n == t), "no thread {t} in {names:?}");
     }

@@ -251,3 +251,15 @@ pub fn test_server_tls(alpn: &[&[u8]]) -> rustls::ServerConfig {
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
 }
+
+/// The names of the threads of process `pid` ("self" for this one), on Linux.
+pub fn thread_names(pid: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
