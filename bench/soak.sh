@@ -11,6 +11,7 @@
 #   bench/soak.sh                 # 10 minutes
 #   SOAK_SECS=120 bench/soak.sh   # or: bench/soak.sh 120
 #   SOAK_SEED=42 bench/soak.sh    # repeat a load mix and fault schedule
+#   SOAK_RUNTIME=per-core bench/soak.sh   # server.runtime (default multi-thread)
 #
 # The proxy's config and log are left in target/soak/.
 set -euo pipefail
@@ -20,6 +21,7 @@ SOAK_SECS=${1:-${SOAK_SECS:-600}}
 args=(--secs "$SOAK_SECS" --work target/soak
       --rss-pct "${SOAK_RSS_PCT:-20}" --rss-mib "${SOAK_RSS_MIB:-8}")
 [ -n "${SOAK_SEED:-}" ] && args+=(--seed "$SOAK_SEED")
+args+=(--runtime "${SOAK_RUNTIME:-multi-thread}")
 
 cargo build --release --quiet --bin defender-proxy --example soak
 exec target/release/examples/soak --bin target/release/defender-proxy "${args[@]}"

@@ -39,6 +39,9 @@ struct Args {
     /// Seed of the load mix and the fault schedule (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// The proxy's `server.runtime`: `multi-thread` or `per-core`.
+    #[arg(long, default_value = "multi-thread")]
+    runtime: String,
     /// Clients of downloads, uploads, echoes and slow requests.
     #[arg(long, default_value_t = 4)]
     bulk_clients: usize,
@@ -87,7 +90,8 @@ async fn soak(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     )
     .await?;
     std::fs::create_dir_all(&args.work)?;
-    let mut proxy = proxy::Proxy::start(&args.bin, &args.work, &sandbox.url()).await?;
+    let mut proxy =
+        proxy::Proxy::start(&args.bin, &args.work, &sandbox.url(), &args.runtime).await?;
     eprintln!(
         "soak: {secs} s, seed {seed}, proxy pid {} at {}, log {}",
         proxy.pid(),

@@ -12,12 +12,13 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// The soak config: the shipped config's routes and limits, pointed at the sandbox, with a
 /// partner tenant and a short upstream timeout so that a stalled upstream answers 504.
-fn config_text(sandbox: &str, port: u16, admin: u16) -> String {
+fn config_text(sandbox: &str, port: u16, admin: u16, runtime: &str) -> String {
     format!(
         r#"
 [server]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
+runtime = "{runtime}"
 request_timeout_secs = 5
 shutdown_grace_secs = 10
 
@@ -109,11 +110,17 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Writes the config to `work/proxy.toml` and starts `bin` with it; waits for `/healthz`.
-    pub async fn start(bin: &Path, work: &Path, sandbox: &str) -> std::io::Result<Proxy> {
+    /// Writes the config (with `server.runtime = runtime`) to `work/proxy.toml` and starts `bin`
+    /// with it; waits for `/healthz`.
+    pub async fn start(
+        bin: &Path,
+        work: &Path,
+        sandbox: &str,
+        runtime: &str,
+    ) -> std::io::Result<Proxy> {
         let (port, admin) = (free_port()?, free_port()?);
         let config = work.join("proxy.toml");
-        std::fs::write(&config, config_text(sandbox, port, admin))?;
+        std::fs::write(&config, config_text(sandbox, port, admin, runtime))?;
         let log = work.join("proxy.log");
         let child = Command::new(bin)
             .args(["run", "--config"])
