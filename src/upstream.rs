@@ -28,7 +28,8 @@ pub const MAX_IDLE_PER_HOST: usize = 256;
 /// Time allowed to open a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The pooled upstream client, shared by every request (a clone is another handle on it).
+/// The pooled upstream client, shared by every request (a clone is another handle on it). With
+/// `server.runtime = "per-core"` each serving thread has one of its own (`another`).
 #[derive(Clone)]
 pub struct Client(std::sync::Arc<Inner>);
 
