@@ -412,14 +412,13 @@ async fn the_remaining_budget_a_replica_tells_is_the_shared_one() {
         header("x-defender-proxy-ratelimit-remaining-hour").as_deref(),
         Some("194")
     );
-    let budgets: serde_json::Value = http
-        .get(format!("{}/ratelimits", b.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let budgets = common::json(
+        http.get(format!("{}/ratelimits", b.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let mde = &budgets["limits"][0];
     assert_eq!(mde["limit"], "mde", "{budgets}");
     assert_eq!(mde["windows"][0]["used"], 6, "{budgets}");
