@@ -181,6 +181,18 @@ need_debian() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# Prints the path of oha, installing VERSION from crates.io into target/tools if it is missing.
+#   OHA=$(need_oha 1.16.0)
+need_oha() {
+  local oha
+  oha=$(command -v oha || echo "$PWD/target/tools/bin/oha")
+  if [ ! -x "$oha" ]; then
+    echo "installing oha $1 into target/tools (cargo install)" >&2
+    nice -n 19 cargo install --quiet --locked --root target/tools --version "$1" oha >&2
+  fi
+  echo "$oha"
+}
+
 # An EXIT trap for the bench scripts: kills the processes in PIDS and the nginx instances whose
 # pid files WORK/NAME.pid it is given, then removes WORK.
 #   trap 'stop_all up ngx' EXIT

@@ -55,11 +55,7 @@ OHA_VERSION=${OHA_VERSION:-1.16.0}
 
 # Tools.
 need_debian wrk:wrk nginx:nginx-light haproxy:haproxy caddy:caddy
-OHA=$(command -v oha || echo "$PWD/target/tools/bin/oha")
-if [ ! -x "$OHA" ]; then
-  echo "installing oha $OHA_VERSION into target/tools (cargo install)" >&2
-  nice -n 19 cargo install --quiet --locked --root target/tools --version "$OHA_VERSION" oha
-fi
+OHA=$(need_oha "$OHA_VERSION")
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 if [ -n "${DP_BIN:-}" ]; then
   nice -n 19 cargo build --release --quiet --example loadgen --example hyperfloor
