@@ -33,17 +33,32 @@ pub const HOP_BY_HOP: [HeaderName; 9] = [
 /// `Transfer-Encoding` goes too: the transfer coding framed the message, and the length is
 /// not to be trusted or sent on (RFC 9112 §6.3).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        headers.remove(header::CONTENT_LENGTH);
+    remove_with(headers, &[]);
+}
+
+/// `remove_hop_by_hop`, and the headers named in `also`. One pass over the names present
+/// finds what goes, as a message carries few of these: removing a name that is not there
+/// costs as much as looking it up.
+fn remove_with(headers: &mut HeaderMap, also: &[&HeaderName]) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || also.contains(&name) {
+            doomed.push(name.clone());
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    if doomed.contains(&header::TRANSFER_ENCODING) {
+        doomed.push(header::CONTENT_LENGTH);
+    }
+    if doomed.contains(&header::CONNECTION) {
+        let named = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+        doomed.extend(named);
+    }
+    for name in &doomed {
         headers.remove(name);
     }
 }
@@ -95,18 +110,17 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let headers = req.headers_mut();
-        remove_hop_by_hop(headers);
         // The upstream's Host comes from its URI; the client's credentials and the proxy's
         // own headers stay here.
-        for name in [
-            &header::HOST,
-            &header::AUTHORIZATION,
-            &INBOUND_KEY_HEADER,
-            &self.tenant_header,
-        ] {
-            headers.remove(name);
-        }
+        remove_with(
+            req.headers_mut(),
+            &[
+                &header::HOST,
+                &header::AUTHORIZATION,
+                &INBOUND_KEY_HEADER,
+                &self.tenant_header,
+            ],
+        );
         self.inner.call(req).map(|result| {
             result.map(|mut resp| {
                 remove_hop_by_hop(resp.headers_mut());
@@ -137,5 +151,46 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[tokio::test]
+    async fn the_client_credentials_and_proxy_headers_stay_here_and_hop_by_hop_ones_both_ways() {
+        use std::sync::Mutex;
+        let seen = Arc::new(Mutex::new(HeaderMap::new()));
+        let upstream = tower::service_fn({
+            let seen = seen.clone();
+            move |req: Request| {
+                *seen.lock().unwrap() = req.headers().clone();
+                async {
+                    Ok::<_, ProxyError>(
+                        http::Response::builder()
+                            .header("connection", "keep-alive, x-up-secret")
+                            .header("keep-alive", "timeout=5")
+                            .header("x-up-secret", "1")
+                            .header("x-up-kept", "2")
+                            .body(crate::body::empty())
+                            .unwrap(),
+                    )
+                }
+            }
+        });
+        let mut clean = CleanHeaders {
+            inner: upstream,
+            tenant_header: HeaderName::from_static("x-tenant"),
+        };
+        let req = http::Request::builder()
+            .header("host", "127.0.0.1:8080")
+            .header("authorization", "Bearer client-own")
+            .header("x-defender-proxy-key", "k")
+            .header("x-tenant", "contoso")
+            .header("proxy-connection", "keep-alive")
+            .header("accept", "application/json")
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = clean.call(req).await.unwrap();
+        let sent: Vec<_> = seen.lock().unwrap().keys().map(|k| k.to_string()).collect();
+        assert_eq!(sent, ["accept"]);
+        let back: Vec<_> = resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(back, ["x-up-kept"]);
     }
 }
