@@ -36,9 +36,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     remove_with(headers, &[]);
 }
 
-/// `remove_hop_by_hop`, and the headers named in `also`. One pass over the names present
-/// finds what goes, as a message carries few of these: removing a name that is not there
-/// costs as much as looking it up.
+/// `remove_hop_by_hop`, and the headers named in `also`. What goes is found in one pass over
+/// the names the message has, rather than by a lookup of every name that might be there.
 fn remove_with(headers: &mut HeaderMap, also: &[&HeaderName]) {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
