@@ -52,7 +52,7 @@ pub async fn serve(
     let (mut started, mut drained) = (Vec::new(), Vec::new());
     for i in 0..threads.max(1) {
         let listener = listener.try_clone()?;
-        let client = client.another();
+        let client = client.another(threads);
         let handler = Handler::new(tower::ServiceExt::map_request(
             handler.clone(),
             move |mut req: Request<Incoming>| {

@@ -42,6 +42,11 @@ struct Inner {
 impl Client {
     /// A client whose connections are verified with `tls`.
     pub fn new(tls: rustls::ClientConfig) -> Client {
+        Client::keeping(tls, MAX_IDLE_PER_HOST)
+    }
+
+    /// A client whose pool keeps at most `max_idle` idle connections per host.
+    fn keeping(tls: rustls::ClientConfig, max_idle: usize) -> Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -56,7 +61,7 @@ impl Client {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+            .pool_max_idle_per_host(max_idle)
             .build(connector);
         Client(std::sync::Arc::new(Inner {
             pooled: client,
@@ -64,9 +69,14 @@ impl Client {
         }))
     }
 
-    /// A client with the same settings and a pool of its own.
-    pub fn another(&self) -> Client {
-        Client::new(self.0.tls.clone())
+    /// A client with the same settings and a pool of its own, for one of `threads` per-core
+    /// threads. Its pool keeps its share of `MAX_IDLE_PER_HOST` idle (at least one), so that
+    /// all the threads together keep no more than one shared client would.
+    pub fn another(&self, threads: usize) -> Client {
+        Client::keeping(
+            self.0.tls.clone(),
+            (MAX_IDLE_PER_HOST / threads.max(1)).max(1),
+        )
     }
 
     /// Sends `req` (its URI absolute: scheme, authority, path) and returns the response head

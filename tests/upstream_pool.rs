@@ -509,3 +509,64 @@ async fn the_answers_own_fields_reach_the_client_as_they_came_but_hop_by_hop_one
     }
     assert_eq!(resp.text().await.unwrap(), "ok");
 }
+
+/// An HTTP/1.1 upstream that holds every answer until `together` requests are in, so each
+/// comes on a connection of its own; `open` counts its connections still open.
+async fn gathering_upstream(together: usize, open: Arc<AtomicUsize>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let gather = Arc::new(tokio::sync::Barrier::new(together));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            open.fetch_add(1, Ordering::SeqCst);
+            let (open, gather) = (open.clone(), gather.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_: http::Request<_>| {
+                    let gather = gather.clone();
+                    async move {
+                        gather.wait().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                        ))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_core_pool_keeps_only_its_share_of_idle_connections() {
+    use defender_proxy::upstream::{Client, MAX_IDLE_PER_HOST};
+    // One of 64 threads: its share of the idle connections is 256 / 64 = 4.
+    let (threads, together) = (64, 10);
+    let share = MAX_IDLE_PER_HOST / threads;
+    let open = Arc::new(AtomicUsize::new(0));
+    let url = gathering_upstream(together, open.clone()).await;
+    let shared = Client::new(defender_proxy::tls::client_config(None).unwrap());
+    let client = shared.another(threads);
+    let answers = (0..together).map(|_| {
+        let req = http::Request::get(format!("{url}/api/incidents"))
+            .body(defender_proxy::body::empty())
+            .unwrap();
+        client.send(req)
+    });
+    for answer in futures_util::future::join_all(answers).await {
+        let body = http_body_util::BodyExt::collect(answer.unwrap().into_body()).await;
+        assert_eq!(body.unwrap().to_bytes(), "{}");
+    }
+    // The connections past the share are closed as they come back to the pool.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open.load(Ordering::SeqCst) > share && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open.load(Ordering::SeqCst), share, "connections left open");
+    // The kept ones are idle, not closed: they stay for the pool's idle timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open.load(Ordering::SeqCst), share, "connections left open");
+}
