@@ -143,7 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             let usage = e.downcast_ref::<ConfigError>().is_some()
@@ -151,7 +151,11 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(if usage { EXIT_USAGE } else { 1 })
         }
-    }
+    };
+    // Blocking work still running (a DNS lookup, a file read that never returns) gets a
+    // second and is then left behind: dropping the runtime would wait for it without end.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// `--config`, else `$DEFENDER_PROXY_CONFIG`, else `./proxy.toml`.

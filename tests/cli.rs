@@ -620,3 +620,51 @@ async fn the_password_type_warns_at_start_and_never_logs_the_password() {
     );
     assert!(!logs.contains("Pa55-word-never-logged"));
 }
+
+/// Blocking work that never returns (here, the read of a workload-identity token file that is
+/// a FIFO nobody writes to) does not keep the process from exiting after the drain.
+#[tokio::test]
+async fn a_file_read_that_never_returns_does_not_hold_the_exit() {
+    let sb = sandbox_with(SandboxOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let text = config_text(&sb.url(), &Setup::default())
+        .replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 1")
+        .replace("type = \"client_secret\"", "type = \"workload_identity\"")
+        .replace(
+            &format!("client_secret = \"{}\"", sandbox::DEFAULT_CLIENT_SECRET),
+            &format!("token_file = \"{}\"", fifo.display()),
+        );
+    let proxy = Proxy::start(&text, dir.path(), "info").await;
+    let pid = proxy.child.id().to_string();
+    let stuck = tokio::spawn(
+        common::client()
+            .get(format!("{}/api/incidents", proxy.base))
+            .send(),
+    );
+    // The token fetch is now blocked reading the FIFO.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || proxy.terminate()),
+    )
+    .await;
+    let took = started.elapsed();
+    let Ok(exit) = exit else {
+        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        panic!("still running 10 s after SIGTERM");
+    };
+    let (code, logs) = exit.unwrap();
+    assert_eq!(code, 0, "{logs}");
+    // The grace period (1 s) for the stuck request, then 1 s for blocking work.
+    assert!(took < Duration::from_secs(4), "exit took {took:?}: {logs}");
+    stuck.abort();
+}
