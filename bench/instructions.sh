@@ -63,7 +63,7 @@ dp_config $DPP $UP "" false "" "" 2 per-core > "$WORK/dpp.toml"
 #   counted NAME PORT CMD...
 declare -A PID PORT
 counted() {
-  local name=$1 port=$2 _
+  local name=$1 port=$2
   shift 2
   setsid valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$name" "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!); PID[$name]=$!; PORT[$name]=$port
@@ -75,8 +75,8 @@ counted dp-per-core $DPP "$BIN" run --config "$WORK/dpp.toml"
 
 NAMES=(nginx hyper-floor dp dp-per-core)
 for name in "${NAMES[@]}"; do
-  for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:${PORT[$name]}/api/x" && break; sleep 0.1; done
-  curl -sf -o /dev/null "http://127.0.0.1:${PORT[$name]}/api/x" || { echo "$name does not answer 200" >&2; cat "$WORK/$name.log" >&2; exit 1; }
+  # Under valgrind a start takes seconds.
+  wait_ok "http://127.0.0.1:${PORT[$name]}/api/x" 60 || { cat "$WORK/$name.log" >&2; exit 1; }
 done
 
 # Sends N requests to PORT; fails unless every one was answered 200.

@@ -158,12 +158,13 @@ ports_free() {
   done
 }
 
-# Waits (at most 10 s) until URL answers 200.
-#   wait_ok URL
+# Waits (at most SECONDS) until URL answers 200; fails (which ends a script under set -e)
+# if it does not.
+#   wait_ok URL [SECONDS=10]
 wait_ok() {
   local _
-  for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
-  echo "no 200 from $1" >&2; exit 1
+  for _ in $(seq $((${2:-10} * 20))); do curl -sf -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "no 200 from $1" >&2; return 1
 }
 
 # The upstream's response in the benchmarks: 1 KiB of JSON.
